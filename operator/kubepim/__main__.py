@@ -1,0 +1,5 @@
+"""``python -m kubepim`` runs the operator."""
+
+from .main import main
+
+main()

@@ -1,0 +1,1 @@
+"""pydantic models of the custom resources; the CRDs are generated from them."""

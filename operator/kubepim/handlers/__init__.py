@@ -1,0 +1,12 @@
+"""kopf handlers and admission webhooks: glue from cluster events to domain decisions to k8s calls.
+
+All handlers register on :data:`registry`, so the operator (and tests) run exactly this set.
+"""
+
+from __future__ import annotations
+
+import kopf
+
+registry = kopf.OperatorRegistry()
+
+from . import lifecycle  # noqa: E402,F401  (registers handlers on the registry)

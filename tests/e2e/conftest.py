@@ -1,0 +1,61 @@
+"""Fixtures for e2e tests on a real control plane.
+
+The session's cluster is the one ``KUBEPIM_KUBECONFIG`` points at (a kind cluster, say: its
+user must be able to impersonate), or else a local control plane started here and stopped at
+the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kubepim.devcluster import binaries, cluster
+from tests.e2e.support import Kubectl, kubectl_binary
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e as ``e2e`` (deselect them with ``-m 'not e2e'``)."""
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Kubeconfig of an admin of the session's cluster."""
+    external = os.environ.get("KUBEPIM_KUBECONFIG")
+    if external:
+        path = Path(external).expanduser()
+        if not path.is_file():
+            pytest.exit(f"KUBEPIM_KUBECONFIG={external} is not a file", returncode=2)
+        yield path
+        return
+    started = cluster.start(tmp_path_factory.mktemp("control-plane"), binaries.ensure())
+    try:
+        yield started.kubeconfig
+    finally:
+        cluster.stop(started)
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: Path) -> Kubectl:
+    """kubectl as the cluster admin; pass ``as_user=``/``groups=`` to impersonate."""
+    return Kubectl(kubeconfig=kubeconfig, binary=kubectl_binary())
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{secrets.token_hex(3)}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
