@@ -21,7 +21,7 @@ k8s_version=$(pinned_version "$here/k8s/go.mod" k8s.io/kubernetes)
 etcd_version=$(pinned_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 [ -n "$k8s_version" ] && [ -n "$etcd_version" ] || { echo "error: cannot read pinned versions from tools/*/go.mod" >&2; exit 1; }
 
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local CGO_ENABLED=0
 
 # build_into DIR MODULE_DIR LDFLAGS PKG... : builds each PKG into DIR via a temp file, so a
 # build interrupted half-way never leaves a binary that looks complete.

@@ -273,6 +273,7 @@ def start(
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--controllers=garbage-collector-controller,namespace-controller,"
+            "clusterrole-aggregation-controller,"
             "serviceaccount-controller,serviceaccount-token-controller",
             "--leader-elect=false",
             "--use-service-account-credentials=false",
@@ -306,12 +307,12 @@ def stop(cluster: Cluster, *, remove: bool = True) -> list[str]:
     """
     killed: list[str] = []
     running = cluster.running()
-    order = [n for n in ("kube-controller-manager", "kube-apiserver", "etcd") if n in running]
-    for name in order:
+    # One at a time: an apiserver whose etcd is already gone hangs in its shutdown.
+    for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        if name not in running:
+            continue
         _signal(running[name], signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_GRACE_SECONDS
-    for name in order:
-        if not _wait_gone(running[name], cluster.workdir, deadline):
+        if not _wait_gone(running[name], cluster.workdir, time.monotonic() + _STOP_GRACE_SECONDS):
             _signal(running[name], signal.SIGKILL)
             _wait_gone(running[name], cluster.workdir, time.monotonic() + 5)
             killed.append(name)

@@ -20,3 +20,9 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.posting.level = logging.INFO
     logger.info("kubepim operator started")
+
+
+@kopf.on.login(registry=registry)
+def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Authenticate as the pod's ServiceAccount in a cluster, else from the kubeconfig."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
