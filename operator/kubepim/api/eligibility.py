@@ -1,0 +1,111 @@
+"""RoleEligibility: who may request which roles, where, for how long, approved by whom.
+
+Cluster-scoped and owned by GitOps: the operator never writes its spec or metadata, only status.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from . import duration
+from .common import Condition, LabelSelector, Model, RoleRef, Subject, cel_rules
+
+
+class Approvers(Model):
+    """Who may approve, and how many distinct approvals a request needs."""
+
+    users: list[str] = Field(default_factory=list, description="Usernames that may approve.")
+    groups: list[str] = Field(
+        default_factory=list, description="Members of these groups may approve."
+    )
+    required: int = Field(
+        default=1, ge=1, le=10,
+        description="Distinct approvals needed; one person counts once.",
+    )
+    required_from_group: str | None = Field(
+        default=None,
+        description="If set, at least one of the approvals must come from a member of this "
+        "group (e.g. two approvals, one from security).",
+    )
+
+
+class JustificationPolicy(Model):
+    """What a request must say about why."""
+
+    required: bool = Field(default=True, description="A justification must be given.")
+    ticket_pattern: str | None = Field(
+        default=None, max_length=256,
+        description="If set, spec.ticket is required and must match this regular expression.",
+    )
+
+
+_SPEC_RULES: list[dict[str, str]] = [
+    {"rule": "duration(self.maxDuration) > duration('0s')",
+     "message": "maxDuration must be positive, e.g. 8h"},
+    {"rule": "!has(self.defaultDuration) || !has(self.maxDuration) || "
+             "duration(self.defaultDuration) <= duration(self.maxDuration)",
+     "message": "defaultDuration must not exceed maxDuration"},
+    {"rule": "self.clusterWide || size(self.namespaces) > 0 || has(self.namespaceSelector)",
+     "message": "name where the roles may be granted: namespaces, namespaceSelector "
+                "or clusterWide"},
+]
+
+
+class RoleEligibilitySpec(Model):
+    """Desired state of a RoleEligibility."""
+
+    model_config = cel_rules(_SPEC_RULES)
+
+    subjects: list[Subject] = Field(
+        min_length=1, description="Users, groups and ServiceAccounts that are eligible."
+    )
+    roles: list[RoleRef] = Field(
+        min_length=1, description="Roles and ClusterRoles the subjects may request."
+    )
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces where the roles may be granted."
+    )
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Also namespaces whose labels match this selector."
+    )
+    cluster_wide: bool = Field(
+        default=False,
+        description="ClusterRoles may be granted cluster-wide (ClusterRoleBinding).",
+    )
+    default_duration: str = Field(
+        default="1h", pattern=duration.PATTERN,
+        description="Duration of a request that names none, e.g. 1h.",
+    )
+    max_duration: str = Field(
+        default="8h", pattern=duration.PATTERN,
+        description="Longest duration a request may ask for, e.g. 8h.",
+    )
+    approval: Approvers = Field(description="Who approves and how many approvals are needed.")
+    justification: JustificationPolicy = Field(
+        default_factory=JustificationPolicy, description="What a request must say about why."
+    )
+    pending_timeout: str = Field(
+        default="24h", pattern=duration.PATTERN,
+        description="How long a request may wait for approval before it times out.",
+    )
+
+
+
+class RoleEligibilityStatus(Model):
+    """Observed state of a RoleEligibility, written by the operator."""
+
+    observed_generation: int = Field(default=0, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready tells whether the eligibility is usable."
+    )
+
+
+class RoleEligibility(Model):
+    """Subjects eligible to request roles, and the policy that governs their requests."""
+
+    kind_name: ClassVar[str] = "RoleEligibility"
+    plural: ClassVar[str] = "roleeligibilities"
+    spec: RoleEligibilitySpec = Field(description="Who, which roles, where, how long, approvals.")
+    status: RoleEligibilityStatus | None = Field(default=None, description="Set by the operator.")

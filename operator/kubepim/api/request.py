@@ -1,0 +1,152 @@
+"""AccessRequest: one person's time-bound request for one role, and its lifecycle.
+
+Cluster-scoped, so one RBAC rule lets an engineer ask for any namespace and the bindings it leads
+to (RoleBinding or ClusterRoleBinding) can name it as their owner. The spec is immutable; the
+requester is stamped from the creating request's userInfo by admission; approvals are entries
+of a map keyed by approver, so two approvers patching at once merge instead of overwriting.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from . import duration
+from .common import DNS_LABEL, Condition, Model, RoleRef, cel_rules
+
+
+class Phase(enum.StrEnum):
+    """Summary of where a request is in its lifecycle (printer column; Conditions carry detail)."""
+
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    EXPIRED = "Expired"
+    DENIED = "Denied"
+    REVOKED = "Revoked"
+    WITHDRAWN = "Withdrawn"
+    TIMED_OUT = "TimedOut"
+    REJECTED = "Rejected"
+
+    @property
+    def final(self) -> bool:
+        """Whether no further transition can happen."""
+        return self not in (Phase.PENDING, Phase.ACTIVE)
+
+
+class Requester(Model):
+    """The identity that created the request, as the API server authenticated it."""
+
+    username: str = Field(description="userInfo.username of the creating request.")
+    uid: str = Field(default="", description="userInfo.uid of the creating request.")
+    groups: list[str] = Field(
+        default_factory=list, description="userInfo.groups of the creating request."
+    )
+
+
+_SPEC_RULES: list[dict[str, str]] = [
+    {"rule": "self == oldSelf",
+     "message": "spec is immutable: withdraw this request and create a new one"},
+    {"rule": "!has(self.duration) || duration(self.duration) > duration('0s')",
+     "message": "duration must be positive, e.g. 30m or 1h30m"},
+    {"rule": "self.role.kind == 'ClusterRole' || has(self.namespace)",
+     "message": "a Role can only be granted in a namespace: set spec.namespace"},
+    {"rule": "!self.justification.matches('[\\\\x00-\\\\x08\\\\x0b-\\\\x1f\\\\x7f]')",
+     "message": "justification must not contain control characters"},
+]
+
+
+class AccessRequestSpec(Model):
+    """What is asked for. Immutable after creation."""
+
+    model_config = cel_rules(_SPEC_RULES)
+
+    role: RoleRef = Field(description="The Role or ClusterRole requested.")
+    namespace: str | None = Field(
+        default=None, max_length=63, pattern=DNS_LABEL,
+        description="Namespace to grant the role in; omit for cluster-wide (ClusterRole only).",
+    )
+    duration: str | None = Field(
+        default=None, max_length=32, pattern=duration.PATTERN,
+        description="How long access lasts once active, e.g. 30m or 1h30m; the eligibility's "
+        "default when omitted. The clock starts at activation.",
+    )
+    justification: str = Field(
+        default="", max_length=1024, description="Why the access is needed."
+    )
+    ticket: str | None = Field(
+        default=None, max_length=128, description="Ticket or incident reference."
+    )
+    eligibility: str | None = Field(
+        default=None, max_length=253,
+        description="RoleEligibility to request under; the first matching one when omitted.",
+    )
+    requester: Requester | None = Field(
+        default=None,
+        description="Set by admission from the creating request's userInfo; a different "
+        "value given by the user is refused.",
+    )
+
+
+class Approval(Model):
+    """One approver's decision; the map key is the approver's username."""
+
+    decision: Literal["Approve", "Deny"] = Field(description="Approve or Deny.")
+    comment: str = Field(default="", max_length=1024, description="Why.")
+    groups: list[str] = Field(
+        default_factory=list, description="The approver's groups, stamped by admission."
+    )
+    time: datetime.datetime | None = Field(default=None, description="When it was given.")
+
+
+class BindingRef(Model):
+    """The RoleBinding or ClusterRoleBinding the operator made for this request."""
+
+    kind: Literal["RoleBinding", "ClusterRoleBinding"] = Field(description="Binding kind.")
+    name: str = Field(description="Binding name.")
+    namespace: str | None = Field(default=None, description="Namespace of a RoleBinding.")
+
+
+class HistoryEntry(Model):
+    """One transition; the history is append-only."""
+
+    time: datetime.datetime = Field(description="When it happened.")
+    action: str = Field(description="CamelCase action, the same as the Event reason.")
+    actor: str = Field(description="Who caused it: a username, or kubepim for the operator.")
+    reason: str = Field(default="", description="Human-readable detail.")
+
+
+class AccessRequestStatus(Model):
+    """Observed state, written by the operator (approvers add only their own approval)."""
+
+    phase: Phase | None = Field(default=None, description="Lifecycle summary.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Approved and Granted conditions."
+    )
+    observed_generation: int = Field(default=0, description="Generation last reconciled.")
+    eligibility: str | None = Field(default=None, description="The governing RoleEligibility.")
+    approvals: dict[str, Approval] = Field(
+        default_factory=dict, description="Decisions keyed by approver username."
+    )
+    activated_at: datetime.datetime | None = Field(
+        default=None, description="When access was granted."
+    )
+    expires_at: datetime.datetime | None = Field(
+        default=None, description="Absolute time access ends; set at activation."
+    )
+    binding: BindingRef | None = Field(default=None, description="The binding made.")
+    history: list[HistoryEntry] = Field(
+        default_factory=list, description="Append-only record of every transition."
+    )
+    message: str = Field(default="", description="Human-readable state, e.g. why rejected.")
+
+
+class AccessRequest(Model):
+    """A request for time-bound access to one role in one namespace (or cluster-wide)."""
+
+    kind_name: ClassVar[str] = "AccessRequest"
+    plural: ClassVar[str] = "accessrequests"
+    spec: AccessRequestSpec = Field(description="What is asked for; immutable.")
+    status: AccessRequestStatus | None = Field(default=None, description="Set by the operator.")

@@ -1,0 +1,96 @@
+"""The RoleBinding or ClusterRoleBinding a grant should have, and how to recognise ours.
+
+Names are deterministic (``kubepim-<request name>``), so creating is idempotent and a restart
+finds what it made. Labels mark the operator's bindings for the orphan sweep; an ownerReference
+to the AccessRequest lets the garbage collector remove the binding with its request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from kubepim.api.common import API_VERSION
+from kubepim.api.request import AccessRequestSpec, BindingRef
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kubepim"
+REQUEST_LABEL = "pim.kubepim.dev/request"
+_RBAC = "rbac.authorization.k8s.io"
+_MAX_NAME = 253
+_MAX_LABEL_VALUE = 63
+
+
+def binding_name(request_name: str) -> str:
+    """Deterministic binding name for a request; hashed when it would be too long."""
+    name = f"kubepim-{request_name}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(request_name.encode()).hexdigest()[:10]
+    return f"{name[:_MAX_NAME - 11]}-{digest}"
+
+
+def request_label(request_name: str) -> str:
+    """Label value naming the request (label values are at most 63 characters)."""
+    if len(request_name) <= _MAX_LABEL_VALUE:
+        return request_name
+    digest = hashlib.sha256(request_name.encode()).hexdigest()[:10]
+    return f"{request_name[:_MAX_LABEL_VALUE - 11].rstrip('-.')}-{digest}"
+
+
+def binding_ref(request_name: str, spec: AccessRequestSpec) -> BindingRef:
+    """Where the binding of this request lives."""
+    if spec.namespace is None:
+        return BindingRef(kind="ClusterRoleBinding", name=binding_name(request_name))
+    return BindingRef(kind="RoleBinding", name=binding_name(request_name),
+                      namespace=spec.namespace)
+
+
+def subject_for(username: str) -> dict[str, str]:
+    """The RBAC subject of an authenticated username (ServiceAccounts by their own kind)."""
+    parts = username.split(":")
+    if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+        return {"kind": "ServiceAccount", "name": parts[3], "namespace": parts[2]}
+    return {"kind": "User", "apiGroup": _RBAC, "name": username}
+
+
+def desired_binding(request_name: str, request_uid: str, spec: AccessRequestSpec) -> dict[str, Any]:
+    """The full manifest of the binding that grants this request."""
+    if spec.requester is None:
+        raise ValueError("a request without a requester cannot be granted")
+    ref = binding_ref(request_name, spec)
+    metadata: dict[str, Any] = {
+        "name": ref.name,
+        "labels": {MANAGED_BY_LABEL: MANAGED_BY, REQUEST_LABEL: request_label(request_name)},
+        "ownerReferences": [{
+            "apiVersion": API_VERSION, "kind": "AccessRequest", "name": request_name,
+            "uid": request_uid, "controller": True,
+        }],
+    }
+    if ref.namespace:
+        metadata["namespace"] = ref.namespace
+    return {
+        "apiVersion": f"{_RBAC}/v1",
+        "kind": ref.kind,
+        "metadata": metadata,
+        "roleRef": {"apiGroup": _RBAC, "kind": spec.role.kind, "name": spec.role.name},
+        "subjects": [subject_for(spec.requester.username)],
+    }
+
+
+def _normal_subjects(subjects: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:
+    return sorted(
+        (s.get("kind", ""), s.get("name", ""), s.get("namespace") or "") for s in subjects or []
+    )
+
+
+def matches(actual: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether an existing binding grants exactly what the desired one does, with our marks."""
+    labels = actual.get("metadata", {}).get("labels") or {}
+    wanted_labels = desired["metadata"]["labels"]
+    return (
+        actual.get("roleRef", {}).get("kind") == desired["roleRef"]["kind"]
+        and actual.get("roleRef", {}).get("name") == desired["roleRef"]["name"]
+        and _normal_subjects(actual.get("subjects")) == _normal_subjects(desired["subjects"])
+        and all(labels.get(k) == v for k, v in wanted_labels.items())
+    )

@@ -1,0 +1,60 @@
+"""Approval quorum: which approvals count, and whether they add up to a grant or a denial.
+
+One person counts once (approvals are keyed by username); the requester's own entry never
+counts; an entry from someone who is not an approver is ignored; a denial by an approver is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from kubepim.api.eligibility import Approvers
+from kubepim.api.request import Approval, Requester
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The outcome of counting approvals."""
+
+    approved: bool
+    denied_by: str | None = None
+    counted: tuple[str, ...] = ()
+    ignored: dict[str, str] = field(default_factory=dict)
+    missing: str = ""
+
+
+def is_approver(policy: Approvers, username: str, groups: list[str]) -> bool:
+    """Whether this identity may approve: a listed user, or a member of an approver group.
+
+    Members of ``required_from_group`` are approvers too.
+    """
+    allowed = set(policy.groups) | ({policy.required_from_group} - {None})
+    return username in policy.users or any(group in allowed for group in groups)
+
+
+def tally(policy: Approvers, approvals: Mapping[str, Approval], requester: Requester) -> Tally:
+    """Count approvals against the policy; denials from approvers win over approvals."""
+    counted: list[str] = []
+    ignored: dict[str, str] = {}
+    for username in sorted(approvals):
+        entry = approvals[username]
+        if username == requester.username:
+            ignored[username] = "the requester cannot approve their own request"
+            continue
+        if not is_approver(policy, username, entry.groups):
+            ignored[username] = "not an approver under the governing eligibility"
+            continue
+        if entry.decision == "Deny":
+            return Tally(approved=False, denied_by=username, counted=tuple(counted),
+                         ignored=ignored)
+        counted.append(username)
+
+    missing = []
+    if len(counted) < policy.required:
+        missing.append(f"{policy.required - len(counted)} more approval(s) of {policy.required}")
+    group = policy.required_from_group
+    if group and not any(group in approvals[u].groups for u in counted):
+        missing.append(f"one approval from a member of group {group}")
+    return Tally(approved=not missing, counted=tuple(counted), ignored=ignored,
+                 missing=" and ".join(missing))
