@@ -18,6 +18,10 @@ class Settings(BaseSettings):
         default=8080, ge=0, le=65535,
         description="Port of the liveness endpoint (/healthz); 0 disables it.",
     )
+    resync_seconds: float = Field(
+        default=30.0, gt=0,
+        description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",
+    )
     log_level: str = Field(
         default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Python log level."
     )

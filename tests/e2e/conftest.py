@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kubepim.devcluster import binaries, cluster
-from tests.e2e.support import Kubectl, kubectl_binary
+from kubepim.devcluster import binaries, cluster, install
+from tests.e2e.support import Kubectl, OperatorProcess, kubectl_binary
 
 _HERE = Path(__file__).parent
 
@@ -49,6 +49,32 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def kubectl(kubeconfig: Path) -> Kubectl:
     """kubectl as the cluster admin; pass ``as_user=``/``groups=`` to impersonate."""
     return Kubectl(kubeconfig=kubeconfig, binary=kubectl_binary())
+
+
+@pytest.fixture(scope="session")
+def installed(kubeconfig: Path) -> Path:
+    """The cluster with kubepim's CRDs, admission policies and user RBAC in force."""
+    install.install(kubeconfig)
+    return kubeconfig
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    installed: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator subprocess for the session, stopped at its end."""
+    process = OperatorProcess(installed, tmp_path_factory.mktemp("operator"),
+                              KUBEPIM_RESYNC_SECONDS="5")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    """The operator, running (restarted if a previous test stopped or killed it)."""
+    if not operator_process.running():
+        operator_process.start()
+    return operator_process
 
 
 @pytest.fixture

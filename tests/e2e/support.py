@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +102,77 @@ def poll(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """The operator as a subprocess (``python -m kubepim``), so tests can kill it by pid."""
+
+    def __init__(self, kubeconfig: Path, log_dir: Path, **settings: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        """Start it and return once it has finished its start-up work and serves liveness."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.starts += 1
+        port = free_port()
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
+                   KUBEPIM_LIVENESS_PORT=str(port), **self.settings)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "kubepim"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
+        process = self.process
+
+        def started() -> bool:
+            assert process.poll() is None, f"operator exited:\n{self.log_path.read_text()}"
+            return "kubepim operator started" in self.log_path.read_text() and _http_ok(
+                f"http://127.0.0.1:{port}/healthz")
+
+        poll(started, timeout=timeout, what="operator start-up")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no clean-up runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -9,14 +9,14 @@ from __future__ import annotations
 import datetime
 import re
 
-_DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
+_DURATION = re.compile(r"(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0-9]+)s)?")
 PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 ALLOWED = "a duration like 90s, 15m, 2h or 1h30m (units h, m, s; positive)"
 
 
 def parse(text: str) -> datetime.timedelta:
     """Parse ``text`` into a positive timedelta, or raise ValueError saying what is allowed."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not text or match is None:
         raise ValueError(f"{text!r} is not {ALLOWED}")
     value = datetime.timedelta(

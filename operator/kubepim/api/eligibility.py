@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from . import duration
 from .common import Condition, LabelSelector, Model, RoleRef, Subject, cel_rules
@@ -44,6 +44,10 @@ class JustificationPolicy(Model):
 _SPEC_RULES: list[dict[str, str]] = [
     {"rule": "duration(self.maxDuration) > duration('0s')",
      "message": "maxDuration must be positive, e.g. 8h"},
+    {"rule": "!has(self.defaultDuration) || duration(self.defaultDuration) > duration('0s')",
+     "message": "defaultDuration must be positive, e.g. 1h"},
+    {"rule": "!has(self.pendingTimeout) || duration(self.pendingTimeout) > duration('0s')",
+     "message": "pendingTimeout must be positive, e.g. 24h"},
     {"rule": "!has(self.defaultDuration) || !has(self.maxDuration) || "
              "duration(self.defaultDuration) <= duration(self.maxDuration)",
      "message": "defaultDuration must not exceed maxDuration"},
@@ -75,11 +79,11 @@ class RoleEligibilitySpec(Model):
         description="ClusterRoles may be granted cluster-wide (ClusterRoleBinding).",
     )
     default_duration: str = Field(
-        default="1h", pattern=duration.PATTERN,
+        min_length=2, max_length=32, default="1h", pattern=duration.PATTERN,
         description="Duration of a request that names none, e.g. 1h.",
     )
     max_duration: str = Field(
-        default="8h", pattern=duration.PATTERN,
+        min_length=2, max_length=32, default="8h", pattern=duration.PATTERN,
         description="Longest duration a request may ask for, e.g. 8h.",
     )
     approval: Approvers = Field(description="Who approves and how many approvals are needed.")
@@ -87,10 +91,19 @@ class RoleEligibilitySpec(Model):
         default_factory=JustificationPolicy, description="What a request must say about why."
     )
     pending_timeout: str = Field(
-        default="24h", pattern=duration.PATTERN,
+        min_length=2, max_length=32, default="24h", pattern=duration.PATTERN,
         description="How long a request may wait for approval before it times out.",
     )
 
+
+
+    @model_validator(mode="after")
+    def _durations_positive(self) -> RoleEligibilitySpec:
+        for field_name in ("default_duration", "max_duration", "pending_timeout"):
+            duration.parse(getattr(self, field_name))  # ValueError says what is allowed
+        if duration.parse(self.default_duration) > duration.parse(self.max_duration):
+            raise ValueError("defaultDuration must not exceed maxDuration")
+        return self
 
 
 class RoleEligibilityStatus(Model):

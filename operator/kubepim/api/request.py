@@ -69,7 +69,7 @@ class AccessRequestSpec(Model):
         description="Namespace to grant the role in; omit for cluster-wide (ClusterRole only).",
     )
     duration: str | None = Field(
-        default=None, max_length=32, pattern=duration.PATTERN,
+        default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
         description="How long access lasts once active, e.g. 30m or 1h30m; the eligibility's "
         "default when omitted. The clock starts at activation.",
     )

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import binaries, cluster
+from . import binaries, cluster, install
 from .errors import DevClusterError
 
 
@@ -47,6 +47,8 @@ def _run(args: argparse.Namespace) -> int:
     started = cluster.start(args.dir, found, port=args.port)
     try:
         _announce(started, time.monotonic() - begin)
+        install.install(started.kubeconfig)
+        print("installed kubepim's CRDs, admission policies and user RBAC", flush=True)
         if args.no_operator:
             print("no operator (--no-operator); press Ctrl-C to stop", flush=True)
             try:
@@ -77,6 +79,8 @@ def _up(args: argparse.Namespace) -> int:
     begin = time.monotonic()
     started = cluster.start(args.dir, found, port=args.port, detach=True)
     _announce(started, time.monotonic() - begin)
+    install.install(started.kubeconfig)
+    print("installed kubepim's CRDs, admission policies and user RBAC")
     print(f"stop it with: python -m kubepim.devcluster down --dir {started.workdir}")
     return 0
 

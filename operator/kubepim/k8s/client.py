@@ -1,0 +1,206 @@
+"""The API-server adapter: every call the operator makes, with verbs that read like kubectl.
+
+Built on the official kubernetes client, run in worker threads so handlers stay async. 404
+becomes :class:`NotFound` (or ``None`` from getters, success from deletes), 409 :class:`Conflict`;
+nothing else leaks the client's exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client.exceptions import ApiException
+
+from kubepim.api.common import GROUP, VERSION
+
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubepim"
+
+
+class NotFound(Exception):
+    """The object does not exist."""
+
+
+class Conflict(Exception):
+    """The object changed since it was read (409): read it again and retry."""
+
+
+class Kube:
+    """Typed access to the objects kubepim reads and writes."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = api_client
+        self._custom = CustomObjectsApi(api_client)
+        self._rbac = RbacAuthorizationV1Api(api_client)
+        self._core = CoreV1Api(api_client)
+
+    @classmethod
+    def connect(cls) -> Kube:
+        """Connect in-cluster when running in a pod, else from the kubeconfig."""
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        configuration = kubernetes.client.Configuration.get_default_copy()
+        configuration.connection_pool_maxsize = 16
+        return cls(ApiClient(configuration))
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(str(error.reason)) from error
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from error
+            raise
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._api.sanitize_for_serialization(obj)
+        return result
+
+    # AccessRequests and RoleEligibilities (cluster-scoped custom objects)
+
+    async def get_request(self, name: str) -> dict[str, Any] | None:
+        """The AccessRequest, or None."""
+        try:
+            obj: dict[str, Any] = await self._call(
+                self._custom.get_cluster_custom_object, GROUP, VERSION, "accessrequests", name)
+        except NotFound:
+            return None
+        return obj
+
+    async def list_requests(self) -> list[dict[str, Any]]:
+        """Every AccessRequest."""
+        result = await self._call(
+            self._custom.list_cluster_custom_object, GROUP, VERSION, "accessrequests")
+        items: list[dict[str, Any]] = result["items"]
+        return items
+
+    async def list_eligibilities(self) -> list[dict[str, Any]]:
+        """Every RoleEligibility."""
+        result = await self._call(
+            self._custom.list_cluster_custom_object, GROUP, VERSION, "roleeligibilities")
+        items: list[dict[str, Any]] = result["items"]
+        return items
+
+    async def patch_request_status(
+        self, name: str, status: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Merge-patch the status, failing with Conflict if the object changed since read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        obj: dict[str, Any] = await self._call(
+            self._custom.patch_cluster_custom_object_status,
+            GROUP, VERSION, "accessrequests", name, body,
+        )
+        return obj
+
+    async def patch_eligibility_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a RoleEligibility's status (only its status: GitOps owns the rest)."""
+        await self._call(
+            self._custom.patch_cluster_custom_object_status,
+            GROUP, VERSION, "roleeligibilities", name, {"status": status},
+        )
+
+    async def post_event(
+        self, involved: dict[str, Any], event_type: str, reason: str, message: str,
+        when: datetime.datetime,
+    ) -> None:
+        """Post a core/v1 Event about a cluster-scoped object (stored in namespace default)."""
+        metadata = involved.get("metadata", {})
+        stamp = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{metadata.get('name')}.", "namespace": "default"},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                "name": metadata.get("name"), "uid": metadata.get("uid"),
+            },
+            "type": event_type, "reason": reason, "message": message[:1024],
+            "source": {"component": "kubepim"}, "reportingComponent": "kubepim",
+            "reportingInstance": "kubepim", "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "eventTime": when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            "action": reason, "count": 1,
+        }
+        await self._call(self._core.create_namespaced_event, "default", event)
+
+    # Namespaces and roles
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """Labels of a namespace, or None when it does not exist."""
+        try:
+            namespace = await self._call(self._core.read_namespace, name)
+        except NotFound:
+            return None
+        return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
+
+    async def role_exists(self, kind: str, name: str, namespace: str | None) -> bool:
+        """Whether the Role (in ``namespace``) or ClusterRole exists."""
+        try:
+            if kind == "ClusterRole":
+                await self._call(self._rbac.read_cluster_role, name)
+            else:
+                await self._call(self._rbac.read_namespaced_role, name, namespace)
+        except NotFound:
+            return False
+        return True
+
+    # Bindings
+
+    async def get_binding(
+        self, kind: str, name: str, namespace: str | None
+    ) -> dict[str, Any] | None:
+        """The RoleBinding or ClusterRoleBinding, or None."""
+        try:
+            if kind == "ClusterRoleBinding":
+                obj = await self._call(self._rbac.read_cluster_role_binding, name)
+            else:
+                obj = await self._call(self._rbac.read_namespaced_role_binding, name, namespace)
+        except NotFound:
+            return None
+        return self._plain(obj)
+
+    async def create_binding(self, manifest: dict[str, Any]) -> None:
+        """Create a binding; Conflict if one of that name exists."""
+        if manifest["kind"] == "ClusterRoleBinding":
+            await self._call(self._rbac.create_cluster_role_binding, manifest)
+        else:
+            namespace = manifest["metadata"]["namespace"]
+            await self._call(self._rbac.create_namespaced_role_binding, namespace, manifest)
+
+    async def delete_binding(self, kind: str, name: str, namespace: str | None) -> bool:
+        """Delete a binding; False when it was already gone."""
+        try:
+            if kind == "ClusterRoleBinding":
+                await self._call(self._rbac.delete_cluster_role_binding, name)
+            else:
+                await self._call(self._rbac.delete_namespaced_role_binding, name, namespace)
+        except NotFound:
+            return False
+        return True
+
+    async def list_managed_bindings(self) -> list[dict[str, Any]]:
+        """Every RoleBinding and ClusterRoleBinding that carries the operator's label."""
+        namespaced, cluster = await asyncio.gather(
+            self._call(self._rbac.list_role_binding_for_all_namespaces,
+                       label_selector=MANAGED_SELECTOR),
+            self._call(self._rbac.list_cluster_role_binding, label_selector=MANAGED_SELECTOR),
+        )
+        items = []
+        for listing, kind in ((namespaced, "RoleBinding"), (cluster, "ClusterRoleBinding")):
+            for item in listing.items:
+                plain = self._plain(item)
+                plain["kind"] = kind
+                items.append(plain)
+        return items
+
+
+def parse_time(value: str | None) -> datetime.datetime | None:
+    """An RFC 3339 timestamp from the API server, timezone-aware."""
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,48 @@
+"""Builders for unit tests: a fixed clock, and valid objects that tests override field by field.
+
+Overrides are camelCase, as a user writes them in YAML.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.request import AccessRequestSpec, Approval
+
+NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.UTC)
+
+PAYMENTS_LABELS = {"kubernetes.io/metadata.name": "payments", "team": "payments", "tier": "prod"}
+
+
+def eligibility(**fields: Any) -> RoleEligibilitySpec:
+    """alice may request Role/db-reader in namespace payments, approved by bob."""
+    base: dict[str, Any] = {
+        "subjects": [{"kind": "User", "name": "alice"}],
+        "roles": [{"kind": "Role", "name": "db-reader"}],
+        "namespaces": ["payments"],
+        "approval": {"users": ["bob"]},
+    }
+    return RoleEligibilitySpec.model_validate({**base, **fields})
+
+
+def request(**fields: Any) -> AccessRequestSpec:
+    """alice asks for Role/db-reader in namespace payments with a justification."""
+    base: dict[str, Any] = {
+        "role": {"kind": "Role", "name": "db-reader"},
+        "namespace": "payments",
+        "justification": "INC-42: look at stuck payments",
+        "requester": {"username": "alice", "groups": ["dev", "system:authenticated"]},
+    }
+    return AccessRequestSpec.model_validate({**base, **fields})
+
+
+def approve(*groups: str, comment: str = "") -> Approval:
+    """An approval entry as admission stamps it (with the approver's groups)."""
+    return Approval(decision="Approve", groups=list(groups), comment=comment)
+
+
+def deny(*groups: str, comment: str = "") -> Approval:
+    """A denial entry as admission stamps it (with the approver's groups)."""
+    return Approval(decision="Deny", groups=list(groups), comment=comment)
