@@ -5,6 +5,7 @@ Cluster-scoped and owned by GitOps: the operator never writes its spec or metada
 
 from __future__ import annotations
 
+import datetime
 from typing import ClassVar
 
 from pydantic import Field, model_validator
@@ -40,6 +41,8 @@ class JustificationPolicy(Model):
         description="If set, spec.ticket is required and must match this regular expression.",
     )
 
+
+_DEFAULT_DURATION = datetime.timedelta(hours=1)
 
 _SPEC_RULES: list[dict[str, str]] = [
     {"rule": "duration(self.maxDuration) > duration('0s')",
@@ -78,9 +81,10 @@ class RoleEligibilitySpec(Model):
         default=False,
         description="ClusterRoles may be granted cluster-wide (ClusterRoleBinding).",
     )
-    default_duration: str = Field(
-        min_length=2, max_length=32, default="1h", pattern=duration.PATTERN,
-        description="Duration of a request that names none, e.g. 1h.",
+    default_duration: str | None = Field(
+        default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
+        description="Duration of a request that names none; when omitted, 1h or maxDuration "
+        "if that is shorter.",
     )
     max_duration: str = Field(
         min_length=2, max_length=32, default="8h", pattern=duration.PATTERN,
@@ -95,15 +99,21 @@ class RoleEligibilitySpec(Model):
         description="How long a request may wait for approval before it times out.",
     )
 
-
-
     @model_validator(mode="after")
     def _durations_positive(self) -> RoleEligibilitySpec:
-        for field_name in ("default_duration", "max_duration", "pending_timeout"):
-            duration.parse(getattr(self, field_name))  # ValueError says what is allowed
-        if duration.parse(self.default_duration) > duration.parse(self.max_duration):
+        # ValueError says what is allowed; the CRD's CEL rules refuse the same at admission.
+        duration.parse(self.max_duration)
+        duration.parse(self.pending_timeout)
+        if self.default_duration is not None and \
+                duration.parse(self.default_duration) > duration.parse(self.max_duration):
             raise ValueError("defaultDuration must not exceed maxDuration")
         return self
+
+    def effective_default(self) -> datetime.timedelta:
+        """Duration of a request that names none."""
+        if self.default_duration is not None:
+            return duration.parse(self.default_duration)
+        return min(_DEFAULT_DURATION, duration.parse(self.max_duration))
 
 
 class RoleEligibilityStatus(Model):

@@ -132,7 +132,8 @@ def review(
 def _terms(spec: AccessRequestSpec, name: str, eligibility: RoleEligibilitySpec) -> Review:
     maximum = duration.parse(eligibility.max_duration)
     try:
-        wanted = duration.parse(spec.duration or eligibility.default_duration)
+        wanted = duration.parse(spec.duration) if spec.duration else \
+            eligibility.effective_default()
     except ValueError as error:
         return Refused(str(error))
     if wanted > maximum:
