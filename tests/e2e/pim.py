@@ -23,6 +23,11 @@ def access_request(name: str, **spec: Any) -> dict[str, Any]:
             "spec": spec}
 
 
+def json_text(manifest: dict[str, Any]) -> str:
+    """The manifest as kubectl reads it from stdin."""
+    return json.dumps(manifest)
+
+
 def apply(kubectl: Kubectl, manifest: dict[str, Any], **as_user: Any) -> None:
     """kubectl apply the manifest (as a user, with ``as_user=``/``groups=``)."""
     kubectl("apply", "-f", "-", stdin=json.dumps(manifest), **as_user)
