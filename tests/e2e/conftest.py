@@ -63,8 +63,9 @@ def operator_process(
     installed: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator subprocess for the session, stopped at its end."""
-    process = OperatorProcess(installed, tmp_path_factory.mktemp("operator"),
-                              KUBEPIM_RESYNC_SECONDS="5")
+    workdir = tmp_path_factory.mktemp("operator")
+    config = install.operator_kubeconfig(installed, workdir / "operator.kubeconfig")
+    process = OperatorProcess(config, workdir, KUBEPIM_RESYNC_SECONDS="5")
     yield process
     process.stop()
 

@@ -55,6 +55,15 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _without_defaults(node: Any) -> Any:
+    """Status is written, never defaulted: a default would make an untouched status differ."""
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+
+
 def openapi_schema(model: type[Model]) -> dict[str, Any]:
     """The openAPIV3Schema of one kind."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
@@ -65,7 +74,8 @@ def openapi_schema(model: type[Model]) -> dict[str, Any]:
         "metadata": {"type": "object"},
         **schema["properties"],
     }
-    status = schema["properties"]["status"]
+    status = _without_defaults(schema["properties"]["status"])
+    schema["properties"]["status"] = status
     # kopf keeps its progress and diff-base here, so nothing is written to user metadata.
     status["properties"]["kopf"] = {
         "type": "object", "x-kubernetes-preserve-unknown-fields": True,

@@ -56,8 +56,11 @@ def _run(args: argparse.Namespace) -> int:
                     signal.pause()
             except KeyboardInterrupt:
                 return 0
-        env = dict(os.environ, KUBECONFIG=str(started.kubeconfig))
-        print("starting the operator (python -m kubepim); press Ctrl-C to stop", flush=True)
+        operator_config = install.operator_kubeconfig(
+            started.kubeconfig, started.workdir / "operator.kubeconfig")
+        env = dict(os.environ, KUBECONFIG=str(operator_config))
+        print("starting the operator (python -m kubepim) as ServiceAccount kubepim/kubepim; "
+              "press Ctrl-C to stop", flush=True)
         operator = subprocess.Popen([sys.executable, "-m", "kubepim"], env=env)
         try:
             return operator.wait()

@@ -1,4 +1,4 @@
-"""Install kubepim's cluster-side parts (CRDs, admission policies, user RBAC) into a cluster.
+"""Install kubepim's cluster-side parts (CRDs, admission policies, RBAC) into a cluster.
 
 Applies ``crds/`` and ``deploy/`` from the checkout with kubectl, then waits until they are in
 force: the CRDs Established, and the admission policies enforced, shown by server-side dry-run
@@ -66,8 +66,39 @@ def _policies_enforced(kubeconfig: Path) -> bool:
     return forged.returncode != 0 and "spec.requester must be" in forged.stderr
 
 
+OPERATOR_NAMESPACE = "kubepim"
+OPERATOR_SERVICE_ACCOUNT = "kubepim"
+
+
+def operator_kubeconfig(kubeconfig: Path, path: Path, *, hours: int = 48) -> Path:
+    """Write a kubeconfig authenticating as the operator's ServiceAccount (a bound token).
+
+    The operator then runs with its own least-privilege identity, as it does in a cluster,
+    instead of the admin's; admission policies that exempt only the operator see it as such.
+    """
+    token = _kubectl(kubeconfig, "create", "token", OPERATOR_SERVICE_ACCOUNT,
+                     "-n", OPERATOR_NAMESPACE, f"--duration={hours}h")
+    if token.returncode != 0:
+        raise DevClusterError(f"cannot mint the operator's token: {token.stderr.strip()}")
+    view = _kubectl(kubeconfig, "config", "view", "--raw", "--minify", "-o", "json")
+    if view.returncode != 0:
+        raise DevClusterError(f"cannot read {kubeconfig}: {view.stderr.strip()}")
+    cluster = json.loads(view.stdout)["clusters"][0]
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "kubepim-operator", "user": {"token": token.stdout.strip()}}],
+        "contexts": [{"name": "kubepim-operator", "context": {
+            "cluster": cluster["name"], "user": "kubepim-operator"}}],
+        "current-context": "kubepim-operator",
+    }
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+    return path
+
+
 def install(kubeconfig: Path, *, timeout: float = 60.0) -> None:
-    """Apply CRDs, admission policies and user RBAC; return once they are enforced."""
+    """Apply CRDs, the operator's identity, RBAC and admission policies; wait until enforced."""
     root = repo_root()
     for directory in (root / "crds", root / "deploy" / "admission", root / "deploy"):
         result = _kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
