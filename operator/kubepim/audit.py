@@ -45,8 +45,10 @@ async def record(
     }
     logger.info(json.dumps(line, sort_keys=True))
     try:
+        message = transition.message
+        if transition.actor not in message:
+            message += f" (by {transition.actor})"
         await kube.post_event(body, "Warning" if transition.warning else "Normal",
-                              transition.action, f"{transition.message} (by {transition.actor})",
-                              when)
+                              transition.action, message, when)
     except Exception:
         logger.exception("could not post the %s Event of %s", transition.action, line["request"])

@@ -109,7 +109,8 @@ KINDS: dict[type[Model], dict[str, Any]] = {
             {"name": "Role", "type": "string", "jsonPath": ".spec.role.name"},
             {"name": "Namespace", "type": "string", "jsonPath": ".spec.namespace"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+            # string, not date: a date column shows the age of a time, "<invalid>" if future.
+            {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
             {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
         ],
     },

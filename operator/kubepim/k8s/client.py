@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +116,9 @@ class Kube:
         stamp = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{metadata.get('name')}.", "namespace": "default"},
+            # Names that sort in posting order, so listings show the story in order.
+            "metadata": {"name": f"{str(metadata.get('name'))[:200]}.{time.time_ns():x}",
+                         "namespace": "default"},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                 "name": metadata.get("name"), "uid": metadata.get("uid"),
