@@ -6,7 +6,7 @@ Cluster-scoped and owned by GitOps: the operator never writes its spec or metada
 from __future__ import annotations
 
 import datetime
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -29,6 +29,56 @@ class Approvers(Model):
         default=None,
         description="If set, at least one of the approvals must come from a member of this "
         "group (e.g. two approvals, one from security).",
+    )
+
+
+class RequesterConditions(Model):
+    """What the requester's identity (userInfo, from the API server) must carry."""
+
+    groups: list[str] = Field(
+        default_factory=list, description="Groups the requester must all be in, e.g. mfa."
+    )
+    extra: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="userInfo.extra keys the requester must carry, each with one of these "
+        "values (e.g. an OIDC claim showing MFA: {amr: [mfa]}).",
+    )
+
+
+class BreakGlass(Model):
+    """Activation without approval, for emergencies: justified, short, loud, reviewed after."""
+
+    max_duration: str = Field(
+        default="1h", min_length=2, max_length=32, pattern=duration.PATTERN,
+        description="Longest break-glass grant, e.g. 30m (shorter than maxDuration).",
+    )
+
+
+Day = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+_WEEKDAYS: tuple[Day, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri")
+
+
+class TimeWindow(Model):
+    """A weekly window in UTC, e.g. Mon-Fri 09:00-17:00."""
+
+    days: list[Day] = Field(
+        default_factory=lambda: list(_WEEKDAYS),
+        description="Days of the week (UTC).",
+    )
+    start: str = Field(default="09:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                       description="Start time HH:MM (UTC), inclusive.")
+    end: str = Field(default="17:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                     description="End time HH:MM (UTC), exclusive.")
+
+
+class AutoApprove(Model):
+    """Low-risk requests that are approved without an approver."""
+
+    roles: list[RoleRef] = Field(
+        default_factory=list, description="Roles auto-approved; empty means every role here."
+    )
+    window: TimeWindow | None = Field(
+        default=None, description="Only requests created inside this window are auto-approved."
     )
 
 
@@ -94,6 +144,22 @@ class RoleEligibilitySpec(Model):
     justification: JustificationPolicy = Field(
         default_factory=JustificationPolicy, description="What a request must say about why."
     )
+    requester_conditions: RequesterConditions | None = Field(
+        default=None, description="What the requester's identity must carry to request."
+    )
+    break_glass: BreakGlass | None = Field(
+        default=None,
+        description="Allow activation without approval (spec.breakGlass on the request), "
+        "with a mandatory justification, a Warning Event, and a review afterwards.",
+    )
+    auto_approve: AutoApprove | None = Field(
+        default=None, description="Requests approved without an approver (low-risk roles)."
+    )
+    allow_privileged_roles: bool = Field(
+        default=False,
+        description="Allow roles on the deny-list: cluster-admin and roles granting escalate, "
+        "bind, impersonate or '*'.",
+    )
     pending_timeout: str = Field(
         min_length=2, max_length=32, default="24h", pattern=duration.PATTERN,
         description="How long a request may wait for approval before it times out.",
@@ -104,6 +170,9 @@ class RoleEligibilitySpec(Model):
         # ValueError says what is allowed; the CRD's CEL rules refuse the same at admission.
         duration.parse(self.max_duration)
         duration.parse(self.pending_timeout)
+        if self.break_glass is not None and \
+                duration.parse(self.break_glass.max_duration) > duration.parse(self.max_duration):
+            raise ValueError("breakGlass.maxDuration must not exceed maxDuration")
         if self.default_duration is not None and \
                 duration.parse(self.default_duration) > duration.parse(self.max_duration):
             raise ValueError("defaultDuration must not exceed maxDuration")

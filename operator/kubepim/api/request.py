@@ -44,6 +44,9 @@ class Requester(Model):
     groups: list[str] = Field(
         default_factory=list, description="userInfo.groups of the creating request."
     )
+    extra: dict[str, list[str]] = Field(
+        default_factory=dict, description="userInfo.extra of the creating request."
+    )
 
 
 _SPEC_RULES: list[dict[str, str]] = [
@@ -83,6 +86,11 @@ class AccessRequestSpec(Model):
         default=None, max_length=253,
         description="RoleEligibility to request under; the first matching one when omitted.",
     )
+    break_glass: bool = Field(
+        default=False,
+        description="Activate without approval under the eligibility's breakGlass policy; "
+        "a justification is required and the grant is marked for review.",
+    )
     requester: Requester | None = Field(
         default=None,
         description="Set by admission from the creating request's userInfo; a different "
@@ -93,12 +101,28 @@ class AccessRequestSpec(Model):
 class Approval(Model):
     """One approver's decision; the map key is the approver's username."""
 
-    decision: Literal["Approve", "Deny"] = Field(description="Approve or Deny.")
+    decision: Literal["Approve", "Deny", "Acknowledge"] = Field(
+        description="Approve or Deny a pending request; Acknowledge reviews a break-glass grant."
+    )
     comment: str = Field(default="", max_length=1024, description="Why.")
     groups: list[str] = Field(
         default_factory=list, description="The approver's groups, stamped by admission."
     )
-    time: datetime.datetime | None = Field(default=None, description="When it was given.")
+    request_uid: str = Field(
+        default="", description="metadata.uid of the request approved, stamped by admission: "
+        "an entry copied onto another request does not count."
+    )
+
+
+class Action(Model):
+    """A requester's or admin's action on a request; the map key is who took it."""
+
+    action: Literal["Withdraw", "End", "Revoke"] = Field(
+        description="Withdraw a pending request or End an active grant (the requester); "
+        "Revoke it (an approver of its eligibility, or anyone allowed the RBAC verb revoke "
+        "on accessrequests)."
+    )
+    reason: str = Field(default="", max_length=1024, description="Why; required for Revoke.")
 
 
 class BindingRef(Model):
@@ -129,6 +153,15 @@ class AccessRequestStatus(Model):
     eligibility: str | None = Field(default=None, description="The governing RoleEligibility.")
     approvals: dict[str, Approval] = Field(
         default_factory=dict, description="Decisions keyed by approver username."
+    )
+    actions: dict[str, Action] = Field(
+        default_factory=dict, description="Withdraw, End and Revoke actions keyed by username."
+    )
+    review_required: bool = Field(
+        default=False, description="A break-glass grant not yet acknowledged by an approver."
+    )
+    reviewed_by: str | None = Field(
+        default=None, description="The approver who acknowledged a break-glass grant."
     )
     activated_at: datetime.datetime | None = Field(
         default=None, description="When access was granted."

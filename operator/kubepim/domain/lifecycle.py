@@ -11,6 +11,7 @@ and whether the binding must exist. Time is an argument; nothing here reads a cl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from typing import Literal
 from kubepim.api import duration
 from kubepim.api.common import Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Phase
+from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Action, Phase
 
-from .quorum import tally
+from .quorum import is_approver, tally
 from .review import Accepted, review
 
 OPERATOR = "kubepim"
@@ -48,6 +49,8 @@ class Plan:
     activated_at: datetime.datetime | None = None
     expires_at: datetime.datetime | None = None
     message: str = ""
+    review_required: bool | None = None
+    reviewed_by: str | None = None
 
     @property
     def phase(self) -> Phase | None:
@@ -73,31 +76,83 @@ def decide(
     eligibilities: Mapping[str, RoleEligibilitySpec],
     namespace_labels: Mapping[str, str] | None,
     now: datetime.datetime,
+    uid: str = "",
 ) -> Plan:
-    """Next step of one request. Final phases only keep the binding absent."""
+    """Next step of one request. Final phases only keep the binding absent.
+
+    ``uid`` is the request's metadata.uid: approvals stamped for another request are ignored.
+    """
     phase = status.phase
-    requester = spec.requester.username if spec.requester else "unknown"
     if phase is not None and phase.final:
-        return Plan(message=status.message)
+        plan = Plan(message=status.message)
+    elif phase == Phase.ACTIVE:
+        plan = _decide_active(spec, status, eligibilities, namespace_labels, now)
+    else:
+        plan = _decide_pending(spec, status, created_at, eligibilities, namespace_labels, now,
+                               uid)
+    return _with_review(plan, spec, status, eligibilities)
 
-    if phase == Phase.ACTIVE:
-        assert status.expires_at is not None  # set together with the phase
-        if status.expires_at <= now:
-            late = (now - status.expires_at).total_seconds()
-            note = f"; revoked {late:.0f}s late" if late >= 1 else ""
-            return _final("Expired", Phase.EXPIRED, OPERATOR,
-                          f"access ended at its expiry {_iso(status.expires_at)}{note}")
-        verdict = review(spec, eligibilities, namespace_labels)
-        if not isinstance(verdict, Accepted):
-            return _final("Revoked", Phase.REVOKED, OPERATOR,
-                          f"eligibility no longer covers this grant: {verdict.message}",
-                          warning=True)
-        return Plan(binding="present", eligibility=status.eligibility,
-                    message=f"active until {_iso(status.expires_at)}")
 
+def _requester(spec: AccessRequestSpec) -> str:
+    return spec.requester.username if spec.requester else "unknown"
+
+
+def _action(status: AccessRequestStatus, spec: AccessRequestSpec,
+            kinds: tuple[str, ...]) -> tuple[str, Action] | None:
+    """The first action of one of ``kinds``: End/Withdraw count only from the requester."""
+    requester = _requester(spec)
+    for who in sorted(status.actions):
+        entry = status.actions[who]
+        if entry.action not in kinds:
+            continue
+        if entry.action in ("End", "Withdraw") and who != requester:
+            continue
+        return who, entry
+    return None
+
+
+def _decide_active(
+    spec: AccessRequestSpec,
+    status: AccessRequestStatus,
+    eligibilities: Mapping[str, RoleEligibilitySpec],
+    namespace_labels: Mapping[str, str] | None,
+    now: datetime.datetime,
+) -> Plan:
+    assert status.expires_at is not None  # set together with the phase
+    if status.expires_at <= now:
+        late = (now - status.expires_at).total_seconds()
+        note = f"; revoked {late:.0f}s late" if late >= 1 else ""
+        return _final("Expired", Phase.EXPIRED, OPERATOR,
+                      f"access ended at its expiry {_iso(status.expires_at)}{note}")
+    taken = _action(status, spec, ("End", "Revoke"))
+    if taken is not None:
+        who, entry = taken
+        because = f": {entry.reason}" if entry.reason else ""
+        if entry.action == "End" or who == _requester(spec):
+            return _final("Revoked", Phase.REVOKED, who, f"ended early by {who}{because}")
+        return _final("Revoked", Phase.REVOKED, who, f"revoked by {who}{because}", warning=True)
     verdict = review(spec, eligibilities, namespace_labels)
+    if not isinstance(verdict, Accepted):
+        return _final("Revoked", Phase.REVOKED, OPERATOR,
+                      f"eligibility no longer covers this grant: {verdict.message}",
+                      warning=True)
+    return Plan(binding="present", eligibility=status.eligibility,
+                message=f"active until {_iso(status.expires_at)}")
+
+
+def _decide_pending(
+    spec: AccessRequestSpec,
+    status: AccessRequestStatus,
+    created_at: datetime.datetime,
+    eligibilities: Mapping[str, RoleEligibilitySpec],
+    namespace_labels: Mapping[str, str] | None,
+    now: datetime.datetime,
+    uid: str,
+) -> Plan:
+    requester = _requester(spec)
+    verdict = review(spec, eligibilities, namespace_labels, requested_at=created_at)
     steps: list[Transition] = []
-    if phase is None:
+    if status.phase is None:
         if not isinstance(verdict, Accepted):
             return _final("Rejected", Phase.REJECTED, OPERATOR, verdict.message, warning=True)
         steps.append(Transition("Requested", Phase.PENDING, requester,
@@ -110,15 +165,36 @@ def decide(
                       warning=True)
     policy = eligibilities[verdict.eligibility]
 
-    timeout = duration.parse(policy.pending_timeout)
-    if now >= created_at + timeout:
-        window = policy.pending_timeout
+    taken = _action(status, spec, ("Withdraw", "Revoke"))
+    if taken is not None:
+        who, entry = taken
+        because = f": {entry.reason}" if entry.reason else ""
+        if entry.action == "Withdraw" or who == requester:
+            steps.append(Transition("Withdrawn", Phase.WITHDRAWN, who,
+                                    f"withdrawn by {who}{because}"))
+        else:
+            steps.append(Transition("Revoked", Phase.REVOKED, who, f"revoked by {who}{because}",
+                                    warning=True))
+        return Plan(transitions=tuple(steps), message=steps[-1].message)
+
+    if verdict.break_glass:
+        steps.append(Transition("BreakGlass", Phase.PENDING, requester,
+                                f"break-glass activation by {requester} without approval: "
+                                f"{spec.justification}", warning=True))
+        return _activate(steps, spec, verdict, now, review_required=True)
+    if verdict.auto_approved:
+        steps.append(Transition("Approved", Phase.PENDING, OPERATOR,
+                                f"auto-approved under RoleEligibility {verdict.eligibility}"))
+        return _activate(steps, spec, verdict, now)
+
+    if now >= created_at + duration.parse(policy.pending_timeout):
         steps.append(Transition("TimedOut", Phase.TIMED_OUT, OPERATOR,
-                                f"no decision within the approval window of {window}"))
+                                "no decision within the approval window of "
+                                f"{policy.pending_timeout}"))
         return Plan(transitions=tuple(steps), message=steps[-1].message)
 
     assert spec.requester is not None  # review refuses requests without one
-    result = tally(policy.approval, status.approvals, spec.requester)
+    result = tally(policy.approval, status.approvals, spec.requester, uid)
     if result.denied_by:
         comment = status.approvals[result.denied_by].comment
         because = f": {comment}" if comment else ""
@@ -126,17 +202,48 @@ def decide(
                                 f"denied by {result.denied_by}{because}"))
         return Plan(transitions=tuple(steps), message=steps[-1].message)
     if result.approved:
-        until = expiry(now, verdict.duration)
         who = ", ".join(result.counted)
         steps.append(Transition("Approved", Phase.PENDING, who, f"approved by {who}"))
-        steps.append(Transition("Activated", Phase.ACTIVE, OPERATOR,
-                                f"granted {spec.role} {_where(spec)} to {requester} "
-                                f"until {_iso(until)}"))
-        return Plan(transitions=tuple(steps), binding="present", eligibility=verdict.eligibility,
-                    activated_at=now, expires_at=until, message=f"active until {_iso(until)}")
+        return _activate(steps, spec, verdict, now)
     ignored = "".join(f"; ignored {who}: {why}" for who, why in result.ignored.items())
     return Plan(transitions=tuple(steps), eligibility=verdict.eligibility,
                 message=f"waiting for {result.missing}{ignored}")
+
+
+def _activate(
+    steps: list[Transition], spec: AccessRequestSpec, verdict: Accepted,
+    now: datetime.datetime, review_required: bool = False,
+) -> Plan:
+    until = expiry(now, verdict.duration)
+    steps.append(Transition("Activated", Phase.ACTIVE, OPERATOR,
+                            f"granted {spec.role} {_where(spec)} to {_requester(spec)} "
+                            f"until {_iso(until)}"))
+    return Plan(transitions=tuple(steps), binding="present", eligibility=verdict.eligibility,
+                activated_at=now, expires_at=until, message=f"active until {_iso(until)}",
+                review_required=review_required or None)
+
+
+def _with_review(
+    plan: Plan, spec: AccessRequestSpec, status: AccessRequestStatus,
+    eligibilities: Mapping[str, RoleEligibilitySpec],
+) -> Plan:
+    """Add a Reviewed step when an approver acknowledged a break-glass grant."""
+    policy = eligibilities.get(status.eligibility or "")
+    if not status.review_required or policy is None or spec.requester is None:
+        return plan
+    for who in sorted(status.approvals):
+        entry = status.approvals[who]
+        if entry.decision != "Acknowledge" or who == spec.requester.username:
+            continue
+        if not is_approver(policy.approval, who, entry.groups):
+            continue
+        phase = status.phase or Phase.ACTIVE
+        reviewed = Transition("Reviewed", phase, who,
+                              f"break-glass use reviewed by {who}"
+                              + (f": {entry.comment}" if entry.comment else ""))
+        return dataclasses.replace(plan, transitions=(reviewed, *plan.transitions),
+                                   review_required=False, reviewed_by=who)
+    return plan
 
 
 def _final(action: str, phase: Phase, actor: str, message: str, warning: bool = False) -> Plan:

@@ -33,12 +33,22 @@ def is_approver(policy: Approvers, username: str, groups: list[str]) -> bool:
     return username in policy.users or any(group in allowed for group in groups)
 
 
-def tally(policy: Approvers, approvals: Mapping[str, Approval], requester: Requester) -> Tally:
-    """Count approvals against the policy; denials from approvers win over approvals."""
+def tally(
+    policy: Approvers, approvals: Mapping[str, Approval], requester: Requester, uid: str = "",
+) -> Tally:
+    """Count approvals against the policy; denials from approvers win over approvals.
+
+    With ``uid`` (the request's metadata.uid), entries stamped for another request are ignored.
+    """
     counted: list[str] = []
     ignored: dict[str, str] = {}
     for username in sorted(approvals):
         entry = approvals[username]
+        if entry.decision == "Acknowledge":
+            continue
+        if uid and entry.request_uid != uid:
+            ignored[username] = "the approval was given for another request"
+            continue
         if username == requester.username:
             ignored[username] = "the requester cannot approve their own request"
             continue

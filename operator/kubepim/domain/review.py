@@ -20,10 +20,15 @@ from kubepim.api.request import AccessRequestSpec, Requester
 
 @dataclass(frozen=True)
 class Accepted:
-    """The request is covered: granted under ``eligibility`` for ``duration`` once approved."""
+    """The request is covered: granted under ``eligibility`` for ``duration`` once approved.
+
+    ``break_glass``: activates without approval; ``auto_approved``: the eligibility approves it.
+    """
 
     eligibility: str
     duration: datetime.timedelta
+    break_glass: bool = False
+    auto_approved: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,55 @@ def covers_place(
     return spec.namespace_selector is not None and selector_matches(spec.namespace_selector, labels)
 
 
+def unmet_conditions(spec: RoleEligibilitySpec, requester: Requester) -> str | None:
+    """What the requester's identity lacks under the eligibility's conditions, or None."""
+    conditions = spec.requester_conditions
+    if conditions is None:
+        return None
+    missing = [f"group {g}" for g in conditions.groups if g not in requester.groups]
+    for key, values in sorted(conditions.extra.items()):
+        if not set(values) & set(requester.extra.get(key, [])):
+            missing.append(f"{key} in {sorted(values)}")
+    return ", ".join(missing) or None
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def auto_approves(spec: RoleEligibilitySpec, role: RoleRef, at: datetime.datetime) -> bool:
+    """Whether the eligibility approves a request for ``role`` created at ``at`` by itself."""
+    policy = spec.auto_approve
+    if policy is None or (policy.roles and role not in policy.roles):
+        return False
+    if policy.window is None:
+        return True
+    moment = at.astimezone(datetime.UTC)
+    clock = moment.strftime("%H:%M")
+    return (_DAYS[moment.weekday()] in policy.window.days
+            and policy.window.start <= clock < policy.window.end)
+
+
+def summary(requester: Requester, eligibilities: Mapping[str, RoleEligibilitySpec]) -> str:
+    """What this requester may ask for, for messages: roles and where, per eligibility."""
+    parts = []
+    for name in sorted(eligibilities):
+        spec = eligibilities[name]
+        if not covers_subject(spec, requester) or unmet_conditions(spec, requester):
+            continue
+        places = []
+        if spec.namespaces:
+            places.append("in namespaces [" + ", ".join(spec.namespaces) + "]")
+        if spec.namespace_selector is not None:
+            places.append("in namespaces matching the selector of " + name)
+        if spec.cluster_wide:
+            places.append("cluster-wide")
+        parts.append(f"{_roles(spec.roles)} {' or '.join(places)} for up to "
+                     f"{spec.max_duration} ({name})")
+    if not parts:
+        return f"{requester.username} may request nothing: no RoleEligibility names them"
+    return f"{requester.username} may request: " + "; ".join(parts)
+
+
 def _where(namespace: str | None) -> str:
     return f"in namespace {namespace}" if namespace else "cluster-wide"
 
@@ -91,10 +145,12 @@ def review(
     spec: AccessRequestSpec,
     eligibilities: Mapping[str, RoleEligibilitySpec],
     namespace_labels: Mapping[str, str] | None,
+    requested_at: datetime.datetime | None = None,
 ) -> Review:
     """Decide whether the request is covered; eligibilities are tried in name order.
 
-    ``namespace_labels`` are the target namespace's labels, or None if it does not exist.
+    ``namespace_labels`` are the target namespace's labels, or None if it does not exist;
+    ``requested_at`` (the request's creation) decides auto-approval windows.
     """
     requester = spec.requester
     if requester is None:
@@ -122,22 +178,40 @@ def review(
 
     refusals = []
     for name, eligibility in fitting.items():
-        terms = _terms(spec, name, eligibility)
+        lacking = unmet_conditions(eligibility, requester)
+        if lacking:
+            refusals.append(f"RoleEligibility {name} requires the requester's identity to "
+                            f"carry {lacking}")
+            continue
+        terms = _terms(spec, name, eligibility, requested_at)
         if isinstance(terms, Accepted):
             return terms
         refusals.append(terms.message)
     return Refused("; ".join(refusals))
 
 
-def _terms(spec: AccessRequestSpec, name: str, eligibility: RoleEligibilitySpec) -> Review:
+def _terms(
+    spec: AccessRequestSpec, name: str, eligibility: RoleEligibilitySpec,
+    requested_at: datetime.datetime | None,
+) -> Review:
     maximum = duration.parse(eligibility.max_duration)
+    if spec.break_glass:
+        if eligibility.break_glass is None:
+            return Refused(f"RoleEligibility {name} does not allow break-glass")
+        maximum = duration.parse(eligibility.break_glass.max_duration)
+        if not spec.justification.strip():
+            return Refused("a break-glass request requires a justification")
     try:
         wanted = duration.parse(spec.duration) if spec.duration else \
             eligibility.effective_default()
     except ValueError as error:
         return Refused(str(error))
     if wanted > maximum:
-        return Refused(f"duration {spec.duration} exceeds the maximum "
+        asked = spec.duration or duration.format_duration(wanted)
+        if spec.break_glass and eligibility.break_glass is not None:
+            return Refused(f"duration {asked} exceeds the break-glass maximum "
+                           f"{eligibility.break_glass.max_duration} of RoleEligibility {name}")
+        return Refused(f"duration {asked} exceeds the maximum "
                        f"{eligibility.max_duration} of RoleEligibility {name}")
     policy = eligibility.justification
     if policy.required and not spec.justification.strip():
@@ -151,4 +225,6 @@ def _terms(spec: AccessRequestSpec, name: str, eligibility: RoleEligibilitySpec)
         if not ok:
             return Refused(f"RoleEligibility {name} requires spec.ticket matching "
                            f"{policy.ticket_pattern}")
-    return Accepted(eligibility=name, duration=wanted)
+    auto = requested_at is not None and auto_approves(eligibility, spec.role, requested_at)
+    return Accepted(eligibility=name, duration=wanted, break_glass=spec.break_glass,
+                    auto_approved=auto and not spec.break_glass)

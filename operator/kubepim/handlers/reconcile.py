@@ -84,7 +84,8 @@ class Reconciler:
         spec, status = request.spec, request.status or AccessRequestStatus()
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         labels = await self.kube.namespace_labels(spec.namespace) if spec.namespace else {}
-        plan = decide(spec, status, created, await self.eligibilities(), labels, now)
+        plan = decide(spec, status, created, await self.eligibilities(), labels, now,
+                      uid=body["metadata"]["uid"])
 
         transitions = list(plan.transitions)
         if plan.binding == "present":
@@ -165,6 +166,10 @@ class Reconciler:
             patch["expiresAt"] = _time(plan.expires_at)
             patch["binding"] = bindings.binding_ref(
                 body["metadata"]["name"], AccessRequest.model_validate(body).spec).wire()
+        if plan.review_required is not None:
+            patch["reviewRequired"] = plan.review_required
+        if plan.reviewed_by is not None:
+            patch["reviewedBy"] = plan.reviewed_by
         if transitions:
             history = list(current.get("history") or [])
             history += [HistoryEntry(time=now, action=t.action, actor=t.actor,
