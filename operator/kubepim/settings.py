@@ -22,6 +22,30 @@ class Settings(BaseSettings):
         default=30.0, gt=0,
         description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",
     )
+    operator_username: str = Field(
+        default="system:serviceaccount:kubepim:kubepim",
+        description="The operator's own identity; the webhooks do not apply to its writes.",
+    )
+    webhook_port: int = Field(
+        default=9443, ge=0, le=65535,
+        description="Port of the admission webhook server; 0 disables admission.",
+    )
+    webhook_listen: str = Field(
+        default="127.0.0.1", description="Address the webhook server listens on."
+    )
+    webhook_host: str = Field(
+        default="127.0.0.1",
+        description="Host the API server calls the webhooks at (certificate SAN and URL).",
+    )
+    webhook_cert_dir: str = Field(
+        default="", description="Where the webhook's certificates are written; empty: a "
+        "temporary directory, removed on exit.",
+    )
+    manage_webhook_configuration: bool = Field(
+        default=True,
+        description="Write the ValidatingWebhookConfiguration at start-up (off when a chart "
+        "installs it).",
+    )
     log_level: str = Field(
         default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Python log level."
     )

@@ -85,4 +85,6 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     name = f"{stem}-{secrets.token_hex(3)}"
     kubectl("create", "namespace", name)
     yield name
+    # Tests name their cluster-scoped objects after the namespace; leave none behind.
+    kubectl("delete", "roleeligibility", name, "--ignore-not-found", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)

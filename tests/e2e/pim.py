@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
 from typing import Any
 
 from tests.e2e.support import Kubectl, poll
@@ -54,14 +55,23 @@ def wait_phase(kubectl: Kubectl, name: str, phase: str, timeout: float = 10) -> 
 
 
 def approve(kubectl: Kubectl, name: str, approver: str, decision: str = "Approve",
-            groups: tuple[str, ...] = (), comment: str = "") -> None:
-    """Patch the approver's decision into the request's status, as the approver."""
-    entry: dict[str, Any] = {"decision": decision, "comment": comment}
-    if groups:
-        entry["groups"] = list(groups)
-    patch = {"status": {"approvals": {approver: entry}}}
-    kubectl("patch", "accessrequest", name, "--subresource=status", "--type=merge",
-            "-p", json.dumps(patch), as_user=approver, groups=groups)
+            groups: tuple[str, ...] = (), comment: str = "", key: str | None = None,
+            check: bool = True, **identity: Any) -> subprocess.CompletedProcess[str]:
+    """Patch a decision into the request's status as ``approver`` (under ``key``, default
+    their own name); ``check=False`` returns kubectl's result instead of raising."""
+    patch = {"status": {"approvals": {key or approver: {"decision": decision,
+                                                        "comment": comment}}}}
+    return kubectl("patch", "accessrequest", name, "--subresource=status", "--type=merge",
+                   "-p", json.dumps(patch), as_user=approver, groups=groups, check=check,
+                   **identity)
+
+
+def act(kubectl: Kubectl, name: str, user: str, action: str, reason: str = "",
+        check: bool = True, **identity: Any) -> subprocess.CompletedProcess[str]:
+    """Patch an action (Withdraw, End, Revoke) into the request's status as ``user``."""
+    patch = {"status": {"actions": {user: {"action": action, "reason": reason}}}}
+    return kubectl("patch", "accessrequest", name, "--subresource=status", "--type=merge",
+                   "-p", json.dumps(patch), as_user=user, check=check, **identity)
 
 
 def history(body: dict[str, Any]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,15 +42,25 @@ class Kubectl:
         *args: str,
         as_user: str | None = None,
         groups: Sequence[str] = (),
+        uid: str | None = None,
+        extra: Mapping[str, Sequence[str]] | None = None,
         stdin: str | None = None,
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``kubectl ARGS``; with ``check`` a non-zero exit raises with kubectl's stderr."""
+        """Run ``kubectl ARGS``; with ``check`` a non-zero exit raises with kubectl's stderr.
+
+        ``as_user``, ``groups``, ``uid`` and ``extra`` impersonate (--as, --as-group, --as-uid,
+        --as-user-extra): the API server then authenticates the request as that identity.
+        """
         command = [str(self.binary), f"--kubeconfig={self.kubeconfig}"]
         if as_user is not None:
             command.append(f"--as={as_user}")
         command += [f"--as-group={group}" for group in groups]
+        if uid is not None:
+            command.append(f"--as-uid={uid}")
+        for key, values in (extra or {}).items():
+            command += [f"--as-user-extra={key}={value}" for value in values]
         command += args
         result = subprocess.run(
             command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
@@ -117,7 +127,8 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_dir: Path, **settings: str) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.settings = settings
+        self.webhook_port = free_port()
+        self.settings = {"KUBEPIM_WEBHOOK_PORT": str(self.webhook_port), **settings}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -139,8 +150,9 @@ class OperatorProcess:
 
         def started() -> bool:
             assert process.poll() is None, f"operator exited:\n{self.log_path.read_text()}"
-            return "kubepim operator started" in self.log_path.read_text() and _http_ok(
-                f"http://127.0.0.1:{port}/healthz")
+            return ("kubepim operator started" in self.log_path.read_text()
+                    and _http_ok(f"http://127.0.0.1:{port}/healthz")
+                    and _listening(self.webhook_port))
 
         poll(started, timeout=timeout, what="operator start-up")
 
@@ -168,6 +180,12 @@ class OperatorProcess:
 
     def log(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _http_ok(url: str) -> bool:

@@ -28,31 +28,35 @@ _GOOD: dict[str, Any] = {"role": {"kind": "Role", "name": "pod-reader"}, "durati
     pytest.param({"role": {"kind": "Role", "name": "secret-reader"}},
                  "alice is not eligible for Role/secret-reader in namespace {ns}: eligible "
                  "roles there are [Role/pod-reader]",
-                 id="a role outside the eligibility is rejected naming the eligible roles"),
+                 id="a role outside the eligibility is refused naming the eligible roles"),
     pytest.param({"namespace": "default"},
                  "alice is not eligible for any role in namespace default",
-                 id="a namespace outside the eligibility is rejected"),
+                 id="a namespace outside the eligibility is refused"),
     pytest.param({"duration": "2h"},
                  "duration 2h exceeds the maximum 30m of RoleEligibility {ns}",
-                 id="a duration over the cap is rejected naming the cap"),
+                 id="a duration over the cap is refused naming the cap"),
     pytest.param({"justification": "  "},
                  "RoleEligibility {ns} requires a justification: set spec.justification",
-                 id="a missing justification is rejected"),
+                 id="a missing justification is refused"),
     pytest.param({"ticket": "see slack"},
                  "RoleEligibility {ns} requires spec.ticket matching INC-[0-9]+",
-                 id="a ticket not matching the pattern is rejected"),
+                 id="a ticket not matching the pattern is refused"),
 ])
-def test_request_outside_the_eligibility_is_rejected_and_grants_nothing(
+def test_request_outside_the_eligibility_is_refused_at_apply_and_nothing_is_created(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str, change: dict[str, Any],
     message: str,
 ) -> None:
     _setup(kubectl, namespace)
     spec = {**_GOOD, "namespace": namespace, **change}
-    pim.apply(kubectl, pim.access_request(namespace, **spec), as_user="alice")
+    result = kubectl("apply", "-f", "-", stdin=pim.json_text(pim.access_request(namespace, **spec)),
+                     as_user="alice", check=False)
 
-    rejected = pim.wait_phase(kubectl, namespace, "Rejected")
-    assert rejected["status"]["message"] == message.format(ns=namespace)
-    assert pim.history(rejected) == [("Rejected", "kubepim")]
+    assert result.returncode != 0
+    assert message.format(ns=namespace) in result.stderr
+    # ... and says what alice may request instead.
+    assert f"alice may request: [Role/pod-reader] in namespaces [{namespace}] for up to 30m" \
+        in result.stderr
+    assert "NotFound" in kubectl("get", "accessrequest", namespace, check=False).stderr
     assert kubectl("get", "rolebindings", "-n", namespace, "-o", "name").stdout == ""
     assert kubectl.can_i("get", "pods", as_user="alice", namespace=namespace) is False
 

@@ -100,6 +100,10 @@ def operator_kubeconfig(kubeconfig: Path, path: Path, *, hours: int = 48) -> Pat
 def install(kubeconfig: Path, *, timeout: float = 60.0) -> None:
     """Apply CRDs, the operator's identity, RBAC and admission policies; wait until enforced."""
     root = repo_root()
+    # A webhook configuration left by an operator that is gone would refuse the probes below;
+    # the operator writes it afresh when it starts.
+    _kubectl(kubeconfig, "delete", "validatingwebhookconfiguration", "kubepim",
+             "--ignore-not-found")
     for directory in (root / "crds", root / "deploy" / "admission", root / "deploy"):
         result = _kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
                           "--field-manager=kubepim-install", "-f", str(directory))

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import kopf
 
+from kubepim import tls
 from kubepim.api.request import Phase
 from kubepim.k8s.client import Kube, parse_time
 from kubepim.settings import Settings
 
-from . import registry
+from . import admission, registry
 from .reconcile import Reconciler, utcnow
 from .sweep import resync_forever, sweep_orphans
 
@@ -38,6 +42,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
 
     overdue = await revoke_overdue(reconciler)
     removed = await sweep_orphans(reconciler)
+    if config.webhook_port:
+        await _serve_webhooks(settings, config, kube, memo)
     logger.info("kubepim operator started: revoked %d overdue grant(s), removed %d orphan "
                 "binding(s)", overdue, removed)
     memo.background = [
@@ -46,11 +52,32 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     ]
 
 
+async def _serve_webhooks(
+    settings: kopf.OperatorSettings, config: Settings, kube: Kube, memo: kopf.Memo
+) -> None:
+    """Serve the admission webhooks over TLS and write their configuration."""
+    if config.webhook_cert_dir:
+        cert_dir = Path(config.webhook_cert_dir)
+    else:
+        cert_dir = Path(tempfile.mkdtemp(prefix="kubepim-webhook-"))
+        memo.temporary_cert_dir = cert_dir
+    ca, cert, key = tls.serving_pair(cert_dir, (config.webhook_host,))
+    settings.admission.server = kopf.WebhookServer(
+        addr=config.webhook_listen, port=config.webhook_port, certfile=str(cert),
+        pkeyfile=str(key))
+    if config.manage_webhook_configuration:
+        await kube.apply_validating_webhooks(
+            admission.webhook_configuration(config, ca, admission.HANDLER_IDS))
+
+
 @kopf.on.cleanup(registry=registry)
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop background tasks."""
+    """Stop background tasks; remove temporary certificates."""
     for task in getattr(memo, "background", []):
         task.cancel()
+    cert_dir = getattr(memo, "temporary_cert_dir", None)
+    if cert_dir is not None:
+        shutil.rmtree(cert_dir, ignore_errors=True)
 
 
 @kopf.on.login(registry=registry)

@@ -8,13 +8,21 @@ nothing else leaks the client's exception types.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
 from collections.abc import Callable
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client import (
+    AdmissionregistrationV1Api,
+    ApiClient,
+    AuthorizationV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    RbacAuthorizationV1Api,
+)
 from kubernetes.client.exceptions import ApiException
 
 from kubepim.api.common import GROUP, VERSION
@@ -38,6 +46,8 @@ class Kube:
         self._custom = CustomObjectsApi(api_client)
         self._rbac = RbacAuthorizationV1Api(api_client)
         self._core = CoreV1Api(api_client)
+        self._authz = AuthorizationV1Api(api_client)
+        self._admission = AdmissionregistrationV1Api(api_client)
 
     @classmethod
     def connect(cls) -> Kube:
@@ -151,6 +161,57 @@ class Kube:
         except NotFound:
             return False
         return True
+
+    async def role_rules(
+        self, kind: str, name: str, namespace: str | None
+    ) -> list[dict[str, Any]] | None:
+        """The rules of a Role or ClusterRole, or None when it does not exist."""
+        try:
+            if kind == "ClusterRole":
+                role = await self._call(self._rbac.read_cluster_role, name)
+            else:
+                role = await self._call(self._rbac.read_namespaced_role, name, namespace)
+        except NotFound:
+            return None
+        rules: list[dict[str, Any]] = self._plain(role).get("rules") or []
+        return rules
+
+    async def may(
+        self, user: dict[str, Any], verb: str, group: str, resource: str,
+        name: str | None = None, namespace: str | None = None,
+    ) -> bool:
+        """Ask the API server's authorizer (SubjectAccessReview) whether ``user`` may do it.
+
+        ``user`` is an admission request's userInfo (username, uid, groups, extra).
+        """
+        attributes = {"verb": verb, "group": group, "resource": resource}
+        if name:
+            attributes["name"] = name
+        if namespace:
+            attributes["namespace"] = namespace
+        review = {
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user.get("username"), "uid": user.get("uid"),
+                     "groups": user.get("groups") or [], "extra": user.get("extra") or {},
+                     "resourceAttributes": attributes},
+        }
+        result = await self._call(self._authz.create_subject_access_review, review)
+        return bool(result.status.allowed)
+
+    async def apply_validating_webhooks(self, configuration: dict[str, Any]) -> None:
+        """Create or replace a ValidatingWebhookConfiguration."""
+        name = configuration["metadata"]["name"]
+        try:
+            await self._call(self._admission.create_validating_webhook_configuration,
+                             configuration)
+        except Conflict:
+            await self._call(self._admission.patch_validating_webhook_configuration,
+                             name, configuration)
+
+    async def delete_validating_webhooks(self, name: str) -> None:
+        """Delete a ValidatingWebhookConfiguration; absent is fine."""
+        with contextlib.suppress(NotFound):
+            await self._call(self._admission.delete_validating_webhook_configuration, name)
 
     # Bindings
 
