@@ -6,10 +6,10 @@ Overrides are camelCase, as a user writes them in YAML.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequestSpec, Approval
+from kubepim.api.request import AccessRequestSpec, Action, Approval
 
 NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.UTC)
 
@@ -46,3 +46,13 @@ def approve(*groups: str, comment: str = "") -> Approval:
 def deny(*groups: str, comment: str = "") -> Approval:
     """A denial entry as admission stamps it (with the approver's groups)."""
     return Approval(decision="Deny", groups=list(groups), comment=comment)
+
+
+def acknowledge(*groups: str, comment: str = "") -> Approval:
+    """A break-glass acknowledgment as admission stamps it (with the approver's groups)."""
+    return Approval(decision="Acknowledge", groups=list(groups), comment=comment)
+
+
+def act(action: Literal["Withdraw", "End", "Revoke"], reason: str = "") -> Action:
+    """A Withdraw, End or Revoke entry of status.actions."""
+    return Action(action=action, reason=reason)
