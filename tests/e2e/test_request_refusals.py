@@ -91,3 +91,24 @@ def test_spec_cannot_change_after_creation(
     assert result.returncode != 0
     assert "spec is immutable" in result.stderr
     assert pim.get_request(kubectl, namespace)["spec"]["duration"] == "10m"
+
+
+def test_justification_with_control_characters_is_refused_at_admission(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    manifest = pim.access_request(namespace, **{**_GOOD, "namespace": namespace,
+                                                "justification": "ok\u001b[2Jcleared"})
+    result = kubectl("apply", "-f", "-", stdin=pim.json_text(manifest), as_user="alice",
+                     check=False)
+    assert result.returncode != 0
+    assert "justification must not contain control characters" in result.stderr
+    assert "NotFound" in kubectl("get", "accessrequest", namespace, check=False).stderr
+
+
+def test_oversized_justification_is_refused_at_admission(kubectl: Kubectl, namespace: str) -> None:
+    manifest = pim.access_request(namespace, **{**_GOOD, "namespace": namespace,
+                                                "justification": "x" * 1025})
+    result = kubectl("apply", "-f", "-", stdin=pim.json_text(manifest), as_user="alice",
+                     check=False)
+    assert result.returncode != 0
+    assert "spec.justification: Too long: may not be more than 1024" in result.stderr

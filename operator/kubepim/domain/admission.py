@@ -64,11 +64,12 @@ def governing(
     spec: AccessRequestSpec,
     status: AccessRequestStatus,
     eligibilities: Mapping[str, RoleEligibilitySpec],
+    namespace_labels: Mapping[str, str] | None = None,
 ) -> tuple[str, RoleEligibilitySpec] | None:
     """The eligibility a request is decided under: the one recorded, else the one covering it."""
     name = status.eligibility
     if name is None:
-        verdict = review(spec, eligibilities, {})  # labels do not matter for the name
+        verdict = review(spec, eligibilities, namespace_labels)
         if not isinstance(verdict, Accepted):
             return None
         name = verdict.eligibility
@@ -83,10 +84,14 @@ def check_status_change(
     new: AccessRequestStatus,
     eligibilities: Mapping[str, RoleEligibilitySpec],
     may_revoke_by_rbac: bool = False,
+    namespace_labels: Mapping[str, str] | None = None,
 ) -> str | None:
-    """Judge the caller's new approval or action entry (admission policies allow no other)."""
+    """Judge the caller's new approval or action entry (admission policies allow no other).
+
+    ``namespace_labels`` matter only before the operator has recorded the governing eligibility.
+    """
     phase = old.phase or Phase.PENDING
-    rule = governing(spec, old, eligibilities)
+    rule = governing(spec, old, eligibilities, namespace_labels)
     decision = new.approvals.get(user.username) if user.username not in old.approvals else None
     action = new.actions.get(user.username) if user.username not in old.actions else None
 

@@ -84,8 +84,12 @@ async def accessrequest_admit_status(
         new.actions[user.username].action == "Revoke"
     may_revoke = revoking and await reconciler.kube.may(
         dict(userinfo), "revoke", GROUP, "accessrequests", name=body.metadata.name)
+    labels: dict[str, str] | None = {}
+    if before.eligibility is None and request.spec.namespace:
+        labels = await reconciler.kube.namespace_labels(request.spec.namespace)
     refusal = admission.check_status_change(user, request.spec, before, new,
-                                            await reconciler.eligibilities(), may_revoke)
+                                            await reconciler.eligibilities(), may_revoke,
+                                            labels)
     if refusal:
         raise _refuse(refusal)
 
