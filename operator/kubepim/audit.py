@@ -25,13 +25,17 @@ async def record(
     transition: Transition,
     when: datetime.datetime,
     expires_at: datetime.datetime | None,
+    index: int,
 ) -> None:
     """Log the JSON line, then post the Event, of one transition of one AccessRequest.
 
-    The log line comes first and cannot fail; a failed Event is logged and not retried (the
-    status history written before this call is the durable record).
+    Called once the transition is in status.history at ``index``; the line's ``id`` (request
+    uid / history index) is unique per transition, so a consumer can tell a repeat from a new
+    one. The log line cannot fail; a failed Event is logged and not retried (the status history
+    is the durable record).
     """
     line = {
+        "id": f"{body.get('metadata', {}).get('uid')}/{index}",
         "time": when.isoformat(),
         "action": transition.action,
         "request": body.get("metadata", {}).get("name"),
@@ -52,3 +56,24 @@ async def record(
                               transition.action, message, when)
     except Exception:
         logger.exception("could not post the %s Event of %s", transition.action, line["request"])
+
+
+def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.datetime,
+            retention: str) -> None:
+    """The final audit line of a request deleted at the end of its retention."""
+    status = body.get("status") or {}
+    line = {
+        "id": f"{body.get('metadata', {}).get('uid')}/deleted",
+        "time": when.isoformat(),
+        "action": "Deleted",
+        "request": body.get("metadata", {}).get("name"),
+        "requester": spec.requester.username if spec.requester else None,
+        "actor": "kubepim",
+        "role": str(spec.role),
+        "namespace": spec.namespace,
+        "expiresAt": status.get("expiresAt"),
+        "phase": status.get("phase"),
+        "reason": f"retention of {retention} after the request finished is over",
+        "history": status.get("history") or [],
+    }
+    logger.info(json.dumps(line, sort_keys=True))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 
 import kopf
+import prometheus_client
 
-from . import handlers
+from . import handlers, metrics
 from .settings import Settings
 
 
@@ -16,6 +18,10 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if settings.metrics_port:
+        metrics.BUILD_INFO.info({"version": _version()})
+        prometheus_client.start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.REGISTRY)
     liveness = None
     if settings.liveness_port:
         liveness = f"http://{settings.liveness_host}:{settings.liveness_port}/healthz"
@@ -26,3 +32,10 @@ def main() -> None:
         registry=handlers.registry,
         memo=kopf.Memo(settings=settings),
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kubepim")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -18,6 +18,17 @@ class Settings(BaseSettings):
         default=8080, ge=0, le=65535,
         description="Port of the liveness endpoint (/healthz); 0 disables it.",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the Prometheus /metrics endpoint listens on."
+    )
+    metrics_port: int = Field(
+        default=8000, ge=0, le=65535, description="Port of /metrics; 0 disables it."
+    )
+    retention: str = Field(
+        default="720h", min_length=2, pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+        description="How long finished AccessRequests are kept before they are deleted "
+        "(with a final audit line), e.g. 720h for 30 days.",
+    )
     resync_seconds: float = Field(
         default=30.0, gt=0,
         description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",

@@ -128,7 +128,9 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.webhook_port = free_port()
-        self.settings = {"KUBEPIM_WEBHOOK_PORT": str(self.webhook_port), **settings}
+        self.metrics_port = free_port()
+        self.settings = {"KUBEPIM_WEBHOOK_PORT": str(self.webhook_port),
+                         "KUBEPIM_METRICS_PORT": str(self.metrics_port), **settings}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -81,9 +81,6 @@ def test_an_uncovered_request_is_refused_with_what_the_requester_may_ask_for(
     assert check_new_request(spec, eligibilities, PAYMENTS_LABELS, NOW) == message
 
 
-@pytest.mark.xfail(strict=True, reason="summary() skips eligibilities whose requester conditions "
-                   "are unmet and then claims no RoleEligibility names the requester, which "
-                   "contradicts the review's reason printed just before it")
 def test_a_requester_lacking_conditions_is_not_told_that_no_eligibility_names_her() -> None:
     policy = eligibility(requesterConditions={"groups": ["mfa"]})
     message = check_new_request(request(), {"team": policy}, PAYMENTS_LABELS, NOW)
@@ -106,14 +103,16 @@ def _status(phase: Phase | None, review_required: bool = False,
 def _judge(user: User, old: AccessRequestStatus, entry: Approval | Action,
            spec: AccessRequestSpec = SPEC,
            eligibilities: dict[str, RoleEligibilitySpec] | None = None,
-           may_revoke_by_rbac: bool = False) -> str | None:
+           may_revoke_by_rbac: bool = False,
+           labels: dict[str, str] | None = PAYMENTS_LABELS) -> str | None:
     """Judge ``user`` adding ``entry`` under their own name to the ``old`` status."""
     if isinstance(entry, Approval):
         new = old.model_copy(update={"approvals": {**old.approvals, user.username: entry}})
     else:
         new = old.model_copy(update={"actions": {**old.actions, user.username: entry}})
     return check_status_change(user, spec, old, new, TEAM if eligibilities is None else
-                               eligibilities, may_revoke_by_rbac=may_revoke_by_rbac)
+                               eligibilities, may_revoke_by_rbac=may_revoke_by_rbac,
+                               namespace_labels=labels)
 
 
 APPROVALS = [
@@ -178,21 +177,36 @@ def test_nobody_may_decide_once_no_eligibility_governs_the_request() -> None:
         "no RoleEligibility governs this request any more; nobody can decide on it")
 
 
-def test_the_governing_eligibility_is_found_by_review_before_the_operator_records_it() -> None:
-    old = AccessRequestStatus(phase=Phase.PENDING)
-    assert _judge(BOB, old, approve("dev")) is None
-    assert _judge(MALLORY, old, approve("dev")) == NOT_AN_APPROVER
+UNRECORDED = AccessRequestStatus(phase=Phase.PENDING)
+SELECTED = {"team": eligibility(namespaces=[], approval={"users": ["bob"]},
+                                namespaceSelector={"matchLabels": {"team": "payments"}})}
 
 
-@pytest.mark.xfail(strict=True, reason="governing() reviews with empty namespace labels when "
-                   "status.eligibility is unset, so an eligibility that selects the namespace "
-                   "by labels is not found and every approver is refused until the operator "
-                   "records the eligibility")
-def test_an_approver_under_a_label_selected_namespace_may_approve_before_the_operator_runs(
+@pytest.mark.parametrize(("user", "eligibilities", "labels", "message"), [
+    pytest.param(BOB, TEAM, PAYMENTS_LABELS, None,
+                 id="before the operator records the eligibility an approver of the covering "
+                    "one may approve"),
+    pytest.param(MALLORY, TEAM, PAYMENTS_LABELS, NOT_AN_APPROVER,
+                 id="before the operator records the eligibility a non-approver is refused"),
+    pytest.param(BOB, SELECTED, PAYMENTS_LABELS, None,
+                 id="an eligibility that selects the namespace by its labels is found"),
+    pytest.param(BOB, SELECTED, {"kubernetes.io/metadata.name": "payments"},
+                 "no RoleEligibility governs this request any more; nobody can decide on it",
+                 id="an eligibility whose selector no longer matches the labels is not found"),
+    pytest.param(BOB, TEAM, None,
+                 "no RoleEligibility governs this request any more; nobody can decide on it",
+                 id="without the namespace's labels no eligibility is found"),
+])
+def test_the_governing_eligibility_is_found_by_review_until_the_operator_records_it(
+    user: User, eligibilities: dict[str, RoleEligibilitySpec], labels: dict[str, str] | None,
+    message: str | None,
 ) -> None:
-    policy = eligibility(namespaces=[], namespaceSelector={"matchLabels": {"team": "payments"}})
-    old = AccessRequestStatus(phase=Phase.PENDING)
-    assert _judge(BOB, old, approve("dev"), eligibilities={"team": policy}) is None
+    assert _judge(user, UNRECORDED, approve("dev"), eligibilities=eligibilities,
+                  labels=labels) == message
+
+
+def test_a_recorded_eligibility_governs_whatever_the_namespace_labels() -> None:
+    assert _judge(BOB, _status(Phase.PENDING), approve("dev"), labels=None) is None
 
 
 # --- adding an action ------------------------------------------------------------------------

@@ -68,7 +68,14 @@ class TimeWindow(Model):
     start: str = Field(default="09:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
                        description="Start time HH:MM (UTC), inclusive.")
     end: str = Field(default="17:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
-                     description="End time HH:MM (UTC), exclusive.")
+                     description="End time HH:MM (UTC), exclusive; before start for a window "
+                     "across midnight (e.g. 22:00-06:00).")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TimeWindow:
+        if self.start == self.end:
+            raise ValueError("window start and end must differ")
+        return self
 
 
 class AutoApprove(Model):

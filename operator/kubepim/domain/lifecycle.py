@@ -69,6 +69,15 @@ def overdue(status: AccessRequestStatus, now: datetime.datetime) -> bool:
             and status.expires_at <= now)
 
 
+def retention_over(
+    status: AccessRequestStatus, retention: datetime.timedelta, now: datetime.datetime
+) -> bool:
+    """Whether a finished request has been kept for ``retention`` since its last transition."""
+    if status.phase is None or not status.phase.final or not status.history:
+        return False
+    return status.history[-1].time + retention <= now
+
+
 def decide(
     spec: AccessRequestSpec,
     status: AccessRequestStatus,
@@ -90,7 +99,7 @@ def decide(
     else:
         plan = _decide_pending(spec, status, created_at, eligibilities, namespace_labels, now,
                                uid)
-    return _with_review(plan, spec, status, eligibilities)
+    return _with_review(plan, spec, status, eligibilities, uid)
 
 
 def _requester(spec: AccessRequestSpec) -> str:
@@ -225,7 +234,7 @@ def _activate(
 
 def _with_review(
     plan: Plan, spec: AccessRequestSpec, status: AccessRequestStatus,
-    eligibilities: Mapping[str, RoleEligibilitySpec],
+    eligibilities: Mapping[str, RoleEligibilitySpec], uid: str,
 ) -> Plan:
     """Add a Reviewed step when an approver acknowledged a break-glass grant."""
     policy = eligibilities.get(status.eligibility or "")
@@ -234,6 +243,8 @@ def _with_review(
     for who in sorted(status.approvals):
         entry = status.approvals[who]
         if entry.decision != "Acknowledge" or who == spec.requester.username:
+            continue
+        if uid and entry.request_uid != uid:
             continue
         if not is_approver(policy.approval, who, entry.groups):
             continue

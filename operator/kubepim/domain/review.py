@@ -108,8 +108,14 @@ def auto_approves(spec: RoleEligibilitySpec, role: RoleRef, at: datetime.datetim
         return True
     moment = at.astimezone(datetime.UTC)
     clock = moment.strftime("%H:%M")
-    return (_DAYS[moment.weekday()] in policy.window.days
-            and policy.window.start <= clock < policy.window.end)
+    window = policy.window
+    if window.start < window.end:
+        inside = window.start <= clock < window.end
+    else:  # across midnight, e.g. 22:00-06:00: the days are those the window starts on
+        inside = clock >= window.start or clock < window.end
+        if clock < window.end:
+            moment -= datetime.timedelta(days=1)
+    return inside and _DAYS[moment.weekday()] in window.days
 
 
 def summary(requester: Requester, eligibilities: Mapping[str, RoleEligibilitySpec]) -> str:
@@ -117,7 +123,11 @@ def summary(requester: Requester, eligibilities: Mapping[str, RoleEligibilitySpe
     parts = []
     for name in sorted(eligibilities):
         spec = eligibilities[name]
-        if not covers_subject(spec, requester) or unmet_conditions(spec, requester):
+        if not covers_subject(spec, requester):
+            continue
+        lacking = unmet_conditions(spec, requester)
+        if lacking:
+            parts.append(f"{_roles(spec.roles)} under {name} once the identity carries {lacking}")
             continue
         places = []
         if spec.namespaces:
@@ -206,6 +216,8 @@ def _terms(
             eligibility.effective_default()
     except ValueError as error:
         return Refused(str(error))
+    if spec.break_glass and not spec.duration:
+        wanted = min(wanted, maximum)  # the default never exceeds the break-glass cap
     if wanted > maximum:
         asked = spec.duration or duration.format_duration(wanted)
         if spec.break_glass and eligibility.break_glass is not None:

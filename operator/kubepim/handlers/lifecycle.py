@@ -48,7 +48,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                 "binding(s)", overdue, removed)
     memo.background = [
         asyncio.create_task(reconciler.scheduler.run(), name="expiry-scheduler"),
-        asyncio.create_task(resync_forever(reconciler, config.resync_seconds), name="resync"),
+        asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
+                            name="resync"),
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubepim import audit
+from kubepim import audit, metrics
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
 from kubepim.domain import bindings
@@ -43,6 +43,13 @@ class Reconciler:
         self.scheduler = ExpiryScheduler(self.reconcile)
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
+        # Active grants and their expiry, as last reconciled: the gauges read it.
+        self.active: dict[str, datetime.datetime] = {}
+        metrics.track(lambda: len(self.active), self._overdue)
+
+    def _overdue(self) -> int:
+        now = utcnow()
+        return sum(1 for expires in self.active.values() if expires <= now)
 
     async def eligibilities(self) -> dict[str, RoleEligibilitySpec]:
         """Every valid RoleEligibility by name (invalid ones are reported on their status)."""
@@ -72,6 +79,10 @@ class Reconciler:
                     return
                 except Conflict:
                     continue
+                except Exception:
+                    metrics.RECONCILE_ERRORS.inc()
+                    raise
+            metrics.RECONCILE_ERRORS.inc()
             logger.warning("gave up on %s after %d conflicting writes", name, _ATTEMPTS)
 
     async def _reconcile(self, body: dict[str, Any], now: datetime.datetime) -> None:
@@ -99,18 +110,48 @@ class Reconciler:
             await self._remove_binding(name, request)
 
         patch = self._status_patch(body, status, plan, transitions, now)
+        expires_at = plan.expires_at or status.expires_at
         if patch:
             await self.kube.patch_request_status(name, patch, body["metadata"]["resourceVersion"])
-            expires = plan.expires_at or status.expires_at
-            for transition in transitions:
-                await audit.record(self.kube, body, spec, transition, now, expires)
+            done = utcnow()
+            first = len(status.history)
+            for index, transition in enumerate(transitions, start=first):
+                await audit.record(self.kube, body, spec, transition, now, expires_at, index)
+            self._observe(status, created, plan, transitions, done)
 
         phase = transitions[-1].phase if transitions else status.phase
-        expires_at = plan.expires_at or status.expires_at
         if phase == Phase.ACTIVE and expires_at is not None:
+            self.active[name] = expires_at
             self.scheduler.schedule(name, expires_at)
         else:
+            self.active.pop(name, None)
             self.scheduler.cancel(name)
+
+    @staticmethod
+    def _observe(
+        status: AccessRequestStatus, created: datetime.datetime, plan: Plan,
+        transitions: list[Transition], done: datetime.datetime,
+    ) -> None:
+        """Metrics of the transitions just recorded; ``done`` is when status was written."""
+        phase = status.phase
+        for transition in transitions:
+            metrics.TRANSITIONS.labels(transition.action).inc()
+            if transition.phase != phase:
+                metrics.REQUESTS.labels(transition.phase.value).inc()
+                if phase in (None, Phase.PENDING) and transition.phase != Phase.PENDING:
+                    metrics.DECISION_SECONDS.labels(transition.phase.value).observe(
+                        metrics.seconds_between(created, done) or 0.0)
+                phase = transition.phase
+            if transition.action == "BreakGlass":
+                metrics.BREAK_GLASS.inc()
+            if transition.action == "Activated" and plan.activated_at and plan.expires_at:
+                metrics.ACTIVATION_SECONDS.observe(
+                    metrics.seconds_between(plan.activated_at, done) or 0.0)
+                metrics.GRANT_SECONDS.observe(
+                    (plan.expires_at - plan.activated_at).total_seconds())
+            if transition.action == "Expired":
+                metrics.EXPIRY_LAG_SECONDS.observe(
+                    metrics.seconds_between(status.expires_at, done) or 0.0)
 
     async def _ensure_binding(self, name: str, uid: str, request: AccessRequest) -> bool:
         """Make the binding exactly what was approved; True if it had to be (re)made."""

@@ -10,10 +10,13 @@ import asyncio
 import logging
 from typing import Any
 
+from kubepim import audit
+from kubepim.api import duration
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
+from kubepim.domain.lifecycle import retention_over
 
-from .reconcile import Reconciler
+from .reconcile import Reconciler, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,28 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
     return removed
 
 
-async def resync_once(reconciler: Reconciler) -> None:
-    """Sweep orphans and reconcile every unfinished request."""
+async def expire_retention(reconciler: Reconciler, retention: str) -> int:
+    """Delete finished requests kept past ``retention``, each with a final audit line."""
+    keep = duration.parse(retention)
+    now = utcnow()
+    deleted = 0
+    for item in await reconciler.kube.list_requests():
+        try:
+            request = AccessRequest.model_validate(item)
+        except ValueError:
+            continue
+        if request.status is None or not retention_over(request.status, keep, now):
+            continue
+        # The line first: a crash after it repeats it (same id), never loses it.
+        audit.deleted(item, request.spec, now, retention)
+        if await reconciler.kube.delete_request(item["metadata"]["name"],
+                                                item["metadata"]["uid"]):
+            deleted += 1
+    return deleted
+
+
+async def resync_once(reconciler: Reconciler, retention: str) -> None:
+    """Sweep orphans, reconcile every unfinished request, apply the retention."""
     await sweep_orphans(reconciler)
     names = [
         item["metadata"]["name"] for item in await reconciler.kube.list_requests()
@@ -72,13 +95,14 @@ async def resync_once(reconciler: Reconciler) -> None:
     ]
     for name in names:
         await reconciler.reconcile(name)
+    await expire_retention(reconciler, retention)
 
 
-async def resync_forever(reconciler: Reconciler, interval: float) -> None:
+async def resync_forever(reconciler: Reconciler, interval: float, retention: str) -> None:
     """Run :func:`resync_once` every ``interval`` seconds until cancelled."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await resync_once(reconciler)
+            await resync_once(reconciler, retention)
         except Exception:
             logger.exception("periodic resync failed; retrying in %.0f s", interval)

@@ -99,6 +99,16 @@ class Kube:
         items: list[dict[str, Any]] = result["items"]
         return items
 
+    async def delete_request(self, name: str, uid: str) -> bool:
+        """Delete an AccessRequest, only if it is still the object with ``uid``."""
+        try:
+            await self._call(self._custom.delete_cluster_custom_object, GROUP, VERSION,
+                             "accessrequests", name,
+                             body={"preconditions": {"uid": uid}})
+        except NotFound:
+            return False
+        return True
+
     async def patch_request_status(
         self, name: str, status: dict[str, Any], resource_version: str
     ) -> dict[str, Any]:
