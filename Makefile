@@ -19,6 +19,7 @@ run: $(STAMP)
 
 # The whole suite: linters and layer contracts, unit tests, e2e tests on a real control plane.
 test: $(STAMP) lint
+	bash tools/ensure-prometheus.sh
 	$(BIN)/python -m kubepim.devcluster build
 	$(BIN)/python -m pytest
 
@@ -31,6 +32,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 e2e: $(STAMP)
+	bash tools/ensure-prometheus.sh
 	$(BIN)/python -m kubepim.devcluster build
 	$(BIN)/python -m pytest tests/e2e
 

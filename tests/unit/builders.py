@@ -9,7 +9,14 @@ import datetime
 from typing import Any, Literal
 
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequestSpec, Action, Approval
+from kubepim.api.request import (
+    AccessRequest,
+    AccessRequestSpec,
+    AccessRequestStatus,
+    Action,
+    Approval,
+    HistoryEntry,
+)
 
 NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.UTC)
 
@@ -56,3 +63,20 @@ def acknowledge(*groups: str, comment: str = "") -> Approval:
 def act(action: Literal["Withdraw", "End", "Revoke"], reason: str = "") -> Action:
     """A Withdraw, End or Revoke entry of status.actions."""
     return Action(action=action, reason=reason)
+
+
+def entry(action: str, time: datetime.datetime, actor: str = "kubepim",
+          reason: str = "") -> HistoryEntry:
+    """One status.history entry: ``action`` by ``actor`` (the operator unless told) at ``time``."""
+    return HistoryEntry(time=time, action=action, actor=actor, reason=reason)
+
+
+def access_request(spec: AccessRequestSpec | None = None, **status: Any) -> AccessRequest:
+    """A whole AccessRequest: ``spec`` (default :func:`request`) with a status of ``status``.
+
+    Without status fields the request has never been reconciled (status is None).
+    """
+    return AccessRequest(
+        spec=spec or request(),
+        status=AccessRequestStatus.model_validate(status) if status else None,
+    )

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -50,12 +51,15 @@ class Kube:
         self._admission = AdmissionregistrationV1Api(api_client)
 
     @classmethod
-    def connect(cls) -> Kube:
-        """Connect in-cluster when running in a pod, else from the kubeconfig."""
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
+    def connect(cls, kubeconfig: Path | None = None) -> Kube:
+        """Connect with ``kubeconfig``; else in-cluster in a pod; else the default kubeconfig."""
+        if kubeconfig is not None:
+            kubernetes.config.load_kube_config(str(kubeconfig))
+        else:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
         configuration = kubernetes.client.Configuration.get_default_copy()
         configuration.connection_pool_maxsize = 16
         return cls(ApiClient(configuration))

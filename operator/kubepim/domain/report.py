@@ -1,0 +1,78 @@
+"""The compliance report: who held which role where and when, who approved it and why.
+
+Pure: built from AccessRequests (their status.history is the record), for a time range.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass
+
+from kubepim.api.request import AccessRequest
+
+COLUMNS = ("request", "requester", "role", "namespace", "activated_at", "ended_at", "ended_by",
+           "outcome", "approved_by", "justification", "ticket", "break_glass", "reviewed_by")
+_ENDINGS = ("Expired", "Revoked")
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    """One grant: a request that became Active."""
+
+    request: str
+    requester: str
+    role: str
+    namespace: str
+    activated_at: str
+    ended_at: str
+    ended_by: str
+    outcome: str
+    approved_by: str
+    justification: str
+    ticket: str
+    break_glass: bool
+    reviewed_by: str
+
+    def as_dict(self) -> dict[str, object]:
+        """The row as a JSON-ready mapping."""
+        return asdict(self)
+
+
+def _iso(moment: datetime.datetime | None) -> str:
+    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z") if moment else ""
+
+
+def grants(
+    requests: dict[str, AccessRequest],
+    since: datetime.datetime,
+    until: datetime.datetime,
+    now: datetime.datetime,
+) -> list[GrantRow]:
+    """Grants whose access overlapped [since, until), oldest first; ``now`` ends live ones."""
+    rows = []
+    for name, request in requests.items():
+        status = request.status
+        if status is None or status.activated_at is None:
+            continue
+        ending = next((h for h in reversed(status.history) if h.action in _ENDINGS), None)
+        ended = ending.time if ending else None
+        if status.activated_at >= until or (ended or now) < since:
+            continue
+        approvals = [h.actor for h in status.history if h.action in ("Approved", "BreakGlass")]
+        spec = request.spec
+        rows.append(GrantRow(
+            request=name,
+            requester=spec.requester.username if spec.requester else "",
+            role=str(spec.role),
+            namespace=spec.namespace or "(cluster-wide)",
+            activated_at=_iso(status.activated_at),
+            ended_at=_iso(ended),
+            ended_by=ending.actor if ending else "",
+            outcome=status.phase.value if status.phase else "",
+            approved_by="; ".join(approvals),
+            justification=spec.justification,
+            ticket=spec.ticket or "",
+            break_glass=spec.break_glass,
+            reviewed_by=status.reviewed_by or "",
+        ))
+    return sorted(rows, key=lambda r: (r.activated_at, r.request))
