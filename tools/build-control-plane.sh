@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the Go module proxy into a
-# cache outside the repo, keyed by version, and does nothing when the binaries are present.
+# Builds etcd, kube-apiserver, kube-controller-manager (and helm, for the chart's tests) from
+# the Go module proxy into a cache outside the repo, keyed by version, and does nothing when the
+# binaries are present.
 #
 #   tools/build-control-plane.sh          build what is missing, print the bin directories
 #   tools/build-control-plane.sh --check  exit 1 with a message when one is missing, build nothing
@@ -19,6 +20,7 @@ cache=${KUBEPIM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubepim}
 pinned_version() { awk -v m="$2" '$1==m {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$1"; }
 k8s_version=$(pinned_version "$here/k8s/go.mod" k8s.io/kubernetes)
 etcd_version=$(pinned_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
+helm_version=$(pinned_version "$here/helm/go.mod" helm.sh/helm/v3)
 [ -n "$k8s_version" ] && [ -n "$etcd_version" ] || { echo "error: cannot read pinned versions from tools/*/go.mod" >&2; exit 1; }
 
 export GOTOOLCHAIN=local CGO_ENABLED=0
@@ -57,5 +59,9 @@ etcd_dir=$cache/etcd-$etcd_version
 k8s_dir=$cache/k8s-$k8s_version
 build_into "$etcd_dir" "$here/etcd" "-s -w" go.etcd.io/etcd/server/v3
 build_into "$k8s_dir" "$here/k8s" "$k8s_ldflags" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+helm_dir=$cache/helm-$helm_version
+helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+build_into "$helm_dir" "$here/helm" "$helm_ldflags" helm.sh/helm/v3/cmd/helm
 echo "$etcd_dir"
 echo "$k8s_dir"
+echo "$helm_dir"

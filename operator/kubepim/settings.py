@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,19 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(
         default=30.0, gt=0,
         description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",
+    )
+    namespace: str = Field(
+        default="kubepim", description="Namespace of the operator (its leader-election Lease)."
+    )
+    identity: str = Field(
+        default_factory=socket.gethostname,
+        description="This replica's name in the Lease; the pod name in a cluster, so a "
+        "restarted pod takes its own lease back at once.",
+    )
+    lease_name: str = Field(default="kubepim-leader", description="Name of the Lease.")
+    lease_seconds: float = Field(
+        default=10.0, ge=2, le=120,
+        description="A leader not renewing for this long is replaced (renewals every 1/5).",
     )
     operator_username: str = Field(
         default="system:serviceaccount:kubepim:kubepim",

@@ -31,6 +31,9 @@ REFUSED = [
     pytest.param(["--since", "2026-11-01T08:00:00-02:00", "--until", "2026-11-01T09:00:00Z"],
                  "--since must be before --until",
                  id="a since whose offset puts it after until in UTC is refused"),
+    pytest.param(["--since", "2026-11-01T00:30:00Z", "--until", "2026-11-01"],
+                 "--since must be before --until",
+                 id="a date without a time is midnight UTC, so half past midnight is after it"),
     pytest.param(["--since", "last tuesday", "--until", "2026-11-01"],
                  f"argument --since: 'last tuesday' {ALLOWED_FORM}",
                  id="an unparseable since names the allowed form"),
@@ -60,6 +63,8 @@ ACCEPTED = [
                  id="a since date before an until date goes on to the cluster"),
     pytest.param(["--since", "2026-11-01T08:00:00+02:00", "--until", "2026-11-01T07:00:00Z"],
                  None, id="a since whose offset puts it before until in UTC goes on"),
+    pytest.param(["--since", "2026-10-31T23:30:00Z", "--until", "2026-11-01"], None,
+                 id="a date without a time compares with a time in UTC"),
     pytest.param(["--since", "2026-11-01", "--until", "2026-11-02", "--kubeconfig", "/tmp/kc"],
                  Path("/tmp/kc"), id="the kubeconfig given is the one connected with"),
 ]

@@ -49,18 +49,18 @@ def grants(
     now: datetime.datetime,
 ) -> list[GrantRow]:
     """Grants whose access overlapped [since, until), oldest first; ``now`` ends live ones."""
-    rows = []
+    rows: list[tuple[datetime.datetime, GrantRow]] = []
     for name, request in requests.items():
         status = request.status
         if status is None or status.activated_at is None:
             continue
         ending = next((h for h in reversed(status.history) if h.action in _ENDINGS), None)
         ended = ending.time if ending else None
-        if status.activated_at >= until or (ended or now) < since:
+        if status.activated_at >= until or (ended <= since if ended else now < since):
             continue
         approvals = [h.actor for h in status.history if h.action in ("Approved", "BreakGlass")]
         spec = request.spec
-        rows.append(GrantRow(
+        rows.append((status.activated_at, GrantRow(
             request=name,
             requester=spec.requester.username if spec.requester else "",
             role=str(spec.role),
@@ -74,5 +74,5 @@ def grants(
             ticket=spec.ticket or "",
             break_glass=spec.break_glass,
             reviewed_by=status.reviewed_by or "",
-        ))
-    return sorted(rows, key=lambda r: (r.activated_at, r.request))
+        )))
+    return [row for _, row in sorted(rows, key=lambda pair: (pair[0], pair[1].request))]

@@ -46,6 +46,8 @@ async def roleeligibility_event(
 ) -> None:
     """Report readiness, then reconcile every unfinished request (coverage may have changed)."""
     reconciler: Reconciler = memo.reconciler
+    if not reconciler.leading():
+        return  # the leader reports readiness; on takeover it reconciles everything
     if type != "DELETED":
         ready, reason, message = await readiness(reconciler, dict(body.get("spec") or {}))
         generation = body.metadata.get("generation", 0)

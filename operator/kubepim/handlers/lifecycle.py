@@ -22,8 +22,9 @@ from kubepim.k8s.client import Kube, parse_time
 from kubepim.settings import Settings
 
 from . import admission, registry
+from .leader import LeaderElector
 from .reconcile import Reconciler, utcnow
-from .sweep import resync_forever, sweep_orphans
+from .sweep import resync_forever, resync_once, sweep_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,26 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     reconciler = Reconciler(kube)
     memo.reconciler = reconciler
 
-    overdue = await revoke_overdue(reconciler)
-    removed = await sweep_orphans(reconciler)
+    async def take_over() -> None:
+        """What a new leader does before anything else: the restart work."""
+        overdue = await revoke_overdue(reconciler)
+        removed = await sweep_orphans(reconciler)
+        logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
+                    overdue, removed)
+        if memo.get("started"):
+            await resync_once(reconciler, config.retention)
+
+    elector = LeaderElector(kube, config.namespace, config.lease_name, config.identity,
+                            config.lease_seconds, take_over)
+    reconciler.leading = elector.leading
+    await elector.tick()  # a replica that wins here revokes what is overdue before watching
     if config.webhook_port:
         await _serve_webhooks(settings, config, kube, memo)
-    logger.info("kubepim operator started: revoked %d overdue grant(s), removed %d orphan "
-                "binding(s)", overdue, removed)
+    memo.started = True
+    logger.info("kubepim operator started as %s (%s)", config.identity,
+                "leader" if elector.leading() else "standby")
     memo.background = [
+        asyncio.create_task(elector.run(), name="leader-election"),
         asyncio.create_task(reconciler.scheduler.run(), name="expiry-scheduler"),
         asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
                             name="resync"),

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -43,6 +44,8 @@ class Reconciler:
         self.scheduler = ExpiryScheduler(self.reconcile)
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
+        # Whether this replica may act (leader election sets it; alone, always).
+        self.leading: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self.active: dict[str, datetime.datetime] = {}
         metrics.track(lambda: len(self.active), self._overdue)
@@ -67,7 +70,9 @@ class Reconciler:
         return self._locks[name]
 
     async def reconcile(self, name: str) -> None:
-        """Reconcile one request by name, retrying on conflicting writes."""
+        """Reconcile one request by name, retrying on conflicting writes; only as leader."""
+        if not self.leading():
+            return
         async with self._locks[name]:
             for _ in range(_ATTEMPTS):
                 body = await self.kube.get_request(name)

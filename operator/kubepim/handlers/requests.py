@@ -39,7 +39,7 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
     if event_type == "DELETED":
         return
     marked = body.metadata.labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY
-    if marked and not await is_live_grant(reconciler, dict(body)):
+    if marked and reconciler.leading() and not await is_live_grant(reconciler, dict(body)):
         await reconciler.kube.delete_binding(
             body["kind"], body.metadata.name, body.metadata.namespace)
 

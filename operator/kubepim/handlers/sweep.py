@@ -52,6 +52,8 @@ async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool
 
 async def sweep_orphans(reconciler: Reconciler) -> int:
     """Delete every marked binding with no live grant behind it; returns how many."""
+    if not reconciler.leading():
+        return 0
     removed = 0
     for binding in await reconciler.kube.list_managed_bindings():
         if await is_live_grant(reconciler, binding):
@@ -67,6 +69,8 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
 
 async def expire_retention(reconciler: Reconciler, retention: str) -> int:
     """Delete finished requests kept past ``retention``, each with a final audit line."""
+    if not reconciler.leading():
+        return 0
     keep = duration.parse(retention)
     now = utcnow()
     deleted = 0

@@ -20,6 +20,7 @@ from kubernetes.client import (
     AdmissionregistrationV1Api,
     ApiClient,
     AuthorizationV1Api,
+    CoordinationV1Api,
     CoreV1Api,
     CustomObjectsApi,
     RbacAuthorizationV1Api,
@@ -49,6 +50,7 @@ class Kube:
         self._core = CoreV1Api(api_client)
         self._authz = AuthorizationV1Api(api_client)
         self._admission = AdmissionregistrationV1Api(api_client)
+        self._coordination = CoordinationV1Api(api_client)
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None) -> Kube:
@@ -226,6 +228,32 @@ class Kube:
         """Delete a ValidatingWebhookConfiguration; absent is fine."""
         with contextlib.suppress(NotFound):
             await self._call(self._admission.delete_validating_webhook_configuration, name)
+
+    # Leader election
+
+    async def get_lease(self, name: str, namespace: str) -> dict[str, Any] | None:
+        """The Lease, or None."""
+        try:
+            lease = await self._call(self._coordination.read_namespaced_lease, name, namespace)
+        except NotFound:
+            return None
+        return self._plain(lease)
+
+    async def write_lease(
+        self, name: str, namespace: str, spec: dict[str, Any], resource_version: str | None
+    ) -> None:
+        """Create the Lease (``resource_version`` None) or replace the version read.
+
+        Conflict when someone else wrote it first: they won this round.
+        """
+        metadata: dict[str, str] = {"name": name, "namespace": namespace}
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+                "spec": spec}
+        if resource_version is None:
+            await self._call(self._coordination.create_namespaced_lease, namespace, body)
+        else:
+            metadata["resourceVersion"] = resource_version
+            await self._call(self._coordination.replace_namespaced_lease, name, namespace, body)
 
     # Bindings
 
