@@ -138,8 +138,8 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self, timeout: float = 60) -> None:
-        """Start it and return once it has finished its start-up work and serves liveness."""
+    def start(self, timeout: float = 60, leader: bool = True) -> None:
+        """Start it; return once it serves liveness and webhooks, and (``leader``) leads."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.starts += 1
         port = free_port()
@@ -152,7 +152,9 @@ class OperatorProcess:
 
         def started() -> bool:
             assert process.poll() is None, f"operator exited:\n{self.log_path.read_text()}"
-            return ("kubepim operator started" in self.log_path.read_text()
+            log = self.log_path.read_text()
+            return ("kubepim operator started" in log
+                    and (not leader or "elected leader" in log)
                     and _http_ok(f"http://127.0.0.1:{port}/healthz")
                     and _listening(self.webhook_port))
 

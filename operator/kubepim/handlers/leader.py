@@ -88,6 +88,23 @@ class LeaderElector:
             self._elected = True
             await self.on_elected()
 
+    async def release(self) -> None:
+        """Give the Lease up on a clean shutdown, so a standby takes over at once."""
+        if not self._elected:
+            return
+        self._elected = False
+        raw = await self.kube.get_lease(self.name, self.namespace)
+        spec = (raw or {}).get("spec") or {}
+        if spec.get("holderIdentity") != self.identity:
+            return
+        version = (raw or {}).get("metadata", {}).get("resourceVersion")
+        try:
+            await self.kube.write_lease(self.name, self.namespace,
+                                        {**spec, "holderIdentity": ""}, version)
+            logger.info("released the lease")
+        except Conflict:
+            pass
+
     async def run(self) -> None:
         """Renew or retry every ``duration / 5`` until cancelled."""
         while True:

@@ -53,6 +53,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     elector = LeaderElector(kube, config.namespace, config.lease_name, config.identity,
                             config.lease_seconds, take_over)
     reconciler.leading = elector.leading
+    memo.elector = elector
     await elector.tick()  # a replica that wins here revokes what is overdue before watching
     if config.webhook_port:
         await _serve_webhooks(settings, config, kube, memo)
@@ -87,9 +88,12 @@ async def _serve_webhooks(
 
 @kopf.on.cleanup(registry=registry)
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop background tasks; remove temporary certificates."""
+    """Stop background tasks, hand the lease over, remove temporary certificates."""
     for task in getattr(memo, "background", []):
         task.cancel()
+    elector = getattr(memo, "elector", None)
+    if elector is not None:
+        await elector.release()
     cert_dir = getattr(memo, "temporary_cert_dir", None)
     if cert_dir is not None:
         shutil.rmtree(cert_dir, ignore_errors=True)
