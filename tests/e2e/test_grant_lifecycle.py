@@ -68,7 +68,8 @@ def test_approved_request_grants_the_role_until_expiry_and_then_nothing(
 def test_cluster_wide_request_grants_a_cluster_role_binding_until_expiry(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
-    role = f"{namespace}-ns-reader"
+    role = "kubepim-e2e-ns-reader"  # in tools/dev-values.yaml's bindableRoles
+    kubectl("delete", "clusterrole", role, "--ignore-not-found")
     kubectl("create", "clusterrole", role, "--verb=get,list", "--resource=namespaces")
     pim.apply(kubectl, pim.eligibility(
         namespace, subjects=[{"kind": "Group", "name": "sre"}],

@@ -72,7 +72,7 @@ def test_a_covered_request_may_be_created() -> None:
                  id="eligibilities naming only others leave alice nothing to request"),
     pytest.param(request(requester=None), {"team": eligibility()},
                  "the request has no requester: the kubepim admission policy is not installed "
-                 "(deploy/admission)",
+                 "(charts/kubepim/files/admission)",
                  id="a request without a requester is refused without a summary"),
 ])
 def test_an_uncovered_request_is_refused_with_what_the_requester_may_ask_for(

@@ -15,7 +15,8 @@ from kubepim.devcluster.__main__ import main
 from kubepim.devcluster.errors import DevClusterError
 
 _NO_BINARIES = binaries.Binaries(Path("/nonexistent/etcd"), Path("/nonexistent/kube-apiserver"),
-                                 Path("/nonexistent/kube-controller-manager"))
+                                 Path("/nonexistent/kube-controller-manager"),
+                                 Path("/nonexistent/helm"))
 
 
 def test_stale_directory_is_refused_with_the_command_that_removes_it(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def test_covered_requests_are_accepted_on_the_governing_terms(
 REFUSED = [
     pytest.param(request(requester=None), {"team": eligibility()}, PAYMENTS_LABELS,
                  "the request has no requester: the kubepim admission policy is not installed "
-                 "(deploy/admission)",
+                 "(charts/kubepim/files/admission)",
                  id="a request without a requester is refused and names the missing admission"),
     pytest.param(request(), {"team": eligibility()}, None,
                  "namespace payments does not exist",

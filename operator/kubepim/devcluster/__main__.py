@@ -122,7 +122,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def _build(_: argparse.Namespace) -> int:
     found = binaries.ensure()
-    print(f"{found.etcd}\n{found.kube_apiserver}\n{found.kube_controller_manager}")
+    print(f"{found.etcd}\n{found.kube_apiserver}\n{found.kube_controller_manager}\n{found.helm}")
     return 0
 
 

@@ -15,16 +15,17 @@ from pathlib import Path
 
 from .errors import DevClusterError
 
-_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager")
+_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "helm")
 
 
 @dataclass(frozen=True)
 class Binaries:
-    """Absolute paths of the three executables a dev cluster runs."""
+    """Absolute paths of the executables a dev cluster runs, and helm for the chart."""
 
     etcd: Path
     kube_apiserver: Path
     kube_controller_manager: Path
+    helm: Path
 
 
 def repo_tools_dir() -> Path | None:
@@ -46,7 +47,8 @@ def _from_dirs(dirs: list[Path]) -> Binaries | None:
                 break
     if len(found) != len(_NAMES):
         return None
-    return Binaries(found["etcd"], found["kube-apiserver"], found["kube-controller-manager"])
+    return Binaries(found["etcd"], found["kube-apiserver"], found["kube-controller-manager"],
+                    found["helm"])
 
 
 def ensure(*, build: bool = True) -> Binaries:

@@ -1,8 +1,10 @@
-"""Install kubepim's cluster-side parts (CRDs, admission policies, RBAC) into a cluster.
+"""Install kubepim's cluster-side parts into a cluster, from the Helm chart.
 
-Applies ``crds/`` and ``deploy/`` from the checkout with kubectl, then waits until they are in
-force: the CRDs Established, and the admission policies enforced, shown by server-side dry-run
-probes (new policies take effect asynchronously, so a fixed sleep would be a guess).
+Renders charts/kubepim with helm (built from the Go module proxy) and applies what an operator
+running outside the cluster needs: CRDs, its ServiceAccount and RBAC, user RBAC, the admission
+policies. Then waits until they are in force: the CRDs Established, and the admission policies
+enforced, shown by server-side dry-run probes (new policies take effect asynchronously, so a
+fixed sleep would be a guess). Tests and `make run` thus exercise the chart's own RBAC.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from . import binaries
 from .binaries import repo_tools_dir
 from .errors import DevClusterError
 
@@ -20,10 +25,10 @@ _PROBE_USER = "kubepim-install-probe"
 
 
 def repo_root() -> Path:
-    """The checkout this package runs from (it holds crds/ and deploy/)."""
+    """The checkout this package runs from (it holds crds/ and charts/)."""
     tools = repo_tools_dir()
     if tools is None:
-        raise DevClusterError("crds/ and deploy/ are found only when running from a checkout")
+        raise DevClusterError("the chart is found only when running from a kubepim checkout")
     return tools.parent
 
 
@@ -97,23 +102,53 @@ def operator_kubeconfig(kubeconfig: Path, path: Path, *, hours: int = 48) -> Pat
     return path
 
 
-def install(kubeconfig: Path, *, timeout: float = 60.0) -> None:
-    """Apply CRDs, the operator's identity, RBAC and admission policies; wait until enforced."""
+def render_chart(helm: Path, values: Path, *extra: str) -> str:
+    """``helm template`` of charts/kubepim as release kubepim in namespace kubepim."""
+    chart = repo_root() / "charts" / "kubepim"
+    result = subprocess.run(
+        [str(helm), "template", "kubepim", str(chart), "--namespace", OPERATOR_NAMESPACE,
+         "--include-crds", "-f", str(values), *extra],
+        capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise DevClusterError(f"helm template failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+# What a process outside the cluster does not need from the chart.
+_IN_CLUSTER_ONLY = {"Deployment", "PodDisruptionBudget", "Service", "Secret"}
+
+
+def install(kubeconfig: Path, *, values: Path | None = None, timeout: float = 60.0) -> None:
+    """Install the chart's cluster-side parts, as the chart renders them, and wait for them.
+
+    CRDs, the operator's ServiceAccount and least-privilege RBAC, user RBAC and the admission
+    policies, from ``helm template`` with ``values`` (default tools/dev-values.yaml). The
+    operator itself runs as a local process, so its Deployment and Services are left out.
+    """
     root = repo_root()
+    values = values or root / "tools" / "dev-values.yaml"
+    documents = [d for d in yaml.safe_load_all(render_chart(binaries.ensure().helm, values)) if d]
+    crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
+    rest = [d for d in documents
+            if d["kind"] != "CustomResourceDefinition" and d["kind"] not in _IN_CLUSTER_ONLY]
     # A webhook configuration left by an operator that is gone would refuse the probes below;
     # the operator writes it afresh when it starts.
     _kubectl(kubeconfig, "delete", "validatingwebhookconfiguration", "kubepim",
              "--ignore-not-found")
-    for directory in (root / "crds", root / "deploy" / "admission", root / "deploy"):
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": OPERATOR_NAMESPACE}}
+    for batch in ([namespace, *crds], rest):
         result = _kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
-                          "--field-manager=kubepim-install", "-f", str(directory))
+                          "--field-manager=kubepim-install", "-f", "-",
+                          stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": batch}))
         if result.returncode != 0:
-            raise DevClusterError(f"applying {directory} failed: {result.stderr.strip()}")
-        if directory.name == "crds":
-            waited = _kubectl(kubeconfig, "wait", "--for=condition=Established",
-                              "--timeout=60s", "-f", str(directory))
-            if waited.returncode != 0:
-                raise DevClusterError(f"CRDs not established: {waited.stderr.strip()}")
+            raise DevClusterError(f"applying the chart failed: {result.stderr.strip()}")
+        if batch is not rest:
+            for crd in crds:
+                waited = _kubectl(kubeconfig, "wait", "--for=condition=Established",
+                                  "--timeout=60s", f"crd/{crd['metadata']['name']}")
+                if waited.returncode != 0:
+                    raise DevClusterError(f"CRD not established: {waited.stderr.strip()}")
     deadline = time.monotonic() + timeout
     while not _policies_enforced(kubeconfig):
         if time.monotonic() > deadline:

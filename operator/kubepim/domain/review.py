@@ -165,7 +165,7 @@ def review(
     requester = spec.requester
     if requester is None:
         return Refused("the request has no requester: the kubepim admission policy is not "
-                       "installed (deploy/admission)")
+                       "installed (charts/kubepim/files/admission)")
     if spec.namespace is not None and namespace_labels is None:
         return Refused(f"namespace {spec.namespace} does not exist")
     names = [spec.eligibility] if spec.eligibility else sorted(eligibilities)

@@ -37,6 +37,13 @@ async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool,
                     missing.append(f"Role {role.name} does not exist in namespace {namespace}")
     if missing:
         return False, "RoleNotFound", "; ".join(missing)
+    unbindable = [str(role) for role in model.roles if not await reconciler.kube.i_may(
+        "bind", "rbac.authorization.k8s.io",
+        "clusterroles" if role.kind == "ClusterRole" else "roles", name=role.name)]
+    if unbindable:
+        return False, "OperatorCannotBind", (
+            f"the operator may not bind {', '.join(unbindable)}: add it to the chart's "
+            "bindableRoles")
     return True, "Valid", "eligible subjects may request these roles"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime
 import logging
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
 from kubepim.domain import bindings
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
-from kubepim.k8s.client import Conflict, Kube, parse_time
+from kubepim.k8s.client import Conflict, Forbidden, Kube, parse_time
 
 from .scheduler import ExpiryScheduler
 
@@ -105,8 +106,14 @@ class Reconciler:
 
         transitions = list(plan.transitions)
         if plan.binding == "present":
-            if await self._ensure_binding(name, body["metadata"]["uid"], request) and \
-                    status.phase == Phase.ACTIVE:
+            try:
+                restored = await self._ensure_binding(name, body["metadata"]["uid"], request)
+            except Forbidden:
+                # Fail closed and say why; retried on every resync until RBAC allows it.
+                plan = _not_bindable(plan, status, spec)
+                transitions = list(plan.transitions)
+                restored = False
+            if restored and status.phase == Phase.ACTIVE:
                 transitions.append(Transition(
                     "BindingRestored", Phase.ACTIVE, OPERATOR,
                     "the binding was deleted or altered and has been restored to what was "
@@ -223,6 +230,17 @@ class Reconciler:
             patch["history"] = history
         changed = {k: v for k, v in patch.items() if current.get(k) != v}
         return patch if changed else {}
+
+
+def _not_bindable(plan: Plan, status: AccessRequestStatus, spec: Any) -> Plan:
+    """The plan without activation, when the operator's RBAC does not let it bind the role."""
+    message = (f"the operator may not bind {spec.role}: add it to the chart's bindableRoles "
+               "(its RBAC bind rule); the request waits until then")
+    logger.warning(message)
+    kept = tuple(t for t in plan.transitions if t.action not in ("Approved", "Activated",
+                                                                 "BreakGlass"))
+    return dataclasses.replace(plan, transitions=kept, message=message, activated_at=None,
+                               expires_at=None, review_required=None)
 
 
 def _time(moment: datetime.datetime) -> str:

@@ -40,6 +40,10 @@ class Conflict(Exception):
     """The object changed since it was read (409): read it again and retry."""
 
 
+class Forbidden(Exception):
+    """The operator's own RBAC does not allow the call (403)."""
+
+
 class Kube:
     """Typed access to the objects kubepim reads and writes."""
 
@@ -74,6 +78,8 @@ class Kube:
                 raise NotFound(str(error.reason)) from error
             if error.status == 409:
                 raise Conflict(str(error.reason)) from error
+            if error.status == 403:
+                raise Forbidden(str(error.body or error.reason)) from error
             raise
 
     def _plain(self, obj: Any) -> dict[str, Any]:
@@ -212,6 +218,21 @@ class Kube:
                      "resourceAttributes": attributes},
         }
         result = await self._call(self._authz.create_subject_access_review, review)
+        return bool(result.status.allowed)
+
+    async def i_may(
+        self, verb: str, group: str, resource: str, name: str | None = None,
+        namespace: str | None = None,
+    ) -> bool:
+        """Whether the operator itself may do it (SelfSubjectAccessReview)."""
+        attributes = {"verb": verb, "group": group, "resource": resource}
+        if name:
+            attributes["name"] = name
+        if namespace:
+            attributes["namespace"] = namespace
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": attributes}}
+        result = await self._call(self._authz.create_self_subject_access_review, review)
         return bool(result.status.allowed)
 
     async def apply_validating_webhooks(self, configuration: dict[str, Any]) -> None:
