@@ -53,6 +53,8 @@ async def roleeligibility_event(
 ) -> None:
     """Report readiness, then reconcile every unfinished request (coverage may have changed)."""
     reconciler: Reconciler = memo.reconciler
+    spec = None if type == "DELETED" else dict(body.get("spec") or {})
+    reconciler.observe_eligibility(name, spec)
     if not reconciler.leading():
         return  # the leader reports readiness; on takeover it reconciles everything
     if type != "DELETED":

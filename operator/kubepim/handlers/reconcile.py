@@ -45,6 +45,7 @@ class Reconciler:
         self.scheduler = ExpiryScheduler(self.reconcile)
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
+        self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
         # Whether this replica may act (leader election sets it; alone, always).
         self.leading: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
@@ -56,15 +57,36 @@ class Reconciler:
         return sum(1 for expires in self.active.values() if expires <= now)
 
     async def eligibilities(self) -> dict[str, RoleEligibilitySpec]:
-        """Every valid RoleEligibility by name (invalid ones are reported on their status)."""
-        result = {}
+        """Every valid RoleEligibility by name (invalid ones are reported on their status).
+
+        Served from a cache that the eligibility watch keeps current and each resync rebuilds
+        (so a deletion missed while the watch restarted cannot linger); the first call lists.
+        """
+        if self._eligibilities is None:
+            await self.refresh_eligibilities()
+        assert self._eligibilities is not None
+        return self._eligibilities
+
+    async def refresh_eligibilities(self) -> None:
+        """Rebuild the eligibility cache from a list call."""
+        fresh = {}
         for item in await self.kube.list_eligibilities():
-            try:
-                result[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
-                    item.get("spec") or {})
-            except ValidationError:
-                continue
-        return result
+            parsed = _eligibility(item.get("spec"))
+            if parsed is not None:
+                fresh[item["metadata"]["name"]] = parsed
+        self._eligibilities = fresh
+
+    def observe_eligibility(self, name: str, spec: dict[str, Any] | None) -> None:
+        """Apply one watch event to the cache (``spec`` None: deleted)."""
+        if self._eligibilities is None:
+            return  # the first use lists everything anyway
+        updated = dict(self._eligibilities)
+        parsed = _eligibility(spec) if spec is not None else None
+        if parsed is None:
+            updated.pop(name, None)
+        else:
+            updated[name] = parsed
+        self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while one request is reconciled."""
@@ -230,6 +252,13 @@ class Reconciler:
             patch["history"] = history
         changed = {k: v for k, v in patch.items() if current.get(k) != v}
         return patch if changed else {}
+
+
+def _eligibility(spec: Any) -> RoleEligibilitySpec | None:
+    try:
+        return RoleEligibilitySpec.model_validate(spec or {})
+    except ValidationError:
+        return None
 
 
 def _not_bindable(plan: Plan, status: AccessRequestStatus, spec: Any) -> Plan:
