@@ -24,7 +24,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests
+	$(BIN)/ruff check operator tests bench
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile

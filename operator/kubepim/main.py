@@ -18,6 +18,10 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if settings.log_level != "DEBUG":
+        # One line per handler call and per webhook hit drowns the audit lines; keep warnings.
+        for noisy in ("kopf.objects", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if settings.metrics_port:
         metrics.BUILD_INFO.info({"version": _version()})
         prometheus_client.start_http_server(

@@ -1,0 +1,102 @@
+"""``python -m bench [--quick]``: every benchmark of kubepim, a table and bench/results/*.json.
+
+Runs on a local control plane started for the run (nothing else should load the machine). The
+full run uses the sizes of the targets (200 activations, 1,000 and 5,000 expiring grants, a
+1,000-request burst, 10,000 requests with 1,000 eligibilities, recovery of 5,000 grants of which
+2,000 are overdue); --quick scales them down to finish in a few minutes. Benchmarks, not tests:
+nothing here asserts a time; the table shows the targets beside the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kubepim.devcluster import cluster
+
+from . import admission, harness, measures
+
+FULL = {"activations": 200, "expiry": [1000, 5000], "window": 60, "burst": 1000,
+        "memory_requests": 10000, "memory_eligibilities": 1000, "recovery": 5000,
+        "recovery_overdue": 2000, "admission": 1000}
+QUICK = {"activations": 50, "expiry": [200], "window": 20, "burst": 200,
+         "memory_requests": 1000, "memory_eligibilities": 100, "recovery": 500,
+         "recovery_overdue": 200, "admission": 300}
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    a = results["activation"]
+    rows.append(("activation p50 / p99 (ms)",
+                 f"{a['kubepim_ms']['p50']:.0f} / {a['kubepim_ms']['p99']:.0f}  "
+                 f"(floor {a['floor_ms']['p50']:.0f} / {a['floor_ms']['p99']:.0f}, "
+                 f"p99 ratio {a['p99_ratio']:.1f}x)", "p99 < 250 ms and < 3x floor"))
+    for e in results["expiry"]:
+        lag = e["lag_s"]
+        rows.append((f"expiry lag, {e['grants']} grants (s)",
+                     f"p50 {lag['p50']:.2f}  p99 {lag['p99']:.2f}  max {lag['max']:.2f}",
+                     "p99 < 1 s at 5,000"))
+    b = results["burst"]
+    rows.append((f"burst of {b['requests']} to all Active (s)",
+                 f"{b['kubepim_s']:.1f}  (floor {b['floor_s']:.1f}, ratio {b['ratio']:.1f}x)",
+                 "< 2x floor"))
+    m = results["memory"]
+    rows.append((f"operator RSS idle, {m['accessrequests_in_cluster']} requests (MiB)",
+                 f"{m['operator_idle_rss_mib']:.0f}  "
+                 f"(peak in burst {b['operator_peak_rss_mib']:.0f})",
+                 "< 200 MiB at 10,000"))
+    r = results["recovery"]
+    rows.append((f"recovery, {r['grants']} grants / {r['overdue']} overdue (s)",
+                 f"{r['seconds_to_all_revoked']:.1f}  ({r['long_grants_kept']} live kept)",
+                 "< 10 s"))
+    ad = results["admission"]
+    rows.append(("admission p50 / p99 (ms)",
+                 f"{ad['kubepim_ms']['p50']:.1f} / {ad['kubepim_ms']['p99']:.1f}  "
+                 f"(floor {ad['floor_ms']['p50']:.1f} / {ad['floor_ms']['p99']:.1f})",
+                 "p99 < 20 ms"))
+    return rows
+
+
+def main() -> None:
+    """Run every measure, print the table, write the JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "sizes": sizes,
+                               "machine": {"cpus": os.cpu_count(),
+                                           "python": platform.python_version()}}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
+        bench, started = harness.start(Path(scratch))
+        try:
+            results["admission"] = admission.measure(bench, sizes["admission"])
+            results["activation"] = measures.activation(bench, sizes["activations"])
+            results["burst"] = measures.burst(bench, sizes["burst"])
+            results["expiry"] = [measures.expiry(bench, n, sizes["window"])
+                                 for n in sizes["expiry"]]
+            results["recovery"] = measures.recovery(bench, sizes["recovery"],
+                                                    sizes["recovery_overdue"])
+            results["memory"] = measures.memory(bench, sizes["memory_requests"],
+                                                sizes["memory_eligibilities"])
+        finally:
+            bench.operator.stop()
+            cluster.stop(started)
+    results["seconds"] = time.monotonic() - began
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"bench-{results['mode']}.json").write_text(json.dumps(results, indent=2))
+    print(f"{'measure':48} {'result':58} target")
+    for name, value, target in _rows(results):
+        print(f"{name:48} {value:58} {target}")
+    print(f"({results['mode']} run, {results['seconds']:.0f} s; JSON in {out})")
+
+
+if __name__ == "__main__":
+    main()

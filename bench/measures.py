@@ -1,0 +1,180 @@
+"""The measures of issue 7, each beside its floor (a bare client doing the same API writes).
+
+Each function returns a dict of numbers; none asserts a time. Times are wall-clock seconds or
+milliseconds as named.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kubernetes
+
+from .harness import NAMESPACE, Bench, now, parse_time, percentile, summary, wait_until
+
+
+class BindingWatcher:
+    """Records when each RoleBinding in the bench namespace appears and disappears."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.added: dict[str, float] = {}
+        self.deleted: dict[str, float] = {}
+        self._bench = bench
+        self._watch = kubernetes.watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        rbac = self._bench.rbac()
+        listing = rbac.list_namespaced_role_binding(NAMESPACE)
+        self._ready.set()
+        for event in self._watch.stream(rbac.list_namespaced_role_binding, NAMESPACE,
+                                        resource_version=listing.metadata.resource_version,
+                                        timeout_seconds=3600):
+            moment = time.time()
+            name = event["object"].metadata.name
+            if event["type"] == "ADDED":
+                self.added.setdefault(name, moment)
+            elif event["type"] == "DELETED":
+                self.deleted.setdefault(name, moment)
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._watch.stop()
+
+
+def activation(bench: Bench, count: int) -> dict[str, Any]:
+    """Approval patch to a SubjectAccessReview allowing the user, one grant at a time."""
+    samples, floor = [], []
+    rbac = bench.rbac()
+    for i in range(count):
+        name, user = f"act-{i}", f"act-user-{i}"
+        bench.create_request(name, user, "1h")
+        wait_until(lambda name=name: (bench.request(name).get("status") or {}).get(
+            "phase") == "Pending", 30, f"{name} pending", interval=0.01)
+        start = time.perf_counter()
+        bench.approve(name)
+        wait_until(lambda user=user: bench.user_allowed(user), 30, f"{user} allowed",
+                   interval=0.002)
+        samples.append((time.perf_counter() - start) * 1000)
+
+        floor_user = f"floor-user-{i}"
+        start = time.perf_counter()
+        rbac.create_namespaced_role_binding(NAMESPACE, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": f"floor-{i}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "pod-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": floor_user}]})
+        wait_until(lambda u=floor_user: bench.user_allowed(u), 30, f"{floor_user} allowed",
+                   interval=0.002)
+        floor.append((time.perf_counter() - start) * 1000)
+    kubepim, bare = summary(samples), summary(floor)
+    return {"kubepim_ms": kubepim, "floor_ms": bare,
+            "p99_ratio": kubepim["p99"] / bare["p99"], "p50_ratio": kubepim["p50"] / bare["p50"]}
+
+
+def expiry(bench: Bench, count: int, window: int) -> dict[str, Any]:
+    """Time from expiresAt to binding gone, ``count`` grants expiring across ``window`` s."""
+    watcher = BindingWatcher(bench)
+    base = 20 + count // 50  # every grant must be Active before the first expires
+    durations = [f"{base + (i * window) // count}s" for i in range(count)]
+    names = bench.grant_many(f"exp{count}", durations)
+    expires = {n: parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
+               for n in names}
+    last = max(expires.values())
+    wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
+               max(last - time.time(), 0) + 60, f"{count} bindings removed", interval=0.5)
+    watcher.stop()
+    lags = [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names]
+    return {"grants": count, "window_s": window, "lag_s": summary(lags)}
+
+
+def burst(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
+    """``count`` requests created and approved at once until all are Active; floor alongside."""
+    start = time.perf_counter()
+    bench.grant_many("burst", ["1h"] * count, workers=workers)
+    kubepim_s = time.perf_counter() - start
+    peak = bench.rss_mib("VmHWM")
+
+    rbac = bench.rbac()
+
+    def bare(i: int) -> None:
+        rbac.create_namespaced_role_binding(NAMESPACE, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": f"burst-floor-{i}"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "pod-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": f"burst-floor-{i}"}]})
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(bare, range(count)))
+    floor_s = time.perf_counter() - start
+    return {"requests": count, "kubepim_s": kubepim_s, "floor_s": floor_s,
+            "ratio": kubepim_s / floor_s, "operator_peak_rss_mib": peak}
+
+
+def memory(bench: Bench, requests: int, eligibilities: int, workers: int = 16) -> dict[str, Any]:
+    """Operator RSS, idle, with ``requests`` AccessRequests and ``eligibilities`` in the cluster."""
+    custom = bench.custom()
+
+    def eligibility(i: int) -> None:
+        custom.create_cluster_custom_object("pim.kubepim.dev", "v1alpha1", "roleeligibilities", {
+            "apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "RoleEligibility",
+            "metadata": {"name": f"mem-{i}"},
+            "spec": {"subjects": [{"kind": "User", "name": f"mem-user-{i}"}],
+                     "roles": [{"kind": "Role", "name": "pod-reader"}],
+                     "namespaces": [NAMESPACE], "approval": {"users": ["bob"]}}})
+
+    def request(i: int) -> None:
+        bench.create_request(f"mem-{i}", f"mem-requester-{i}", "1h")  # stays Pending
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(eligibility, range(eligibilities)))
+        list(pool.map(request, range(requests)))
+    names = [f"mem-{i}" for i in range(requests)]
+    bench.wait_phase(names, "Pending", timeout=120 + requests * 0.05)
+    samples = []
+    for _ in range(10):  # idle: sample for a few seconds once everything is reconciled
+        samples.append(bench.rss_mib())
+        time.sleep(0.5)
+    total = len(bench.phases(""))
+    return {"accessrequests_in_cluster": total, "eligibilities_added": eligibilities,
+            "operator_idle_rss_mib": percentile(samples, 0.5)}
+
+
+def recovery(bench: Bench, count: int, overdue: int) -> dict[str, Any]:
+    """Operator restarted with ``count`` grants of which ``overdue`` expired while it was down."""
+    long_names = bench.grant_many("rec-long", ["8h"] * (count - overdue))
+    base = 20 + overdue // 50
+    short_names = bench.grant_many("rec-short", [f"{base}s"] * overdue)
+    bench.operator.kill()
+    last = max(parse_time(bench.request(n)["status"]["expiresAt"]) for n in short_names)
+    wait_until(lambda: now() > last, (last - now()).total_seconds() + 10,
+               "every short grant past expiry")
+    still = bench.rbac().list_namespaced_role_binding(
+        NAMESPACE, label_selector="app.kubernetes.io/managed-by=kubepim").items
+    overdue_bindings = {b.metadata.name for b in still} & {f"kubepim-{n}" for n in short_names}
+
+    start = time.perf_counter()
+    bench.operator.start()
+
+    def all_gone() -> bool:
+        present = {b.metadata.name for b in bench.rbac().list_namespaced_role_binding(
+            NAMESPACE, label_selector="app.kubernetes.io/managed-by=kubepim").items}
+        return not (present & overdue_bindings)
+
+    wait_until(all_gone, 300, "every overdue binding removed", interval=0.1)
+    seconds = time.perf_counter() - start
+    remaining = {b.metadata.name for b in bench.rbac().list_namespaced_role_binding(
+        NAMESPACE, label_selector="app.kubernetes.io/managed-by=kubepim").items}
+    return {"grants": count, "overdue": len(overdue_bindings), "seconds_to_all_revoked": seconds,
+            "long_grants_kept": len({f"kubepim-{n}" for n in long_names} & remaining)}
