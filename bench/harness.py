@@ -102,7 +102,7 @@ class Bench:
         return kubernetes.client.AuthorizationV1Api(self.client())
 
     def user_allowed(self, user: str) -> bool:
-        """SubjectAccessReview: may ``user`` list pods in the bench namespace?"""
+        """Whether ``user`` may list pods in the bench namespace (a SubjectAccessReview)."""
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                   "spec": {"user": user, "resourceAttributes": {
                       "verb": "list", "resource": "pods", "namespace": NAMESPACE}}}

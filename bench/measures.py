@@ -17,35 +17,58 @@ from .harness import NAMESPACE, Bench, now, parse_time, percentile, summary, wai
 
 
 class BindingWatcher:
-    """Records when each RoleBinding in the bench namespace appears and disappears."""
+    """Records when each RoleBinding in the bench namespace appears and disappears.
+
+    A watch, re-established (after a fresh list that catches what happened in between)
+    whenever the API server ends it.
+    """
 
     def __init__(self, bench: Bench) -> None:
         self.added: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
         self._bench = bench
-        self._watch = kubernetes.watch.Watch()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stopped = threading.Event()
         self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self._ready.wait(10)
 
+    def _seen(self, name: str, present: bool, moment: float) -> None:
+        (self.added if present else self.deleted).setdefault(name, moment)
+
     def _run(self) -> None:
         rbac = self._bench.rbac()
-        listing = rbac.list_namespaced_role_binding(NAMESPACE)
-        self._ready.set()
-        for event in self._watch.stream(rbac.list_namespaced_role_binding, NAMESPACE,
-                                        resource_version=listing.metadata.resource_version,
-                                        timeout_seconds=3600):
+        known: set[str] = set()
+        while not self._stopped.is_set():
+            listing = rbac.list_namespaced_role_binding(NAMESPACE)
             moment = time.time()
-            name = event["object"].metadata.name
-            if event["type"] == "ADDED":
-                self.added.setdefault(name, moment)
-            elif event["type"] == "DELETED":
-                self.deleted.setdefault(name, moment)
+            current = {b.metadata.name for b in listing.items}
+            for name in current - known:
+                self._seen(name, True, moment)
+            for name in known - current:
+                self._seen(name, False, moment)
+            known = current
+            self._ready.set()
+            watch = kubernetes.watch.Watch()
+            try:
+                for event in watch.stream(rbac.list_namespaced_role_binding, NAMESPACE,
+                                          resource_version=listing.metadata.resource_version,
+                                          timeout_seconds=60):
+                    if self._stopped.is_set():
+                        break
+                    moment = time.time()
+                    name = event["object"].metadata.name
+                    present = event["type"] != "DELETED"
+                    self._seen(name, present, moment)
+                    (known.add if present else known.discard)(name)
+            except Exception:  # noqa: S112 - the API server ended the watch: list and resume
+                continue
+            finally:
+                watch.stop()
 
     def stop(self) -> None:
         """Stop watching."""
-        self._watch.stop()
+        self._stopped.set()
 
 
 def activation(bench: Bench, count: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from kubepim.api.request import AccessRequestSpec
@@ -18,7 +19,7 @@ from kubepim.k8s.client import Kube
 logger = logging.getLogger("kubepim.audit")
 
 
-async def record(
+def record(
     kube: Kube,
     body: dict[str, Any],
     spec: AccessRequestSpec,
@@ -26,8 +27,8 @@ async def record(
     when: datetime.datetime,
     expires_at: datetime.datetime | None,
     index: int,
-) -> None:
-    """Log the JSON line, then post the Event, of one transition of one AccessRequest.
+) -> Coroutine[Any, Any, None]:
+    """Log the JSON line now; return the coroutine that posts the Event of one transition.
 
     Called once the transition is in status.history at ``index``; the line's ``id`` (request
     uid / history index) is unique per transition, so a consumer can tell a repeat from a new
@@ -48,6 +49,11 @@ async def record(
         "reason": transition.message,
     }
     logger.info(json.dumps(line, sort_keys=True))
+    return _post(kube, body, transition, when, str(line["request"]))
+
+
+async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
+                when: datetime.datetime, request: str) -> None:
     try:
         message = transition.message
         if transition.actor not in message:
@@ -55,7 +61,7 @@ async def record(
         await kube.post_event(body, "Warning" if transition.warning else "Normal",
                               transition.action, message, when)
     except Exception:
-        logger.exception("could not post the %s Event of %s", transition.action, line["request"])
+        logger.exception("could not post the %s Event of %s", transition.action, request)
 
 
 def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.datetime,

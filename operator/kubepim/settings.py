@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         "(with a final audit line), e.g. 720h for 30 days.",
     )
     resync_seconds: float = Field(
-        default=30.0, gt=0,
+        default=300.0, gt=0,
         description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",
     )
     namespace: str = Field(

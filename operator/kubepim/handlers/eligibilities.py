@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import Phase
 
 from . import registry
 from .reconcile import Reconciler, utcnow
@@ -76,7 +75,5 @@ async def roleeligibility_event(
             await reconciler.kube.patch_eligibility_status(name, status)
     if type is None:
         return  # the initial listing: the requests' own listing reconciles them anyway
-    for item in await reconciler.kube.list_requests():
-        if (item.get("status") or {}).get("phase") in (None, Phase.PENDING.value,
-                                                        Phase.ACTIVE.value):
-            await reconciler.reconcile(item["metadata"]["name"])
+    for request in sorted(reconciler.governed.get(name, set())):
+        await reconciler.reconcile(request)

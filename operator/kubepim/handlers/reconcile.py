@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubepim import audit, metrics
+from kubepim.api import duration
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
 from kubepim.domain import bindings
@@ -46,6 +47,10 @@ class Reconciler:
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
+        # Unfinished requests by the eligibility that governs them: an eligibility's change
+        # re-decides only these.
+        self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        self._posting: set[asyncio.Task[None]] = set()
         # Whether this replica may act (leader election sets it; alone, always).
         self.leading: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
@@ -150,16 +155,36 @@ class Reconciler:
             done = utcnow()
             first = len(status.history)
             for index, transition in enumerate(transitions, start=first):
-                await audit.record(self.kube, body, spec, transition, now, expires_at, index)
+                event = audit.record(self.kube, body, spec, transition, now, expires_at, index)
+                task = asyncio.create_task(event)  # the line is logged at once; the Event after
+                self._posting.add(task)
+                task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done)
 
         phase = transitions[-1].phase if transitions else status.phase
+        governing = plan.eligibility or status.eligibility
+        for members in self.governed.values():
+            members.discard(name)
+        if phase in (Phase.PENDING, Phase.ACTIVE) and governing:
+            self.governed[governing].add(name)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.active[name] = expires_at
             self.scheduler.schedule(name, expires_at)
         else:
             self.active.pop(name, None)
-            self.scheduler.cancel(name)
+            timeout = self._timeout(created, governing) if phase == Phase.PENDING else None
+            if timeout is not None:
+                self.scheduler.schedule(name, timeout)  # TimedOut at the window's end
+            else:
+                self.scheduler.cancel(name)
+
+    def _timeout(
+        self, created: datetime.datetime, governing: str | None
+    ) -> datetime.datetime | None:
+        policy = (self._eligibilities or {}).get(governing or "")
+        if policy is None:
+            return None
+        return created + duration.parse(policy.pending_timeout)
 
     @staticmethod
     def _observe(
