@@ -136,6 +136,20 @@ class Bench:
         return {i["metadata"]["name"]: (i.get("status") or {}).get("phase")
                 for i in items["items"] if i["metadata"]["name"].startswith(prefix)}
 
+    def wait_activated(self, names: list[str], timeout: float) -> None:
+        """Wait until every named request has been activated (it may have expired since)."""
+        wanted = set(names)
+        prefix = _common_prefix(names)
+
+        def activated() -> bool:
+            items = self.custom().list_cluster_custom_object(GROUP, VERSION, "accessrequests")
+            done = {i["metadata"]["name"] for i in items["items"]
+                    if i["metadata"]["name"].startswith(prefix)
+                    and (i.get("status") or {}).get("activatedAt")}
+            return wanted <= done
+
+        wait_until(activated, timeout, f"{len(names)} requests activated", interval=0.5)
+
     def wait_phase(self, names: list[str], phase: str, timeout: float) -> None:
         """Wait until every named request is in ``phase``."""
         prefix = _common_prefix(names)
@@ -155,7 +169,7 @@ class Bench:
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(len(durations))))
-        self.wait_phase(names, "Active", timeout=60 + len(names) * 0.2)
+        self.wait_activated(names, timeout=60 + len(names) * 0.2)
         return names
 
     def rss_mib(self, field_name: str = "VmRSS") -> float:

@@ -103,10 +103,11 @@ def activation(bench: Bench, count: int) -> dict[str, Any]:
             "p99_ratio": kubepim["p99"] / bare["p99"], "p50_ratio": kubepim["p50"] / bare["p50"]}
 
 
-def expiry(bench: Bench, count: int, window: int) -> dict[str, Any]:
+def expiry(bench: Bench, count: int, window: int, rate: float) -> dict[str, Any]:
     """Time from expiresAt to binding gone, ``count`` grants expiring across ``window`` s."""
     watcher = BindingWatcher(bench)
-    base = 20 + count // 50  # every grant must be Active before the first expires
+    # Every grant must be Active before the first expires: twice the time the burst took.
+    base = int(30 + 2 * count / rate)
     durations = [f"{base + (i * window) // count}s" for i in range(count)]
     names = bench.grant_many(f"exp{count}", durations)
     expires = {n: parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
@@ -174,10 +175,10 @@ def memory(bench: Bench, requests: int, eligibilities: int, workers: int = 16) -
             "operator_idle_rss_mib": percentile(samples, 0.5)}
 
 
-def recovery(bench: Bench, count: int, overdue: int) -> dict[str, Any]:
+def recovery(bench: Bench, count: int, overdue: int, rate: float) -> dict[str, Any]:
     """Operator restarted with ``count`` grants of which ``overdue`` expired while it was down."""
     long_names = bench.grant_many("rec-long", ["8h"] * (count - overdue))
-    base = 20 + overdue // 50
+    base = int(30 + 2 * overdue / rate)
     short_names = bench.grant_many("rec-short", [f"{base}s"] * overdue)
     bench.operator.kill()
     last = max(parse_time(bench.request(n)["status"]["expiresAt"]) for n in short_names)

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubepim.api.request import AccessRequestSpec
 from kubepim.domain.lifecycle import Transition
-from kubepim.k8s.client import Kube
+from kubepim.k8s.client import Conflict, Kube
 
 logger = logging.getLogger("kubepim.audit")
 
@@ -49,17 +49,19 @@ def record(
         "reason": transition.message,
     }
     logger.info(json.dumps(line, sort_keys=True))
-    return _post(kube, body, transition, when, str(line["request"]))
+    return _post(kube, body, transition, when, str(line["request"]), index)
 
 
 async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
-                when: datetime.datetime, request: str) -> None:
+                when: datetime.datetime, request: str, index: int) -> None:
     try:
         message = transition.message
         if transition.actor not in message:
             message += f" (by {transition.actor})"
         await kube.post_event(body, "Warning" if transition.warning else "Normal",
-                              transition.action, message, when)
+                              transition.action, message, when, index)
+    except Conflict:
+        pass  # already posted
     except Exception:
         logger.exception("could not post the %s Event of %s", transition.action, request)
 

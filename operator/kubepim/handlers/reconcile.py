@@ -13,7 +13,7 @@ import collections
 import dataclasses
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -51,11 +51,18 @@ class Reconciler:
         # re-decides only these.
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._posting: set[asyncio.Task[None]] = set()
+        # resourceVersions this replica wrote last: the watch event of our own write needs no
+        # reconcile (the object is what we decided).
+        self.own_writes: dict[str, str] = {}
         # Whether this replica may act (leader election sets it; alone, always).
         self.leading: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self.active: dict[str, datetime.datetime] = {}
         metrics.track(lambda: len(self.active), self._overdue)
+
+    def is_own_write(self, key: str, resource_version: str | None) -> bool:
+        """Whether the object at ``resource_version`` is the one this replica last wrote."""
+        return resource_version is not None and self.own_writes.get(key) == resource_version
 
     def _overdue(self) -> int:
         now = utcnow()
@@ -151,12 +158,15 @@ class Reconciler:
         patch = self._status_patch(body, status, plan, transitions, now)
         expires_at = plan.expires_at or status.expires_at
         if patch:
-            await self.kube.patch_request_status(name, patch, body["metadata"]["resourceVersion"])
+            written = await self.kube.patch_request_status(
+                name, patch, body["metadata"]["resourceVersion"])
+            self.own_writes[name] = str(written["metadata"]["resourceVersion"])
             done = utcnow()
             first = len(status.history)
-            for index, transition in enumerate(transitions, start=first):
-                event = audit.record(self.kube, body, spec, transition, now, expires_at, index)
-                task = asyncio.create_task(event)  # the line is logged at once; the Event after
+            events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
+                      for index, transition in enumerate(transitions, start=first)]
+            if events:  # the lines are logged at once; the Events, in order, in the background
+                task = asyncio.create_task(_in_order(events))
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done)
@@ -223,7 +233,8 @@ class Reconciler:
             # roleRef is immutable and subjects may have been added: replace the whole object.
             await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
         # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
-        await self.kube.create_binding(desired)
+        self.own_writes[f"binding/{ref.namespace}/{ref.name}"] = \
+            await self.kube.create_binding(desired)
         return True
 
     async def _remove_binding(self, name: str, request: AccessRequest) -> None:
@@ -277,6 +288,11 @@ class Reconciler:
             patch["history"] = history
         changed = {k: v for k, v in patch.items() if current.get(k) != v}
         return patch if changed else {}
+
+
+async def _in_order(posts: list[Coroutine[Any, Any, None]]) -> None:
+    for post in posts:
+        await post
 
 
 def _eligibility(spec: Any) -> RoleEligibilitySpec | None:

@@ -15,11 +15,16 @@ from .sweep import is_live_grant, owning_request
 
 
 @kopf.on.event(GROUP, "accessrequests", registry=registry)
-async def accessrequest_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Any change of a request (creation, approval, our own status writes) → reconcile."""
+async def accessrequest_event(
+    name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Any change of a request (creation, approval) → reconcile; not our own status writes."""
     reconciler: Reconciler = memo.reconciler
     if type == "DELETED":
         reconciler.scheduler.cancel(name)
+        reconciler.own_writes.pop(name, None)
+        return
+    if reconciler.is_own_write(name, body.metadata.get("resourceVersion")):
         return
     await reconciler.reconcile(name)
 
@@ -31,6 +36,11 @@ def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
 
 async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Memo) -> None:
     reconciler: Reconciler = memo.reconciler
+    key = f"binding/{body.metadata.namespace}/{body.metadata.name}"
+    if event_type == "DELETED":
+        reconciler.own_writes.pop(key, None)
+    elif reconciler.is_own_write(key, body.metadata.get("resourceVersion")):
+        return  # the binding exactly as we created it
     owner = owning_request(dict(body))
     if owner is None and body.metadata.name.startswith("kubepim-"):
         owner = body.metadata.name.removeprefix("kubepim-")

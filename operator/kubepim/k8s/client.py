@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ class Kube:
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config()
         configuration = kubernetes.client.Configuration.get_default_copy()
-        configuration.connection_pool_maxsize = 16
+        configuration.connection_pool_maxsize = 32  # the executor has 32 threads
         return cls(ApiClient(configuration))
 
     async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -141,15 +140,20 @@ class Kube:
 
     async def post_event(
         self, involved: dict[str, Any], event_type: str, reason: str, message: str,
-        when: datetime.datetime,
+        when: datetime.datetime, sequence: int,
     ) -> None:
-        """Post a core/v1 Event about a cluster-scoped object (stored in namespace default)."""
+        """Post a core/v1 Event about a cluster-scoped object (stored in namespace default).
+
+        ``sequence`` (the transition's index in status.history) names the Event, so a listing
+        sorts in history order and a repeated post of the same transition is refused (409).
+        """
         metadata = involved.get("metadata", {})
+        when = when + datetime.timedelta(microseconds=sequence % 1000)
         stamp = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        uid = str(metadata.get("uid", ""))[:8]
         event = {
             "apiVersion": "v1", "kind": "Event",
-            # Names that sort in posting order, so listings show the story in order.
-            "metadata": {"name": f"{str(metadata.get('name'))[:200]}.{time.time_ns():x}",
+            "metadata": {"name": f"{str(metadata.get('name'))[:180]}.{uid}.{sequence:06d}",
                          "namespace": "default"},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
@@ -291,13 +295,14 @@ class Kube:
             return None
         return self._plain(obj)
 
-    async def create_binding(self, manifest: dict[str, Any]) -> None:
-        """Create a binding; Conflict if one of that name exists."""
+    async def create_binding(self, manifest: dict[str, Any]) -> str:
+        """Create a binding and return its resourceVersion; Conflict if the name exists."""
         if manifest["kind"] == "ClusterRoleBinding":
-            await self._call(self._rbac.create_cluster_role_binding, manifest)
+            made = await self._call(self._rbac.create_cluster_role_binding, manifest)
         else:
             namespace = manifest["metadata"]["namespace"]
-            await self._call(self._rbac.create_namespaced_role_binding, namespace, manifest)
+            made = await self._call(self._rbac.create_namespaced_role_binding, namespace, manifest)
+        return str(made.metadata.resource_version)
 
     async def delete_binding(self, kind: str, name: str, namespace: str | None) -> bool:
         """Delete a binding; False when it was already gone."""
