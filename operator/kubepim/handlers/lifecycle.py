@@ -17,7 +17,8 @@ from typing import Any
 import kopf
 
 from kubepim import tls
-from kubepim.api.request import Phase
+from kubepim.api.request import AccessRequest, Phase
+from kubepim.domain import bindings
 from kubepim.k8s.client import Kube, parse_time
 from kubepim.settings import Settings
 
@@ -106,14 +107,35 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 async def revoke_overdue(reconciler: Reconciler) -> int:
-    """Reconcile every Active request whose expiry has passed; returns how many there were."""
+    """Remove the binding of every Active request past its expiry, then record each Expired.
+
+    Access goes first, all bindings at once (bounded); the status writes, history and audit
+    lines follow through the ordinary reconcile, which finds the binding already gone.
+    Returns how many grants were overdue.
+    """
     now = utcnow()
-    names = [
-        item["metadata"]["name"]
-        for item in await reconciler.kube.list_requests()
-        if (item.get("status") or {}).get("phase") == Phase.ACTIVE.value
-        and (expires := parse_time((item.get("status") or {}).get("expiresAt"))) is not None
-        and expires <= now
-    ]
-    await asyncio.gather(*(reconciler.reconcile(name) for name in names))
-    return len(names)
+    overdue = []
+    for item in await reconciler.kube.list_requests():
+        status = item.get("status") or {}
+        expires = parse_time(status.get("expiresAt"))
+        if status.get("phase") == Phase.ACTIVE.value and expires is not None and expires <= now:
+            overdue.append(item)
+    gate = asyncio.Semaphore(32)
+
+    async def unbind(item: dict[str, Any]) -> None:
+        try:
+            request = AccessRequest.model_validate(item)
+        except ValueError:
+            return  # reconcile reports it
+        ref = bindings.binding_ref(item["metadata"]["name"], request.spec)
+        async with gate:
+            await reconciler.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+
+    await asyncio.gather(*(unbind(item) for item in overdue))
+
+    async def record(name: str) -> None:
+        async with gate:
+            await reconciler.reconcile(name)
+
+    await asyncio.gather(*(record(item["metadata"]["name"]) for item in overdue))
+    return len(overdue)
