@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import threading
 
 from tests.e2e import pim
@@ -76,43 +75,6 @@ def test_deleted_binding_is_restored_while_the_grant_is_live(
     poll(lambda: "BindingRestored" in pim.event_reasons(kubectl, namespace), timeout=5,
          what="a BindingRestored event")
     assert ("BindingRestored", "kubepim") in pim.history(pim.get_request(kubectl, namespace))
-
-
-def test_subject_added_to_the_binding_is_removed_again(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str
-) -> None:
-    _active_grant(kubectl, namespace)
-    patch = [{"op": "add", "path": "/subjects/-",
-              "value": {"kind": "User", "name": "mallory",
-                        "apiGroup": "rbac.authorization.k8s.io"}}]
-    kubectl("patch", "rolebinding", f"kubepim-{namespace}", "-n", namespace, "--type=json",
-            "-p", json.dumps(patch))
-    poll(lambda: not kubectl.can_i("list", "pods", as_user="mallory", namespace=namespace),
-         timeout=5, what="mallory's smuggled subject removed")
-    binding = kubectl.json("get", "rolebinding", f"kubepim-{namespace}", "-n", namespace)
-    assert [s["name"] for s in binding["subjects"]] == ["alice"]
-    assert _alice_can_list(kubectl, namespace)
-
-
-def test_binding_that_mimics_the_operators_marks_is_removed_not_adopted(
-    kubectl: Kubectl, operator: OperatorProcess, namespace: str
-) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    mimic = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "kubepim-forged", "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "kubepim",
-                                "pim.kubepim.dev/request": "forged"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                    "name": "pod-reader"},
-        "subjects": [{"kind": "User", "name": "mallory",
-                      "apiGroup": "rbac.authorization.k8s.io"}],
-    }
-    kubectl("create", "-f", "-", stdin=json.dumps(mimic))
-    poll(lambda: "NotFound" in kubectl("get", "rolebinding", "kubepim-forged", "-n", namespace,
-                                       check=False).stderr,
-         timeout=10, what="forged binding removed")
-    assert kubectl.can_i("list", "pods", as_user="mallory", namespace=namespace) is False
 
 
 def test_deleting_the_eligibility_revokes_active_grants_and_denies_pending_requests(
