@@ -161,9 +161,10 @@ def memory(bench: Bench, requests: int, eligibilities: int, workers: int = 16) -
     def request(i: int) -> None:
         bench.create_request(f"mem-{i}", f"mem-requester-{i}", "1h")  # stays Pending
 
+    # The API server sheds load (429/5xx) when 10,000 creates arrive at once: retry those.
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(eligibility, range(eligibilities)))
-        list(pool.map(request, range(requests)))
+        list(pool.map(lambda i: _retrying(lambda: eligibility(i)), range(eligibilities)))
+        list(pool.map(lambda i: _retrying(lambda: request(i)), range(requests)))
     names = [f"mem-{i}" for i in range(requests)]
     bench.wait_phase(names, "Pending", timeout=120 + requests * 0.05)
     samples = []
@@ -173,6 +174,22 @@ def memory(bench: Bench, requests: int, eligibilities: int, workers: int = 16) -
     total = len(bench.phases(""))
     return {"accessrequests_in_cluster": total, "eligibilities_added": eligibilities,
             "operator_idle_rss_mib": percentile(samples, 0.5)}
+
+
+def _retrying(call: Any, attempts: int = 6) -> None:
+    """Run ``call``, retrying with backoff when the API server sheds load (429, 5xx)."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except kubernetes.client.exceptions.ApiException as error:
+            if error.status == 409:
+                return  # created by an earlier attempt whose answer was lost
+            if error.status is not None and error.status != 429 and error.status < 500:
+                raise
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def recovery(bench: Bench, count: int, overdue: int, rate: float) -> dict[str, Any]:
