@@ -18,6 +18,16 @@ def eligibility(name: str, **spec: Any) -> dict[str, Any]:
             "spec": spec}
 
 
+def pod_reader_for_alice(kubectl: Kubectl, namespace: str, **spec: Any) -> None:
+    """The common set-up: a Role pod-reader in ``namespace`` and a RoleEligibility (named after
+    the namespace) making alice eligible for it there; ``spec`` overrides any field."""
+    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
+    apply(kubectl, eligibility(namespace, **{
+        "subjects": [{"kind": "User", "name": "alice"}],
+        "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [namespace],
+        "approval": {"users": ["bob"]}, **spec}))
+
+
 def access_request(name: str, **spec: Any) -> dict[str, Any]:
     """An AccessRequest manifest; ``spec`` in the API's camelCase."""
     return {"apiVersion": API_VERSION, "kind": "AccessRequest", "metadata": {"name": name},

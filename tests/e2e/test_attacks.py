@@ -16,11 +16,8 @@ from tests.e2e.support import Kubectl, OperatorProcess, poll
 
 
 def _eligibility(kubectl: Kubectl, namespace: str, **overrides: Any) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    spec = {"subjects": [{"kind": "User", "name": "alice"}],
-            "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [namespace],
-            "maxDuration": "10m", "approval": {"users": ["bob", "carol"]}, **overrides}
-    pim.apply(kubectl, pim.eligibility(namespace, **spec))
+    pim.pod_reader_for_alice(kubectl, namespace, **{
+        "maxDuration": "10m", "approval": {"users": ["bob", "carol"]}, **overrides})
 
 
 def _request(kubectl: Kubectl, namespace: str, **identity: Any) -> None:

@@ -14,11 +14,8 @@ def _now() -> datetime.datetime:
 
 
 def _eligible_alice(kubectl: Kubectl, namespace: str, **policy: object) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    spec = {"subjects": [{"kind": "User", "name": "alice"}],
-            "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [namespace],
-            "maxDuration": "10m", "approval": {"users": ["bob", "carol"]}, **policy}
-    pim.apply(kubectl, pim.eligibility(namespace, **spec))
+    pim.pod_reader_for_alice(kubectl, namespace, **{
+        "maxDuration": "10m", "approval": {"users": ["bob", "carol"]}, **policy})
 
 
 def _request(kubectl: Kubectl, namespace: str, duration: str = "5m") -> None:

@@ -39,11 +39,7 @@ def _gauge(operator: OperatorProcess, name: str) -> float:
 
 
 def _grant(kubectl: Kubectl, namespace: str, duration: str) -> dict[str, Any]:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    pim.apply(kubectl, pim.eligibility(
-        namespace, subjects=[{"kind": "User", "name": "alice"}],
-        roles=[{"kind": "Role", "name": "pod-reader"}], namespaces=[namespace],
-        maxDuration="10m", approval={"users": ["bob"]}))
+    pim.pod_reader_for_alice(kubectl, namespace, maxDuration="10m")
     pim.apply(kubectl, pim.access_request(
         namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
         duration=duration, justification="INC-9: disk full"), as_user="alice")

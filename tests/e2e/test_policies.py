@@ -11,11 +11,7 @@ from tests.e2e.support import Kubectl, OperatorProcess, poll
 
 
 def _eligibility(kubectl: Kubectl, namespace: str, **policy: Any) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    spec = {"subjects": [{"kind": "User", "name": "alice"}],
-            "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [namespace],
-            "maxDuration": "1h", "approval": {"users": ["bob"]}, **policy}
-    pim.apply(kubectl, pim.eligibility(namespace, **spec))
+    pim.pod_reader_for_alice(kubectl, namespace, **{"maxDuration": "1h", **policy})
 
 
 def _request(namespace: str, **spec: Any) -> dict[str, Any]:

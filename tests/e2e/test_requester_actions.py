@@ -7,11 +7,7 @@ from tests.e2e.support import Kubectl, OperatorProcess, poll
 
 
 def _pending(kubectl: Kubectl, namespace: str) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    pim.apply(kubectl, pim.eligibility(
-        namespace, subjects=[{"kind": "User", "name": "alice"}],
-        roles=[{"kind": "Role", "name": "pod-reader"}], namespaces=[namespace],
-        maxDuration="10m", approval={"users": ["bob"]}))
+    pim.pod_reader_for_alice(kubectl, namespace, maxDuration="10m")
     pim.apply(kubectl, pim.access_request(
         namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
         duration="5m", justification="testing"), as_user="alice")

@@ -9,11 +9,8 @@ from tests.e2e.support import Kubectl, OperatorProcess
 
 
 def _pending_request(kubectl: Kubectl, namespace: str, **approval: object) -> None:
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    pim.apply(kubectl, pim.eligibility(
-        namespace, subjects=[{"kind": "User", "name": "alice"}],
-        roles=[{"kind": "Role", "name": "pod-reader"}], namespaces=[namespace],
-        maxDuration="10m", approval={"users": ["bob", "carol"], **approval}))
+    pim.pod_reader_for_alice(kubectl, namespace, maxDuration="10m",
+                             approval={"users": ["bob", "carol"], **approval})
     pim.apply(kubectl, pim.access_request(
         namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
         duration="5m", justification="testing"), as_user="alice")
