@@ -13,6 +13,7 @@ import datetime
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -44,9 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.since >= args.until:
         parser.error("--since must be before --until")
 
-    kube = Kube.connect(args.kubeconfig)
     requests = {}
-    for item in asyncio.run(kube.list_requests()):
+    for item in asyncio.run(_list_requests(args.kubeconfig)):
         try:
             requests[item["metadata"]["name"]] = AccessRequest.model_validate(item)
         except ValidationError:
@@ -60,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(r.as_dict() for r in rows)
     return 0
+
+
+async def _list_requests(kubeconfig: Path | None) -> list[dict[str, Any]]:
+    kube = Kube.connect(kubeconfig)
+    try:
+        return await kube.list_requests()
+    finally:
+        await kube.close()
 
 
 if __name__ == "__main__":

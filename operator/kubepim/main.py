@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 import prometheus_client
@@ -31,12 +29,7 @@ def main() -> None:
     liveness = None
     if settings.liveness_port:
         liveness = f"http://{settings.liveness_host}:{settings.liveness_port}/healthz"
-    # The kubernetes client is synchronous: its calls run in the default executor, which is
-    # sized for I/O, not for the 2-6 threads asyncio picks by default.
-    loop = asyncio.new_event_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="kube"))
     kopf.run(
-        loop=loop,
         clusterwide=True,
         standalone=True,
         liveness_endpoint=liveness,

@@ -95,6 +95,9 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     elector = getattr(memo, "elector", None)
     if elector is not None:
         await elector.release()
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        await reconciler.kube.close()
     cert_dir = getattr(memo, "temporary_cert_dir", None)
     if cert_dir is not None:
         shutil.rmtree(cert_dir, ignore_errors=True)

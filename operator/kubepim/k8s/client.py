@@ -1,8 +1,12 @@
 """The API-server adapter: every call the operator makes, with verbs that read like kubectl.
 
-Built on the official kubernetes client, run in worker threads so handlers stay async. 404
-becomes :class:`NotFound` (or ``None`` from getters, success from deletes), 409 :class:`Conflict`;
-nothing else leaks the client's exception types.
+Plain JSON over one asyncio HTTP session (aiohttp, which kopf already runs on): no worker
+threads and no typed models in between, which is most of what a call cost with the official
+synchronous client (docs/performance.md has the profile). The kubeconfig, exec plugins and the
+in-cluster ServiceAccount token (re-read as it rotates) are still loaded by the official
+``kubernetes.config`` loader. 404 becomes :class:`NotFound` (or ``None`` from getters, success
+from deletes), 409 :class:`Conflict`, 403 :class:`Forbidden`, any other failure
+:class:`ApiError`.
 """
 
 from __future__ import annotations
@@ -10,112 +14,157 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kubernetes
-from kubernetes.client import (
-    AdmissionregistrationV1Api,
-    ApiClient,
-    AuthorizationV1Api,
-    CoordinationV1Api,
-    CoreV1Api,
-    CustomObjectsApi,
-    RbacAuthorizationV1Api,
-)
-from kubernetes.client.exceptions import ApiException
 
 from kubepim.api.common import GROUP, VERSION
 
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubepim"
+_CUSTOM = f"/apis/{GROUP}/{VERSION}"
+_RBAC = "/apis/rbac.authorization.k8s.io/v1"
+_MERGE = "application/merge-patch+json"
 
 
-class NotFound(Exception):
+class ApiError(Exception):
+    """The API server refused or failed a call (other than 403, 404 and 409)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+class NotFound(ApiError):
     """The object does not exist."""
 
 
-class Conflict(Exception):
-    """The object changed since it was read (409): read it again and retry."""
+class Conflict(ApiError):
+    """The object changed since it was read, or already exists (409): read it again."""
 
 
-class Forbidden(Exception):
+class Forbidden(ApiError):
     """The operator's own RBAC does not allow the call (403)."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict}
 
 
 class Kube:
     """Typed access to the objects kubepim reads and writes."""
 
-    def __init__(self, api_client: ApiClient) -> None:
-        self._api = api_client
-        self._custom = CustomObjectsApi(api_client)
-        self._rbac = RbacAuthorizationV1Api(api_client)
-        self._core = CoreV1Api(api_client)
-        self._authz = AuthorizationV1Api(api_client)
-        self._admission = AdmissionregistrationV1Api(api_client)
-        self._coordination = CoordinationV1Api(api_client)
+    def __init__(self, server: str, tls: ssl.SSLContext | bool,
+                 authorization: Callable[[], str | None]) -> None:
+        self._server = server.rstrip("/")
+        self._tls = tls
+        self._authorization = authorization
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None) -> Kube:
         """Connect with ``kubeconfig``; else in-cluster in a pod; else the default kubeconfig."""
+        configuration = kubernetes.client.Configuration()
         if kubeconfig is not None:
-            kubernetes.config.load_kube_config(str(kubeconfig))
+            kubernetes.config.load_kube_config(str(kubeconfig),
+                                               client_configuration=configuration)
         else:
             try:
-                kubernetes.config.load_incluster_config()
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-        configuration = kubernetes.client.Configuration.get_default_copy()
-        configuration.connection_pool_maxsize = 32  # the executor has 32 threads
-        return cls(ApiClient(configuration))
+                kubernetes.config.load_kube_config(client_configuration=configuration)
+        tls: ssl.SSLContext | bool = False
+        if configuration.host.startswith("https"):
+            context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+            if not configuration.verify_ssl:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if configuration.cert_file:
+                context.load_cert_chain(configuration.cert_file, configuration.key_file)
+            tls = context
 
-    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        except ApiException as error:
-            if error.status == 404:
-                raise NotFound(str(error.reason)) from error
-            if error.status == 409:
-                raise Conflict(str(error.reason)) from error
-            if error.status == 403:
-                raise Forbidden(str(error.body or error.reason)) from error
-            raise
+        def authorization() -> str | None:
+            # Calls the loader's refresh hook: a rotated in-cluster token is picked up.
+            bearer: dict[str, Any] = dict(configuration.auth_settings().get("BearerToken") or {})
+            value: str | None = bearer.get("value")
+            return value
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self._api.sanitize_for_serialization(obj)
-        return result
+        return cls(configuration.host, tls, authorization)
+
+    async def close(self) -> None:
+        """Close the HTTP session (the next call opens a new one)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ssl=self._tls),
+                timeout=aiohttp.ClientTimeout(total=60),
+                json_serialize=_dumps,
+            )
+        return self._session
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One call; the decoded JSON answer, or the error it maps to."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = self._authorization()
+        if token:
+            headers["Authorization"] = token
+        async with self._open().request(
+            method, self._server + path, json=body, params=params, headers=headers,
+        ) as response:
+            answer = await response.json(content_type=None) if response.content_length != 0 \
+                else None
+            if response.status >= 400:
+                message = answer.get("message") if isinstance(answer, dict) else None
+                error = _ERRORS.get(response.status, ApiError)
+                raise error(response.status, str(message or response.reason))
+            return answer
 
     # AccessRequests and RoleEligibilities (cluster-scoped custom objects)
 
     async def get_request(self, name: str) -> dict[str, Any] | None:
         """The AccessRequest, or None."""
         try:
-            obj: dict[str, Any] = await self._call(
-                self._custom.get_cluster_custom_object, GROUP, VERSION, "accessrequests", name)
+            obj: dict[str, Any] = await self._request("GET", f"{_CUSTOM}/accessrequests/{name}")
         except NotFound:
             return None
         return obj
 
     async def list_requests(self) -> list[dict[str, Any]]:
         """Every AccessRequest."""
-        result = await self._call(
-            self._custom.list_cluster_custom_object, GROUP, VERSION, "accessrequests")
-        items: list[dict[str, Any]] = result["items"]
-        return items
+        return await self._list(f"{_CUSTOM}/accessrequests")
 
     async def list_eligibilities(self) -> list[dict[str, Any]]:
         """Every RoleEligibility."""
-        result = await self._call(
-            self._custom.list_cluster_custom_object, GROUP, VERSION, "roleeligibilities")
-        items: list[dict[str, Any]] = result["items"]
-        return items
+        return await self._list(f"{_CUSTOM}/roleeligibilities")
+
+    async def _list(self, path: str, params: dict[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Every item, fetched in pages so a large list does not time out or balloon."""
+        items: list[dict[str, Any]] = []
+        query = dict(params or {}, limit="500")
+        while True:
+            page = await self._request("GET", path, params=query)
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query["continue"] = token
 
     async def delete_request(self, name: str, uid: str) -> bool:
         """Delete an AccessRequest, only if it is still the object with ``uid``."""
         try:
-            await self._call(self._custom.delete_cluster_custom_object, GROUP, VERSION,
-                             "accessrequests", name,
-                             body={"preconditions": {"uid": uid}})
+            await self._request("DELETE", f"{_CUSTOM}/accessrequests/{name}",
+                                {"preconditions": {"uid": uid}})
         except NotFound:
             return False
         return True
@@ -125,18 +174,14 @@ class Kube:
     ) -> dict[str, Any]:
         """Merge-patch the status, failing with Conflict if the object changed since read."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        obj: dict[str, Any] = await self._call(
-            self._custom.patch_cluster_custom_object_status,
-            GROUP, VERSION, "accessrequests", name, body,
-        )
+        obj: dict[str, Any] = await self._request(
+            "PATCH", f"{_CUSTOM}/accessrequests/{name}/status", body, content_type=_MERGE)
         return obj
 
     async def patch_eligibility_status(self, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a RoleEligibility's status (only its status: GitOps owns the rest)."""
-        await self._call(
-            self._custom.patch_cluster_custom_object_status,
-            GROUP, VERSION, "roleeligibilities", name, {"status": status},
-        )
+        await self._request("PATCH", f"{_CUSTOM}/roleeligibilities/{name}/status",
+                            {"status": status}, content_type=_MERGE)
 
     async def post_event(
         self, involved: dict[str, Any], event_type: str, reason: str, message: str,
@@ -162,44 +207,36 @@ class Kube:
             "type": event_type, "reason": reason, "message": message[:1024],
             "source": {"component": "kubepim"}, "reportingComponent": "kubepim",
             "reportingInstance": "kubepim", "firstTimestamp": stamp, "lastTimestamp": stamp,
-            "eventTime": when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            "eventTime": when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": reason, "count": 1,
         }
-        await self._call(self._core.create_namespaced_event, "default", event)
+        await self._request("POST", "/api/v1/namespaces/default/events", event)
 
     # Namespaces and roles
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """Labels of a namespace, or None when it does not exist."""
         try:
-            namespace = await self._call(self._core.read_namespace, name)
+            namespace = await self._request("GET", f"/api/v1/namespaces/{name}")
         except NotFound:
             return None
-        return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
+        return dict((namespace.get("metadata") or {}).get("labels") or {})
 
     async def role_exists(self, kind: str, name: str, namespace: str | None) -> bool:
         """Whether the Role (in ``namespace``) or ClusterRole exists."""
-        try:
-            if kind == "ClusterRole":
-                await self._call(self._rbac.read_cluster_role, name)
-            else:
-                await self._call(self._rbac.read_namespaced_role, name, namespace)
-        except NotFound:
-            return False
-        return True
+        return await self.role_rules(kind, name, namespace) is not None
 
     async def role_rules(
         self, kind: str, name: str, namespace: str | None
     ) -> list[dict[str, Any]] | None:
         """The rules of a Role or ClusterRole, or None when it does not exist."""
+        path = (f"{_RBAC}/clusterroles/{name}" if kind == "ClusterRole"
+                else f"{_RBAC}/namespaces/{namespace}/roles/{name}")
         try:
-            if kind == "ClusterRole":
-                role = await self._call(self._rbac.read_cluster_role, name)
-            else:
-                role = await self._call(self._rbac.read_namespaced_role, name, namespace)
+            role = await self._request("GET", path)
         except NotFound:
             return None
-        rules: list[dict[str, Any]] = self._plain(role).get("rules") or []
+        rules: list[dict[str, Any]] = role.get("rules") or []
         return rules
 
     async def may(
@@ -210,59 +247,53 @@ class Kube:
 
         ``user`` is an admission request's userInfo (username, uid, groups, extra).
         """
-        attributes = {"verb": verb, "group": group, "resource": resource}
-        if name:
-            attributes["name"] = name
-        if namespace:
-            attributes["namespace"] = namespace
         review = {
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {"user": user.get("username"), "uid": user.get("uid"),
                      "groups": user.get("groups") or [], "extra": user.get("extra") or {},
-                     "resourceAttributes": attributes},
+                     "resourceAttributes": _attributes(verb, group, resource, name, namespace)},
         }
-        result = await self._call(self._authz.create_subject_access_review, review)
-        return bool(result.status.allowed)
+        result = await self._request(
+            "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        return bool((result.get("status") or {}).get("allowed"))
 
     async def i_may(
         self, verb: str, group: str, resource: str, name: str | None = None,
         namespace: str | None = None,
     ) -> bool:
         """Whether the operator itself may do it (SelfSubjectAccessReview)."""
-        attributes = {"verb": verb, "group": group, "resource": resource}
-        if name:
-            attributes["name"] = name
-        if namespace:
-            attributes["namespace"] = namespace
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": attributes}}
-        result = await self._call(self._authz.create_self_subject_access_review, review)
-        return bool(result.status.allowed)
+                  "spec": {"resourceAttributes": _attributes(verb, group, resource, name,
+                                                             namespace)}}
+        result = await self._request(
+            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        return bool((result.get("status") or {}).get("allowed"))
 
     async def apply_validating_webhooks(self, configuration: dict[str, Any]) -> None:
         """Create or replace a ValidatingWebhookConfiguration."""
-        name = configuration["metadata"]["name"]
+        path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
         try:
-            await self._call(self._admission.create_validating_webhook_configuration,
-                             configuration)
+            await self._request("POST", path, configuration)
         except Conflict:
-            await self._call(self._admission.patch_validating_webhook_configuration,
-                             name, configuration)
+            await self._request("PATCH", f"{path}/{configuration['metadata']['name']}",
+                                configuration, content_type=_MERGE)
 
     async def delete_validating_webhooks(self, name: str) -> None:
         """Delete a ValidatingWebhookConfiguration; absent is fine."""
         with contextlib.suppress(NotFound):
-            await self._call(self._admission.delete_validating_webhook_configuration, name)
+            await self._request(
+                "DELETE",
+                f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}")
 
     # Leader election
 
     async def get_lease(self, name: str, namespace: str) -> dict[str, Any] | None:
         """The Lease, or None."""
         try:
-            lease = await self._call(self._coordination.read_namespaced_lease, name, namespace)
+            lease: dict[str, Any] = await self._request("GET", _lease_path(namespace, name))
         except NotFound:
             return None
-        return self._plain(lease)
+        return lease
 
     async def write_lease(
         self, name: str, namespace: str, spec: dict[str, Any], resource_version: str | None
@@ -275,10 +306,10 @@ class Kube:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
                 "spec": spec}
         if resource_version is None:
-            await self._call(self._coordination.create_namespaced_lease, namespace, body)
+            await self._request("POST", _lease_path(namespace, None), body)
         else:
             metadata["resourceVersion"] = resource_version
-            await self._call(self._coordination.replace_namespaced_lease, name, namespace, body)
+            await self._request("PUT", _lease_path(namespace, name), body)
 
     # Bindings
 
@@ -287,48 +318,61 @@ class Kube:
     ) -> dict[str, Any] | None:
         """The RoleBinding or ClusterRoleBinding, or None."""
         try:
-            if kind == "ClusterRoleBinding":
-                obj = await self._call(self._rbac.read_cluster_role_binding, name)
-            else:
-                obj = await self._call(self._rbac.read_namespaced_role_binding, name, namespace)
+            obj: dict[str, Any] = await self._request("GET", _binding_path(kind, namespace, name))
         except NotFound:
             return None
-        return self._plain(obj)
+        return obj
 
     async def create_binding(self, manifest: dict[str, Any]) -> str:
         """Create a binding and return its resourceVersion; Conflict if the name exists."""
-        if manifest["kind"] == "ClusterRoleBinding":
-            made = await self._call(self._rbac.create_cluster_role_binding, manifest)
-        else:
-            namespace = manifest["metadata"]["namespace"]
-            made = await self._call(self._rbac.create_namespaced_role_binding, namespace, manifest)
-        return str(made.metadata.resource_version)
+        path = _binding_path(manifest["kind"], manifest["metadata"].get("namespace"), None)
+        made = await self._request("POST", path, manifest)
+        return str(made["metadata"]["resourceVersion"])
 
     async def delete_binding(self, kind: str, name: str, namespace: str | None) -> bool:
         """Delete a binding; False when it was already gone."""
         try:
-            if kind == "ClusterRoleBinding":
-                await self._call(self._rbac.delete_cluster_role_binding, name)
-            else:
-                await self._call(self._rbac.delete_namespaced_role_binding, name, namespace)
+            await self._request("DELETE", _binding_path(kind, namespace, name))
         except NotFound:
             return False
         return True
 
     async def list_managed_bindings(self) -> list[dict[str, Any]]:
         """Every RoleBinding and ClusterRoleBinding that carries the operator's label."""
+        selector = {"labelSelector": MANAGED_SELECTOR}
         namespaced, cluster = await asyncio.gather(
-            self._call(self._rbac.list_role_binding_for_all_namespaces,
-                       label_selector=MANAGED_SELECTOR),
-            self._call(self._rbac.list_cluster_role_binding, label_selector=MANAGED_SELECTOR),
+            self._list(f"{_RBAC}/rolebindings", selector),
+            self._list(f"{_RBAC}/clusterrolebindings", selector),
         )
-        items = []
         for listing, kind in ((namespaced, "RoleBinding"), (cluster, "ClusterRoleBinding")):
-            for item in listing.items:
-                plain = self._plain(item)
-                plain["kind"] = kind
-                items.append(plain)
-        return items
+            for item in listing:
+                item["kind"] = kind  # a list's items carry no kind
+        return namespaced + cluster
+
+
+def _attributes(verb: str, group: str, resource: str, name: str | None,
+                namespace: str | None) -> dict[str, str]:
+    attributes = {"verb": verb, "group": group, "resource": resource}
+    if name:
+        attributes["name"] = name
+    if namespace:
+        attributes["namespace"] = namespace
+    return attributes
+
+
+def _lease_path(namespace: str, name: str | None) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    return f"{path}/{name}" if name else path
+
+
+def _binding_path(kind: str, namespace: str | None, name: str | None) -> str:
+    path = (f"{_RBAC}/clusterrolebindings" if kind == "ClusterRoleBinding"
+            else f"{_RBAC}/namespaces/{namespace}/rolebindings")
+    return f"{path}/{name}" if name else path
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
