@@ -48,6 +48,11 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append((f"burst of {b['requests']} to all Active (s)",
                      f"{b['kubepim_s']:.1f}  (floor {b['floor_s']:.1f}, ratio {b['ratio']:.1f}x)",
                      "< 2x floor"))
+        if "submitted_s" in b:
+            calls = b["api_calls_per_grant"]
+            rows.append(("  of which: submitting / after last approval (s)",
+                         f"{b['submitted_s']:.1f} / {b['after_last_approval_s']:.1f}  "
+                         f"({sum(calls.values()):.1f} API calls per grant, floor 1)", ""))
     m = results.get("memory")
     if m:
         peak = f"  (peak in burst {b['operator_peak_rss_mib']:.0f})" if b else ""

@@ -158,8 +158,8 @@ class Bench:
                                if n in wanted) and wanted <= set(self.phases(prefix)),
                    timeout, f"{len(names)} requests {phase}", interval=0.5)
 
-    def grant_many(self, prefix: str, durations: list[str], workers: int = 16) -> list[str]:
-        """Create and approve one request per duration, in parallel; wait until all Active."""
+    def submit_many(self, prefix: str, durations: list[str], workers: int = 16) -> list[str]:
+        """Create and approve one request per duration, ``workers`` at a time; their names."""
         names = [f"{prefix}-{i}" for i in range(len(durations))]
 
         def one(index: int) -> None:
@@ -169,8 +169,25 @@ class Bench:
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(len(durations))))
+        return names
+
+    def grant_many(self, prefix: str, durations: list[str], workers: int = 16) -> list[str]:
+        """Create and approve one request per duration, in parallel; wait until all Active."""
+        names = self.submit_many(prefix, durations, workers)
         self.wait_activated(names, timeout=60 + len(names) * 0.2)
         return names
+
+    def api_writes(self) -> dict[str, float]:
+        """The API server's count of requests so far by verb, from its /metrics."""
+        text = self.kubectl("get", "--raw", "/metrics").stdout
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("apiserver_request_total{"):
+                labels = line[line.index("{") + 1:line.rindex("}")]
+                verb = next((part.split("=", 1)[1].strip('"') for part in labels.split(",")
+                             if part.startswith("verb=")), "")
+                counts[verb] = counts.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
 
     def rss_mib(self, field_name: str = "VmRSS") -> float:
         """The operator process's resident memory (VmRSS) or peak (VmHWM), in MiB."""

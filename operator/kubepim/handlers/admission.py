@@ -59,7 +59,7 @@ async def accessrequest_admit_create(body: kopf.Body, memo: kopf.Memo, **_: Any)
             spec = AccessRequest.model_validate(dict(body)).spec
         except ValidationError as error:
             raise _refuse(f"invalid AccessRequest: {_pretty(error)}") from error
-        labels = await reconciler.kube.namespace_labels(spec.namespace) if spec.namespace else {}
+        labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
         refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
                                               utcnow())
         if refusal:
@@ -89,7 +89,7 @@ async def accessrequest_admit_status(
             dict(userinfo), "revoke", GROUP, "accessrequests", name=body.metadata.name)
         labels: dict[str, str] | None = {}
         if before.eligibility is None and request.spec.namespace:
-            labels = await reconciler.kube.namespace_labels(request.spec.namespace)
+            labels = await reconciler.namespace_labels(request.spec.namespace)
         refusal = admission.check_status_change(user, request.spec, before, new,
                                                 await reconciler.eligibilities(), may_revoke,
                                                 labels)

@@ -58,6 +58,15 @@ class Reconciler:
         self.leading: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self.active: dict[str, datetime.datetime] = {}
+        # Labels of every namespace, kept by the namespace watch (a name not here is read).
+        self.namespaces: dict[str, dict[str, str]] = {}
+        # Bindings that look like ours and exist, as the binding watch and our writes saw them:
+        # a binding not here is created without a read first, and a request never activated
+        # whose binding is not here has nothing to remove (a watch event would say otherwise).
+        self.bindings: set[str] = set()
+        # The newest resourceVersion read or written per request: a watch event's body at
+        # least as new is reconciled as delivered, an older one is read again.
+        self.versions: dict[str, str] = {}
         metrics.track(lambda: len(self.active), self._overdue)
 
     def is_own_write(self, key: str, resource_version: str | None) -> bool:
@@ -100,30 +109,79 @@ class Reconciler:
             updated[name] = parsed
         self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
 
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """Labels of a namespace (None: it does not exist), from the watch when it has it."""
+        cached = self.namespaces.get(name)
+        if cached is not None:
+            return cached
+        return await self.kube.namespace_labels(name)
+
+    def observe_namespace(self, name: str, labels: dict[str, str] | None) -> None:
+        """Apply one namespace watch event (``labels`` None: deleted)."""
+        if labels is None:
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = labels
+
+    def forget(self, name: str) -> None:
+        """Drop what is remembered of a deleted request."""
+        self.scheduler.cancel(name)
+        self.own_writes.pop(name, None)
+        self.versions.pop(name, None)
+        self._locks.pop(name, None)
+
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while one request is reconciled."""
         return self._locks[name]
 
-    async def reconcile(self, name: str) -> None:
-        """Reconcile one request by name, retrying on conflicting writes; only as leader."""
+    async def reconcile(self, name: str, body: dict[str, Any] | None = None) -> None:
+        """Reconcile one request by name, retrying on conflicting writes; only as leader.
+
+        ``body`` is the object as a watch event delivered it: used when no newer version has
+        been seen (saves a read), else the request is read.
+        """
         if not self.leading():
             return
         async with self._locks[name]:
             for _ in range(_ATTEMPTS):
-                body = await self.kube.get_request(name)
+                if body is None or self._older_than_seen(name, body):
+                    body = await self.kube.get_request(name)
                 if body is None:
                     self.scheduler.cancel(name)
                     return
+                self._seen(name, body["metadata"].get("resourceVersion"))
                 try:
                     await self._reconcile(body, utcnow())
                     return
                 except Conflict:
+                    body = None
                     continue
                 except Exception:
                     metrics.RECONCILE_ERRORS.inc()
                     raise
             metrics.RECONCILE_ERRORS.inc()
             logger.warning("gave up on %s after %d conflicting writes", name, _ATTEMPTS)
+
+    def _older_than_seen(self, name: str, body: dict[str, Any]) -> bool:
+        """Whether ``body`` predates a version of the request already read or written.
+
+        resourceVersions are compared as the integers the API server issues; one that is not
+        counts as older (the request is read again: never decide from a stale copy).
+        """
+        seen = self.versions.get(name)
+        if seen is None:
+            return False
+        try:
+            return int(body["metadata"]["resourceVersion"]) < int(seen)
+        except (KeyError, TypeError, ValueError):
+            return True
+
+    def _seen(self, name: str, version: str | None) -> None:
+        if version is None:
+            return
+        seen = self.versions.get(name)
+        if seen is None or not (seen.isdigit() and version.isdigit()) or int(version) > int(seen):
+            self.versions[name] = version
 
     async def _reconcile(self, body: dict[str, Any], now: datetime.datetime) -> None:
         name = body["metadata"]["name"]
@@ -134,7 +192,7 @@ class Reconciler:
             return
         spec, status = request.spec, request.status or AccessRequestStatus()
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
-        labels = await self.kube.namespace_labels(spec.namespace) if spec.namespace else {}
+        labels = await self.namespace_labels(spec.namespace) if spec.namespace else {}
         plan = decide(spec, status, created, await self.eligibilities(), labels, now,
                       uid=body["metadata"]["uid"])
 
@@ -161,6 +219,7 @@ class Reconciler:
             written = await self.kube.patch_request_status(
                 name, patch, body["metadata"]["resourceVersion"])
             self.own_writes[name] = str(written["metadata"]["resourceVersion"])
+            self._seen(name, self.own_writes[name])
             done = utcnow()
             first = len(status.history)
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
@@ -226,6 +285,14 @@ class Reconciler:
         """Make the binding exactly what was approved; True if it had to be (re)made."""
         desired = bindings.desired_binding(name, uid, request.spec)
         ref = bindings.binding_ref(name, request.spec)
+        key = binding_key(ref.kind, ref.namespace, ref.name)
+        if key not in self.bindings:
+            try:
+                self.own_writes[key] = await self.kube.create_binding(desired)
+                self.bindings.add(key)
+                return True
+            except Conflict:
+                pass  # it exists after all: compare it with what was approved
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
         if actual is not None and bindings.matches(actual, desired):
             return False
@@ -233,12 +300,16 @@ class Reconciler:
             # roleRef is immutable and subjects may have been added: replace the whole object.
             await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
         # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
-        self.own_writes[f"binding/{ref.namespace}/{ref.name}"] = \
-            await self.kube.create_binding(desired)
+        self.own_writes[key] = await self.kube.create_binding(desired)
+        self.bindings.add(key)
         return True
 
     async def _remove_binding(self, name: str, request: AccessRequest) -> None:
         ref = bindings.binding_ref(name, request.spec)
+        status = request.status or AccessRequestStatus()
+        never_granted = status.phase in (None, Phase.PENDING) and status.activated_at is None
+        if never_granted and binding_key(ref.kind, ref.namespace, ref.name) not in self.bindings:
+            return
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
         if actual is None:
             return
@@ -288,6 +359,11 @@ class Reconciler:
             patch["history"] = history
         changed = {k: v for k, v in patch.items() if current.get(k) != v}
         return patch if changed else {}
+
+
+def binding_key(kind: str, namespace: str | None, name: str) -> str:
+    """How the binding index and own-write records name a binding."""
+    return f"{kind}/{namespace or ''}/{name}"
 
 
 async def _in_order(posts: list[Coroutine[Any, Any, None]]) -> None:

@@ -10,7 +10,7 @@ from kubepim.api.common import GROUP
 from kubepim.domain import bindings
 
 from . import registry
-from .reconcile import Reconciler
+from .reconcile import Reconciler, binding_key
 from .sweep import is_live_grant, owning_request
 
 
@@ -21,12 +21,20 @@ async def accessrequest_event(
     """Any change of a request (creation, approval) → reconcile; not our own status writes."""
     reconciler: Reconciler = memo.reconciler
     if type == "DELETED":
-        reconciler.scheduler.cancel(name)
-        reconciler.own_writes.pop(name, None)
+        reconciler.forget(name)
         return
     if reconciler.is_own_write(name, body.metadata.get("resourceVersion")):
         return
-    await reconciler.reconcile(name)
+    await reconciler.reconcile(name, dict(body))
+
+
+@kopf.on.event("", "v1", "namespaces", registry=registry)
+async def namespace_event(
+    name: str, type: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep every namespace's labels, which eligibilities may select namespaces by."""
+    reconciler: Reconciler = memo.reconciler
+    reconciler.observe_namespace(name, None if type == "DELETED" else dict(labels))
 
 
 def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
@@ -36,11 +44,14 @@ def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
 
 async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Memo) -> None:
     reconciler: Reconciler = memo.reconciler
-    key = f"binding/{body.metadata.namespace}/{body.metadata.name}"
+    key = binding_key(str(body.get("kind")), body.metadata.namespace, str(body.metadata.name))
     if event_type == "DELETED":
         reconciler.own_writes.pop(key, None)
-    elif reconciler.is_own_write(key, body.metadata.get("resourceVersion")):
-        return  # the binding exactly as we created it
+        reconciler.bindings.discard(key)
+    else:
+        reconciler.bindings.add(key)
+        if reconciler.is_own_write(key, body.metadata.get("resourceVersion")):
+            return  # the binding exactly as we created it
     owner = owning_request(dict(body))
     if owner is None and body.metadata.name.startswith("kubepim-"):
         owner = body.metadata.name.removeprefix("kubepim-")
