@@ -25,6 +25,7 @@ from . import admission, harness, measures
 FULL = {"activations": 200, "expiry": [1000, 5000], "window": 60, "burst": 1000,
         "memory_requests": 10000, "memory_eligibilities": 1000, "recovery": 5000,
         "recovery_overdue": 2000, "admission": 1000}
+MEASURES = ("admission", "activation", "burst", "expiry", "recovery", "memory")
 QUICK = {"activations": 50, "expiry": [200], "window": 20, "burst": 200,
          "memory_requests": 1000, "memory_eligibilities": 100, "recovery": 500,
          "recovery_overdue": 200, "admission": 300}
@@ -76,30 +77,39 @@ def main() -> None:
     """Run every measure, print the table, write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes")
+    parser.add_argument("--only", default=",".join(MEASURES),
+                        help=f"comma-separated subset of {','.join(MEASURES)}")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(MEASURES):
+        parser.error(f"--only takes {', '.join(MEASURES)}; got {args.only}")
     sizes = QUICK if args.quick else FULL
     results: dict[str, Any] = {"mode": "quick" if args.quick else "full", "sizes": sizes,
                                "machine": {"cpus": os.cpu_count(),
                                            "python": platform.python_version()}}
+    suffix = "" if only == set(MEASURES) else "-" + "-".join(sorted(only))
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
         bench, started = harness.start(Path(scratch))
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
+        result_file = out / f"bench-{results['mode']}{suffix}.json"
 
         def run(key: str, measure: Any) -> None:
             # One failing measure is reported, not allowed to lose the others.
+            if key not in only:
+                return
             try:
                 results[key] = measure()
             except Exception as error:
                 results.setdefault("errors", {})[key] = repr(error)
-            (out / f"bench-{results['mode']}.json").write_text(json.dumps(results, indent=2))
+            result_file.write_text(json.dumps(results, indent=2))
 
         try:
             run("admission", lambda: admission.measure(bench, sizes["admission"]))
             run("activation", lambda: measures.activation(bench, sizes["activations"]))
             run("burst", lambda: measures.burst(bench, sizes["burst"]))
-            rate = sizes["burst"] / results["burst"]["kubepim_s"] if "burst" in results else 10.0
+            rate = sizes["burst"] / results["burst"]["kubepim_s"] if "burst" in results else 40.0
             run("expiry", lambda: [measures.expiry(bench, n, sizes["window"], rate)
                                    for n in sizes["expiry"]])
             run("recovery", lambda: measures.recovery(bench, sizes["recovery"],
@@ -111,7 +121,7 @@ def main() -> None:
             cluster.stop(started)
     results["seconds"] = time.monotonic() - began
     out = Path(__file__).parent / "results"
-    (out / f"bench-{results['mode']}.json").write_text(json.dumps(results, indent=2))
+    result_file.write_text(json.dumps(results, indent=2))
     print(f"{'measure':48} {'result':58} target")
     for name, value, target in _rows(results):
         print(f"{name:48} {value:58} {target}")

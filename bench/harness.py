@@ -115,14 +115,18 @@ class Bench:
                 "spec": {"role": {"kind": "Role", "name": "pod-reader"},
                          "namespace": NAMESPACE, "duration": duration,
                          "justification": "benchmark"}}
-        self.custom(user, [REQUESTERS]).create_cluster_custom_object(
-            GROUP, VERSION, "accessrequests", body)
+        # Impersonation per call on the shared client: one client per user would hold a
+        # connection pool (and its sockets) for each of 10,000 users.
+        self.custom().create_cluster_custom_object(
+            GROUP, VERSION, "accessrequests", body,
+            _headers={"Impersonate-User": user, "Impersonate-Group": REQUESTERS})
 
     def approve(self, name: str) -> None:
         """Bob approves ``name`` (a merge patch of his own entry)."""
-        self.custom("bob").patch_cluster_custom_object_status(
+        self.custom().patch_cluster_custom_object_status(
             GROUP, VERSION, "accessrequests", name,
-            {"status": {"approvals": {"bob": {"decision": "Approve"}}}})
+            {"status": {"approvals": {"bob": {"decision": "Approve"}}}},
+            _headers={"Impersonate-User": "bob"})
 
     def request(self, name: str) -> dict[str, Any]:
         """One AccessRequest as the admin reads it."""

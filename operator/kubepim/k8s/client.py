@@ -2,11 +2,11 @@
 
 Plain JSON over one asyncio HTTP session (aiohttp, which kopf already runs on): no worker
 threads and no typed models in between, which is most of what a call cost with the official
-synchronous client (docs/performance.md has the profile). The kubeconfig, exec plugins and the
-in-cluster ServiceAccount token (re-read as it rotates) are still loaded by the official
-``kubernetes.config`` loader. 404 becomes :class:`NotFound` (or ``None`` from getters, success
-from deletes), 409 :class:`Conflict`, 403 :class:`Forbidden`, any other failure
-:class:`ApiError`.
+synchronous client (docs/performance.md has the profile). The operator connects with the
+credentials of its kopf login (ServiceAccount in a pod, else the kubeconfig); command-line
+tools with the official ``kubernetes.config`` loader, which understands exec plugins. 404
+becomes :class:`NotFound` (or ``None`` from getters, success from deletes), 409
+:class:`Conflict`, 403 :class:`Forbidden`, any other failure :class:`ApiError`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kubernetes
 
 from kubepim.api.common import GROUP, VERSION
 
@@ -70,7 +69,13 @@ class Kube:
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None) -> Kube:
-        """Connect with ``kubeconfig``; else in-cluster in a pod; else the default kubeconfig."""
+        """Connect with ``kubeconfig``; else in-cluster in a pod; else the default kubeconfig.
+
+        For command-line tools: the official loader understands every kubeconfig (exec
+        plugins included). The operator does not load it (see :meth:`from_credentials`).
+        """
+        import kubernetes  # 35 MiB of generated models: imported only where used
+
         configuration = kubernetes.client.Configuration()
         if kubeconfig is not None:
             kubernetes.config.load_kube_config(str(kubeconfig),
@@ -98,6 +103,16 @@ class Kube:
 
         return cls(configuration.host, tls, _every(_TOKEN_SECONDS, authorization))
 
+    @classmethod
+    def from_credentials(
+        cls, server: str, tls: ssl.SSLContext | bool, authorization: Callable[[], str | None]
+    ) -> Kube:
+        """Connect to ``server`` with ``tls``; ``authorization`` gives the current header.
+
+        It is asked again every few seconds, so a rotated token is picked up.
+        """
+        return cls(server, tls, _every(_TOKEN_SECONDS, authorization))
+
     async def close(self) -> None:
         """Close the HTTP session (the next call opens a new one)."""
         if self._session is not None:
@@ -107,7 +122,9 @@ class Kube:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, ssl=self._tls),
+                # Each TLS connection holds a 256 KiB read buffer: enough of them to keep the
+                # API server busy, not one per concurrent reconcile.
+                connector=aiohttp.TCPConnector(limit=32, ssl=self._tls),
                 timeout=aiohttp.ClientTimeout(total=60),
                 json_serialize=_dumps,
             )

@@ -1,0 +1,140 @@
+"""``python -m bench.cpu [--requests N] [--py-spy FILE]``: where a burst's CPU goes.
+
+Runs the burst (N requests created and approved by 16 clients, until all Active) and, in the same
+control plane, its floor (N RoleBindings created by a bare client), and prints for each the wall
+time, the CPU seconds of every process (etcd, kube-apiserver, kube-controller-manager, the
+operator, this load generator) read from /proc, and the API requests per item by verb and
+resource from the API server's own apiserver_request_total. With --py-spy FILE the operator is
+sampled (py-spy, only while it holds the GIL) during the burst into FILE as collapsed stacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kubepim.devcluster import cluster
+
+from . import harness
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def control_plane_pids(workdir: Path) -> dict[str, int]:
+    """The pids of the control-plane processes whose command line names ``workdir``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        program = Path(argv[0]).name
+        if program in _CONTROL_PLANE and any(str(workdir) in arg for arg in argv):
+            found[program] = int(entry.name)
+    return found
+
+
+def requests_by_kind(bench: harness.Bench) -> Counter[str]:
+    """apiserver_request_total summed by 'VERB resource[/subresource]'."""
+    counts: Counter[str] = Counter()
+    for line in bench.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in
+                      line[line.index("{") + 1:line.rindex("}")].split(","))
+        resource = labels.get("resource", '""').strip('"')
+        sub = labels.get("subresource", '""').strip('"')
+        verb = labels.get("verb", '""').strip('"')
+        counts[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
+             work: Callable[[], None]) -> None:
+    """Run ``work`` and print its wall time, CPU per process and API requests per item."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    calls = requests_by_kind(bench)
+    start = time.perf_counter()
+    work()
+    wall = time.perf_counter() - start
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    made = requests_by_kind(bench) - calls
+    print(f"{label}: {items} items in {wall:.2f} s wall, {sum(spent.values()):.2f} CPU s")
+    for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:26} {seconds:6.2f} CPU s  {seconds / items * 1000:6.2f} ms per item")
+    per_item = {kind: n / items for kind, n in made.items()
+                if n / items >= 0.05 and not kind.startswith(("LIST", "WATCH"))}
+    print(f"  API requests per item: {sum(per_item.values()):.1f} (LIST/WATCH polling left out)")
+    for kind, n in sorted(per_item.items(), key=lambda kv: -kv[1]):
+        print(f"    {n:5.2f}  {kind}")
+
+
+def main() -> None:
+    """Start a control plane, run the floor and the burst, print where the CPU went."""
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--py-spy", type=Path, default=None, dest="py_spy",
+                        help="write the operator's collapsed stacks here (needs py-spy)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
+        bench, started = harness.start(Path(scratch))
+        try:
+            assert bench.operator.process is not None
+            pids = {**control_plane_pids(Path(scratch)), "operator": bench.operator.process.pid,
+                    "load generator (bench)": os.getpid()}
+            bench.grant_many("warm", ["1h"] * 20)  # connections and caches warm
+            rbac = bench.rbac()
+
+            def floor() -> None:
+                def bare(i: int) -> None:
+                    rbac.create_namespaced_role_binding(harness.NAMESPACE, {
+                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                        "metadata": {"name": f"cpu-floor-{i}"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                    "name": "pod-reader"},
+                        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                      "name": f"cpu-floor-{i}"}]})
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(bare, range(args.requests)))
+
+            def burst() -> None:
+                names = bench.submit_many("cpu", ["1h"] * args.requests)
+                bench.wait_activated(names, timeout=60 + args.requests * 0.2)
+
+            measured(bench, pids, "floor (bare RoleBinding creates)", args.requests, floor)
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "-f", "raw",
+                     "-r", "250", "-o", str(args.py_spy), "-p", str(bench.operator.process.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)  # attached before the burst starts
+            measured(bench, pids, "burst (create + approve until Active)", args.requests, burst)
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(60)
+                print(f"operator stacks: {args.py_spy}")
+        finally:
+            bench.operator.stop()
+            cluster.stop(started)
+
+
+if __name__ == "__main__":
+    main()
