@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from kubepim import tls
+from kubepim import memory, tls
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
 from kubepim.k8s.client import Kube, parse_time
@@ -68,6 +68,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         asyncio.create_task(reconciler.scheduler.run(), name="expiry-scheduler"),
         asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
                             name="resync"),
+        asyncio.create_task(memory.trim_forever(30), name="memory-trim"),
     ]
 
 
