@@ -1,0 +1,163 @@
+"""Which API reads the reconciler skips, and when it must not (docs/performance.md, finding 2).
+
+A recording stand-in for the adapter: the real API server proves the outcomes in tests/e2e;
+here we pin down that a stale copy is never decided on and that skipped reads are only the safe
+ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+from kubepim.handlers.reconcile import Reconciler, binding_key
+from kubepim.k8s.client import Conflict
+
+ELIGIBILITY = {"subjects": [{"kind": "User", "name": "alice"}],
+               "roles": [{"kind": "Role", "name": "db-reader"}], "namespaces": ["payments"],
+               "approval": {"users": ["bob"]}}
+BINDING = binding_key("RoleBinding", "payments", "kubepim-r")
+
+
+def body(version: str, approved: bool = False, status: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+    """AccessRequest r by alice at ``version``; Pending, optionally approved by bob."""
+    created = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
+    current: dict[str, Any] = dict(status or {})
+    if approved:
+        current["approvals"] = {"bob": {"decision": "Approve", "groups": [], "requestUid": "u-1"}}
+    return {
+        "apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": "r", "uid": "u-1", "resourceVersion": version, "generation": 1,
+                     "creationTimestamp": created.isoformat().replace("+00:00", "Z")},
+        "spec": {"role": {"kind": "Role", "name": "db-reader"}, "namespace": "payments",
+                 "duration": "1h", "justification": "INC-1: debugging",
+                 "requester": {"username": "alice", "uid": "alice-uid", "groups": []}},
+        "status": current,
+    }
+
+
+class RecordingKube:
+    """Answers like an API server holding ``stored`` and records every call by name."""
+
+    def __init__(self, stored: dict[str, Any], binding_exists: bool = False) -> None:
+        self.stored = stored
+        self.binding_exists = binding_exists
+        self.calls: list[str] = []
+        self.version = 100
+        self.existing: dict[str, Any] | None = None
+
+    async def get_request(self, name: str) -> dict[str, Any]:
+        self.calls.append("get_request")
+        return self.stored
+
+    async def list_eligibilities(self) -> list[dict[str, Any]]:
+        self.calls.append("list_eligibilities")
+        return [{"metadata": {"name": "e"}, "spec": ELIGIBILITY}]
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        self.calls.append("namespace_labels")
+        return {"kubernetes.io/metadata.name": name}
+
+    async def get_binding(self, *_: Any) -> dict[str, Any] | None:
+        self.calls.append("get_binding")
+        return self.existing
+
+    async def create_binding(self, manifest: dict[str, Any]) -> str:
+        self.calls.append("create_binding")
+        if self.binding_exists:
+            self.existing = manifest  # exactly what was approved, made before a restart
+            raise Conflict(409, "already exists")
+        return "50"
+
+    async def delete_binding(self, *_: Any) -> bool:
+        self.calls.append("delete_binding")
+        return True
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        self.calls.append("patch_request_status")
+        self.version += 1
+        return {"metadata": {"resourceVersion": str(self.version)}}
+
+    async def post_event(self, *_: Any) -> None:
+        self.calls.append("post_event")
+
+
+def reconciled(kube: RecordingKube, *events: dict[str, Any] | None,
+               namespaces: bool = True, bindings: set[str] | None = None) -> Reconciler:
+    """A reconciler after handling ``events`` (a body as a watch delivers it, or None)."""
+    async def run() -> Reconciler:
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        if namespaces:
+            reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        reconciler.bindings |= bindings or set()
+        for event in events:
+            await reconciler.reconcile("r", event)
+        await asyncio.sleep(0)  # let the background Event posts run
+        return reconciler
+    return asyncio.run(run())
+
+
+def test_a_watch_body_is_decided_on_without_reading_the_request_again() -> None:
+    kube = RecordingKube(body("10"))
+    reconciled(kube, body("10"))
+    assert "get_request" not in kube.calls
+    assert "patch_request_status" in kube.calls  # Pending was recorded from the event's copy
+
+
+def test_a_body_older_than_what_was_written_is_read_again() -> None:
+    kube = RecordingKube(body("10"))
+    reconciler = reconciled(kube, body("10"))  # writes version 101
+    kube.calls.clear()
+    asyncio.run(reconciler.reconcile("r", body("9")))
+    assert kube.calls[0] == "get_request"
+
+
+def test_without_a_body_the_request_is_read() -> None:
+    kube = RecordingKube(body("10"))
+    reconciled(kube, None)
+    assert kube.calls[0] == "get_request"
+
+
+def test_namespace_labels_come_from_the_watch_and_are_read_only_when_unknown() -> None:
+    watched = RecordingKube(body("10"))
+    reconciled(watched, body("10"))
+    assert "namespace_labels" not in watched.calls
+    unknown = RecordingKube(body("10"))
+    reconciled(unknown, body("10"), namespaces=False)
+    assert "namespace_labels" in unknown.calls
+
+
+def test_a_new_grant_creates_its_binding_without_reading_it_first() -> None:
+    kube = RecordingKube(body("10", approved=True))
+    reconciled(kube, body("10", approved=True))
+    assert "create_binding" in kube.calls
+    assert "get_binding" not in kube.calls
+    assert kube.calls.index("create_binding") < kube.calls.index("patch_request_status")
+
+
+def test_a_binding_that_already_exists_is_read_and_compared() -> None:
+    kube = RecordingKube(body("10", approved=True), binding_exists=True)
+    reconciled(kube, body("10", approved=True))
+    assert kube.calls.count("create_binding") == 1  # refused: it exists
+    assert kube.calls.index("get_binding") == kube.calls.index("create_binding") + 1
+    assert "delete_binding" not in kube.calls  # it matches: left as it is
+
+
+def test_a_request_never_granted_reads_its_binding_only_if_the_watch_saw_one() -> None:
+    unseen = RecordingKube(body("10"))
+    reconciled(unseen, body("10"))
+    assert "get_binding" not in unseen.calls
+    seen = RecordingKube(body("10"))
+    reconciled(seen, body("10"), bindings={BINDING})
+    assert "get_binding" in seen.calls
+
+
+def test_a_request_that_was_granted_always_reads_its_binding_before_closing() -> None:
+    expired = {"phase": "Active", "activatedAt": "2026-01-01T00:00:00Z",
+               "expiresAt": "2026-01-01T01:00:00Z"}
+    kube = RecordingKube(body("10", approved=True, status=expired))
+    reconciled(kube, body("10", approved=True, status=expired))
+    assert "get_binding" in kube.calls
