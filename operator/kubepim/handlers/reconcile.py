@@ -52,7 +52,8 @@ class Reconciler:
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._posting: set[asyncio.Task[None]] = set()
         # resourceVersions this replica wrote last: the watch event of our own write needs no
-        # reconcile (the object is what we decided).
+        # reconcile (the object is what we decided). A binding's entry is dropped as soon as the
+        # watch reports another version of it.
         self.own_writes: dict[str, str] = {}
         # Whether this replica may act (leader election sets it; alone, always).
         self.leading: Callable[[], bool] = lambda: True
@@ -137,14 +138,20 @@ class Reconciler:
     async def reconcile(self, name: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile one request by name, retrying on conflicting writes; only as leader.
 
-        ``body`` is the object as a watch event delivered it: used when no newer version has
-        been seen (saves a read), else the request is read.
+        ``body`` is the object as a watch event delivered it: decided on as delivered (saves a
+        read) unless a version at least as new was already decided on or written, in which case
+        there is nothing to do. Without a body (timers, resyncs) the request is read.
         """
         if not self.leading():
             return
         async with self._locks[name]:
+            if body is not None and (self._older_than_seen(name, body) or self.is_own_write(
+                    name, body["metadata"].get("resourceVersion"))):
+                # A version already decided on (or written by us): any later change comes
+                # with its own, newer event.
+                return
             for _ in range(_ATTEMPTS):
-                if body is None or self._older_than_seen(name, body):
+                if body is None:
                     body = await self.kube.get_request(name)
                 if body is None:
                     self.scheduler.cancel(name)
@@ -286,6 +293,10 @@ class Reconciler:
         desired = bindings.desired_binding(name, uid, request.spec)
         ref = bindings.binding_ref(name, request.spec)
         key = binding_key(ref.kind, ref.namespace, ref.name)
+        if key in self.own_writes:
+            # The binding watch has reported no version but ours (a foreign change drops this
+            # record and reconciles the request, which then reads and restores it).
+            return False
         if key not in self.bindings:
             try:
                 self.own_writes[key] = await self.kube.create_binding(desired)

@@ -45,16 +45,22 @@ def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
 async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Memo) -> None:
     reconciler: Reconciler = memo.reconciler
     key = binding_key(str(body.get("kind")), body.metadata.namespace, str(body.metadata.name))
+    owner = owning_request(dict(body))
+    if owner is None and body.metadata.name.startswith("kubepim-"):
+        owner = body.metadata.name.removeprefix("kubepim-")
     if event_type == "DELETED":
         reconciler.own_writes.pop(key, None)
         reconciler.bindings.discard(key)
     else:
         reconciler.bindings.add(key)
+        if owner is not None:
+            # The watch can deliver our own create before the create call has returned: wait
+            # for the reconcile that holds the request's lock to record what it wrote.
+            async with reconciler.lock(owner):
+                pass
         if reconciler.is_own_write(key, body.metadata.get("resourceVersion")):
             return  # the binding exactly as we created it
-    owner = owning_request(dict(body))
-    if owner is None and body.metadata.name.startswith("kubepim-"):
-        owner = body.metadata.name.removeprefix("kubepim-")
+        reconciler.own_writes.pop(key, None)  # changed by someone else: read it from now on
     if owner is not None:
         await reconciler.reconcile(owner)  # restores the real binding if this was it
     if event_type == "DELETED":
