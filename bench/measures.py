@@ -204,7 +204,9 @@ def _retrying(call: Any, attempts: int = 6) -> None:
 def recovery(bench: Bench, count: int, overdue: int, rate: float) -> dict[str, Any]:
     """Operator restarted with ``count`` grants of which ``overdue`` expired while it was down."""
     long_names = bench.grant_many("rec-long", ["8h"] * (count - overdue))
-    base = int(30 + 2 * overdue / rate)
+    # Long enough that every short grant is Active before the first expires, even when the
+    # cluster grants more slowly than the burst did; the operator is killed right after.
+    base = int(30 + 4 * overdue / rate)
     short_names = bench.grant_many("rec-short", [f"{base}s"] * overdue)
     bench.operator.kill()
     last = max(parse_time(bench.request(n)["status"]["expiresAt"]) for n in short_names)
