@@ -27,7 +27,7 @@ FULL = {"activations": 200, "expiry": [1000, 5000], "window": 60, "burst": 1000,
         "memory_requests": 10000, "memory_eligibilities": 1000, "recovery": 5000,
         "recovery_overdue": 2000, "admission": 1000}
 MEASURES = ("admission", "activation", "burst", "expiry", "recovery", "memory")
-QUICK = {"activations": 50, "expiry": [200], "window": 20, "burst": 200,
+QUICK = {"activations": 200, "expiry": [200], "window": 20, "burst": 200,
          "memory_requests": 1000, "memory_eligibilities": 100, "recovery": 500,
          "recovery_overdue": 200, "admission": 300}
 
