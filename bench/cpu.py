@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,31 +50,16 @@ def control_plane_pids(workdir: Path) -> dict[str, int]:
     return found
 
 
-def requests_by_kind(bench: harness.Bench) -> Counter[str]:
-    """apiserver_request_total summed by 'VERB resource[/subresource]'."""
-    counts: Counter[str] = Counter()
-    for line in bench.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(part.split("=", 1) for part in
-                      line[line.index("{") + 1:line.rindex("}")].split(","))
-        resource = labels.get("resource", '""').strip('"')
-        sub = labels.get("subresource", '""').strip('"')
-        verb = labels.get("verb", '""').strip('"')
-        counts[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(line.rsplit(" ", 1)[1])
-    return counts
-
-
 def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
              work: Callable[[], None]) -> None:
     """Run ``work`` and print its wall time, CPU per process and API requests per item."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    calls = requests_by_kind(bench)
+    calls = bench.api_requests()
     start = time.perf_counter()
     work()
     wall = time.perf_counter() - start
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    made = requests_by_kind(bench) - calls
+    made = bench.api_requests() - calls
     print(f"{label}: {items} items in {wall:.2f} s wall, {sum(spent.values()):.2f} CPU s")
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {name:26} {seconds:6.2f} CPU s  {seconds / items * 1000:6.2f} ms per item")
@@ -100,17 +84,10 @@ def main() -> None:
             pids = {**control_plane_pids(Path(scratch)), "operator": bench.operator.process.pid,
                     "load generator (bench)": os.getpid()}
             bench.grant_many("warm", ["1h"] * 20)  # connections and caches warm
-            rbac = bench.rbac()
 
             def floor() -> None:
                 def bare(i: int) -> None:
-                    rbac.create_namespaced_role_binding(harness.NAMESPACE, {
-                        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                        "metadata": {"name": f"cpu-floor-{i}"},
-                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                    "name": "pod-reader"},
-                        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                      "name": f"cpu-floor-{i}"}]})
+                    bench.create_floor_binding(f"cpu-floor-{i}", f"cpu-floor-{i}")
                 with ThreadPoolExecutor(16) as pool:
                     list(pool.map(bare, range(args.requests)))
 

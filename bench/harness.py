@@ -12,6 +12,7 @@ import json
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -181,16 +182,29 @@ class Bench:
         self.wait_activated(names, timeout=60 + len(names) * 0.2)
         return names
 
-    def api_writes(self) -> dict[str, float]:
-        """The API server's count of requests so far by verb, from its /metrics."""
-        text = self.kubectl("get", "--raw", "/metrics").stdout
-        counts: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("apiserver_request_total{"):
-                labels = line[line.index("{") + 1:line.rindex("}")]
-                verb = next((part.split("=", 1)[1].strip('"') for part in labels.split(",")
-                             if part.startswith("verb=")), "")
-                counts[verb] = counts.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
+    def create_floor_binding(self, name: str, user: str) -> None:
+        """The floor's one write: a bare RoleBinding of pod-reader to ``user``."""
+        self.rbac().create_namespaced_role_binding(NAMESPACE, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "pod-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": user}]})
+
+    def api_requests(self) -> Counter[str]:
+        """The API server's requests so far (apiserver_request_total) by 'VERB resource[/sub]'."""
+        counts: Counter[str] = Counter()
+        for line in self.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(part.split("=", 1) for part in
+                          line[line.index("{") + 1:line.rindex("}")].split(","))
+            resource = labels.get("resource", '""').strip('"')
+            sub = labels.get("subresource", '""').strip('"')
+            verb = labels.get("verb", '""').strip('"')
+            counts[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(
+                line.rsplit(" ", 1)[1])
         return counts
 
     def rss_mib(self, field_name: str = "VmRSS") -> float:
