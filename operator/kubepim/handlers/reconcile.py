@@ -51,9 +51,9 @@ class Reconciler:
         # re-decides only these.
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._posting: set[asyncio.Task[None]] = set()
-        # resourceVersions this replica wrote last: the watch event of our own write needs no
-        # reconcile (the object is what we decided). A binding's entry is dropped as soon as the
-        # watch reports another version of it.
+        # resourceVersion of each binding as this replica last wrote it: the watch event of our
+        # own write needs nothing, and the entry is dropped as soon as the watch reports another
+        # version of it.
         self.own_writes: dict[str, str] = {}
         # Whether this replica may act (leader election sets it; alone, always).
         self.leading: Callable[[], bool] = lambda: True
@@ -65,8 +65,8 @@ class Reconciler:
         # a binding not here is created without a read first, and a request never activated
         # whose binding is not here has nothing to remove (a watch event would say otherwise).
         self.bindings: set[str] = set()
-        # The newest resourceVersion read or written per request: a watch event's body at
-        # least as new is reconciled as delivered, an older one is read again.
+        # The newest resourceVersion of each request decided on or written: a watch event
+        # bringing no newer one (our own status write coming back, say) needs nothing.
         self.versions: dict[str, str] = {}
         metrics.track(lambda: len(self.active), self._overdue)
 
@@ -127,7 +127,6 @@ class Reconciler:
     def forget(self, name: str) -> None:
         """Drop what is remembered of a deleted request."""
         self.scheduler.cancel(name)
-        self.own_writes.pop(name, None)
         self.versions.pop(name, None)
         self._locks.pop(name, None)
 
@@ -145,11 +144,12 @@ class Reconciler:
         if not self.leading():
             return
         async with self._locks[name]:
-            if body is not None and (self._older_than_seen(name, body) or self.is_own_write(
-                    name, body["metadata"].get("resourceVersion"))):
-                # A version already decided on (or written by us): any later change comes
-                # with its own, newer event.
-                return
+            if body is not None:
+                newer = self._newer_than_decided(name, body)
+                if newer is False:
+                    return  # any later change comes with its own, newer event
+                if newer is None:
+                    body = None  # cannot tell: read it rather than decide from a stale copy
             for _ in range(_ATTEMPTS):
                 if body is None:
                     body = await self.kube.get_request(name)
@@ -169,19 +169,19 @@ class Reconciler:
             metrics.RECONCILE_ERRORS.inc()
             logger.warning("gave up on %s after %d conflicting writes", name, _ATTEMPTS)
 
-    def _older_than_seen(self, name: str, body: dict[str, Any]) -> bool:
-        """Whether ``body`` predates a version of the request already read or written.
+    def _newer_than_decided(self, name: str, body: dict[str, Any]) -> bool | None:
+        """Whether ``body`` is newer than every version of the request decided on or written.
 
-        resourceVersions are compared as the integers the API server issues; one that is not
-        counts as older (the request is read again: never decide from a stale copy).
+        resourceVersions are compared as the integers the API server issues; None when one is
+        not an integer (unequal versions that cannot be ordered).
         """
         seen = self.versions.get(name)
-        if seen is None:
-            return False
-        try:
-            return int(body["metadata"]["resourceVersion"]) < int(seen)
-        except (KeyError, TypeError, ValueError):
+        version = body["metadata"].get("resourceVersion")
+        if seen is None or version is None:
             return True
+        if seen.isdigit() and version.isdigit():
+            return int(version) > int(seen)
+        return False if version == seen else None
 
     def _seen(self, name: str, version: str | None) -> None:
         if version is None:
@@ -225,8 +225,7 @@ class Reconciler:
         if patch:
             written = await self.kube.patch_request_status(
                 name, patch, body["metadata"]["resourceVersion"])
-            self.own_writes[name] = str(written["metadata"]["resourceVersion"])
-            self._seen(name, self.own_writes[name])
+            self._seen(name, str(written["metadata"]["resourceVersion"]))
             done = utcnow()
             first = len(status.history)
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)

@@ -23,9 +23,7 @@ async def accessrequest_event(
     if type == "DELETED":
         reconciler.forget(name)
         return
-    if reconciler.is_own_write(name, body.metadata.get("resourceVersion")):
-        return
-    await reconciler.reconcile(name, dict(body))
+    await reconciler.reconcile(name, dict(body))  # our own status write returns at once
 
 
 @kopf.on.event("", "v1", "namespaces", registry=registry)

@@ -101,7 +101,7 @@ class Kube:
             value: str | None = bearer.get("value")
             return value
 
-        return cls(configuration.host, tls, _every(_TOKEN_SECONDS, authorization))
+        return cls.from_credentials(configuration.host, tls, authorization)
 
     @classmethod
     def from_credentials(
