@@ -54,21 +54,38 @@ def record(
 
 async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
                 when: datetime.datetime, request: str, index: int) -> None:
+    message = transition.message
+    if transition.actor not in message:
+        message += f" (by {transition.actor})"
+    kind = "Warning" if transition.warning else "Normal"
     try:
-        message = transition.message
-        if transition.actor not in message:
-            message += f" (by {transition.actor})"
-        await kube.post_event(body, "Warning" if transition.warning else "Normal",
-                              transition.action, message, when, index)
-    except Conflict:
-        pass  # already posted
+        try:
+            await kube.post_event(body, kind, transition.action, message, when, index)
+        except Conflict:
+            # Posted before (a repeat after a restart) or pre-claimed by someone else: only an
+            # Event saying exactly this stands in for ours; otherwise ours goes under a name
+            # the API server makes up, so a squatter cannot suppress it.
+            existing = await kube.get_event(kube.event_name(body, index)) or {}
+            if not _says(existing, body, kind, transition.action, message):
+                logger.warning("the Event name of %s's %s was taken by another Event; posting "
+                               "under a generated name", request, transition.action)
+                await kube.post_event(body, kind, transition.action, message, when, index,
+                                      generate_name=True)
     except Exception:
         logger.exception("could not post the %s Event of %s", transition.action, request)
 
 
+def _says(event: dict[str, Any], body: dict[str, Any], kind: str, reason: str,
+          message: str) -> bool:
+    """Whether an existing Event says what ours would, about the same object."""
+    uid = body.get("metadata", {}).get("uid")
+    return (event.get("involvedObject", {}).get("uid") == uid and event.get("type") == kind
+            and event.get("reason") == reason and event.get("message") == message[:1024])
+
+
 def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.datetime,
-            retention: str) -> None:
-    """The final audit line of a request deleted at the end of its retention."""
+            reason: str) -> None:
+    """The final audit line of a deleted request: it carries the whole history."""
     status = body.get("status") or {}
     line = {
         "id": f"{body.get('metadata', {}).get('uid')}/deleted",
@@ -81,7 +98,7 @@ def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.dateti
         "namespace": spec.namespace,
         "expiresAt": status.get("expiresAt"),
         "phase": status.get("phase"),
-        "reason": f"retention of {retention} after the request finished is over",
+        "reason": reason,
         "history": status.get("history") or [],
     }
     logger.info(json.dumps(line, sort_keys=True))

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubepim.api.request import AccessRequest
-from kubepim.domain.report import COLUMNS, grants
+from kubepim.domain.report import COLUMNS, grants, spreadsheet_safe
 from kubepim.k8s.client import Kube
 
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(r.as_dict() for r in rows)
+        writer.writerows(spreadsheet_safe(r.as_dict()) for r in rows)
     return 0
 
 

@@ -8,16 +8,14 @@ import logging
 import kopf
 import prometheus_client
 
-from . import handlers, metrics
+from . import handlers, logs, metrics
 from .settings import Settings
 
 
 def main() -> None:
     """Run the operator in the foreground until SIGINT or SIGTERM."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
     if settings.log_level != "DEBUG":
         # One line per handler call and per webhook hit drowns the audit lines; keep warnings.
         for noisy in ("kopf.objects", "aiohttp.access"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +72,24 @@ class Settings(BaseSettings):
         default=True,
         description="Write the ValidatingWebhookConfiguration at start-up (off when a chart "
         "installs it).",
+    )
+    max_open_requests: int = Field(
+        default=20, ge=1,
+        description="Open (Pending or Active) AccessRequests one requester may have at once.",
+    )
+    max_unreviewed_break_glass: int = Field(
+        default=1, ge=1,
+        description="Break-glass requests of one requester not yet acknowledged by an approver "
+        "(pending, active or ended) before another is refused: no chaining without review.",
+    )
+    max_request_bytes: int = Field(
+        default=32768, ge=4096,
+        description="Largest AccessRequest admitted, as JSON (annotations included).",
+    )
+    identity_case: Literal["insensitive", "email", "sensitive"] = Field(
+        default="insensitive",
+        description="How usernames are compared for separation of duties: insensitive (Alice "
+        "is alice), email (only names with an @ fold) or sensitive (as Kubernetes does).",
     )
     log_level: str = Field(
         default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Python log level."

@@ -109,6 +109,11 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     name = f"{stem}-{secrets.token_hex(3)}"
     kubectl("create", "namespace", name)
     yield name
-    # Tests name their cluster-scoped objects after the namespace; leave none behind.
+    # Tests name their cluster-scoped objects after the namespace; leave none behind, and no
+    # open request that would count against its requester's limit in later tests.
     kubectl("delete", "roleeligibility", name, "--ignore-not-found", check=False)
+    listed = kubectl("get", "accessrequests", "-o", "name", check=False).stdout.split()
+    mine = [item for item in listed if item.split("/", 1)[-1].startswith(name)]
+    if mine:
+        kubectl("delete", *mine, "--ignore-not-found", "--wait=false", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)

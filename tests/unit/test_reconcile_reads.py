@@ -60,6 +60,10 @@ class RecordingKube:
         self.calls.append("namespace_labels")
         return {"kubernetes.io/metadata.name": name}
 
+    async def role_rules(self, *_: Any) -> list[dict[str, Any]]:
+        self.calls.append("role_rules")
+        return [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+
     async def get_binding(self, *_: Any) -> dict[str, Any] | None:
         self.calls.append("get_binding")
         return self.existing

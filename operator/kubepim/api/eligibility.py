@@ -8,10 +8,18 @@ from __future__ import annotations
 import datetime
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from . import duration
-from .common import Condition, LabelSelector, Model, RoleRef, Subject, cel_rules
+from . import duration, ticket
+from .common import (
+    Condition,
+    LabelSelector,
+    Model,
+    RoleRef,
+    Subject,
+    cel_rules,
+    plain_text_rule,
+)
 
 
 class Approvers(Model):
@@ -92,11 +100,23 @@ class AutoApprove(Model):
 class JustificationPolicy(Model):
     """What a request must say about why."""
 
+    model_config = cel_rules([plain_text_rule("ticketPattern",
+                                              "spec.justification.ticketPattern")])
+
     required: bool = Field(default=True, description="A justification must be given.")
     ticket_pattern: str | None = Field(
         default=None, max_length=256,
-        description="If set, spec.ticket is required and must match this regular expression.",
+        description="If set, spec.ticket is required and must match this regular expression "
+        "(RE2 syntax, matched against the whole ticket in linear time; no backreferences or "
+        "lookarounds).",
     )
+
+    @field_validator("ticket_pattern")
+    @classmethod
+    def _re2(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            ticket.compile_pattern(pattern)  # ValueError says why
+        return pattern
 
 
 _DEFAULT_DURATION = datetime.timedelta(hours=1)

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from . import duration
-from .common import DNS_LABEL, Condition, Model, RoleRef, cel_rules
+from .common import DNS_LABEL, DNS_SUBDOMAIN, Condition, Model, RoleRef, cel_rules, plain_text_rule
 
 
 class Phase(enum.StrEnum):
@@ -56,8 +56,9 @@ _SPEC_RULES: list[dict[str, str]] = [
      "message": "duration must be positive, e.g. 30m or 1h30m"},
     {"rule": "self.role.kind == 'ClusterRole' || has(self.namespace)",
      "message": "a Role can only be granted in a namespace: set spec.namespace"},
-    {"rule": "!self.justification.matches('[\\\\x00-\\\\x08\\\\x0b-\\\\x1f\\\\x7f]')",
-     "message": "justification must not contain control characters"},
+    plain_text_rule("justification", "spec.justification"),
+    plain_text_rule("ticket", "spec.ticket"),
+    plain_text_rule("eligibility", "spec.eligibility"),
 ]
 
 
@@ -83,7 +84,7 @@ class AccessRequestSpec(Model):
         default=None, max_length=128, description="Ticket or incident reference."
     )
     eligibility: str | None = Field(
-        default=None, max_length=253,
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN,
         description="RoleEligibility to request under; the first matching one when omitted.",
     )
     break_glass: bool = Field(
@@ -101,6 +102,8 @@ class AccessRequestSpec(Model):
 class Approval(Model):
     """One approver's decision; the map key is the approver's username."""
 
+    model_config = cel_rules([plain_text_rule("comment", "status.approvals[].comment")])
+
     decision: Literal["Approve", "Deny", "Acknowledge"] = Field(
         description="Approve or Deny a pending request; Acknowledge reviews a break-glass grant."
     )
@@ -116,6 +119,8 @@ class Approval(Model):
 
 class Action(Model):
     """A requester's or admin's action on a request; the map key is who took it."""
+
+    model_config = cel_rules([plain_text_rule("reason", "status.actions[].reason")])
 
     action: Literal["Withdraw", "End", "Revoke"] = Field(
         description="Withdraw a pending request or End an active grant (the requester); "
@@ -152,10 +157,11 @@ class AccessRequestStatus(Model):
     observed_generation: int = Field(default=0, description="Generation last reconciled.")
     eligibility: str | None = Field(default=None, description="The governing RoleEligibility.")
     approvals: dict[str, Approval] = Field(
-        default_factory=dict, description="Decisions keyed by approver username."
+        default_factory=dict, max_length=64, description="Decisions keyed by approver username."
     )
     actions: dict[str, Action] = Field(
-        default_factory=dict, description="Withdraw, End and Revoke actions keyed by username."
+        default_factory=dict, max_length=64,
+        description="Withdraw, End and Revoke actions keyed by username.",
     )
     review_required: bool = Field(
         default=False, description="A break-glass grant not yet acknowledged by an approver."

@@ -22,12 +22,17 @@ _MAX_LABEL_VALUE = 63
 
 
 def binding_name(request_name: str) -> str:
-    """Deterministic binding name for a request; hashed when it would be too long."""
+    """Deterministic binding name for a request: ``kubepim-<name>``, never shortened.
+
+    Admission refuses request names longer than 245 characters, so two requests never share a
+    binding name. Should a longer one exist anyway, its name is hashed behind a ``:`` (which no
+    request name holds), so it cannot reach another request's binding either.
+    """
     name = f"kubepim-{request_name}"
     if len(name) <= _MAX_NAME:
         return name
-    digest = hashlib.sha256(request_name.encode()).hexdigest()[:10]
-    return f"{name[:_MAX_NAME - 11]}-{digest}"
+    digest = hashlib.sha256(request_name.encode()).hexdigest()
+    return f"kubepim:{digest}"
 
 
 def request_label(request_name: str) -> str:
@@ -76,6 +81,22 @@ def desired_binding(request_name: str, request_uid: str, spec: AccessRequestSpec
         "roleRef": {"apiGroup": _RBAC, "kind": spec.role.kind, "name": spec.role.name},
         "subjects": [subject_for(spec.requester.username)],
     }
+
+
+def made_by_kubepim(binding: dict[str, Any], request_uid: str | None) -> bool:
+    """Whether kubepim may replace or delete this binding.
+
+    It may if the binding is owned by the request (ownerReference with the request's uid), or
+    carries kubepim's managed-by label: whoever put the mark on it handed it to kubepim (a
+    binding made to look like ours is removed, never adopted). Any other binding is someone
+    else's and is never touched, whatever its name.
+    """
+    metadata = binding.get("metadata", {})
+    if (metadata.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
+        return True
+    return request_uid is not None and any(
+        owner.get("kind") == "AccessRequest" and owner.get("uid") == request_uid
+        for owner in metadata.get("ownerReferences") or [])
 
 
 def _normal_subjects(subjects: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:

@@ -22,8 +22,8 @@ from kubepim.api.common import Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Action, Phase
 
-from .quorum import is_approver, tally
-from .review import Accepted, review
+from .quorum import Case, is_approver, person, tally
+from .review import Accepted, Review, RoleKey, review
 
 OPERATOR = "kubepim"
 
@@ -86,20 +86,39 @@ def decide(
     namespace_labels: Mapping[str, str] | None,
     now: datetime.datetime,
     uid: str = "",
+    privileged: Mapping[RoleKey, str] | None = None,
+    case: Case = "insensitive",
 ) -> Plan:
     """Next step of one request. Final phases only keep the binding absent.
 
     ``uid`` is the request's metadata.uid: approvals stamped for another request are ignored.
+    ``privileged``: deny-listed roles as their rules are now (see :func:`review.review`);
+    ``case``: how usernames are compared for separation of duties.
     """
     phase = status.phase
+    inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case)
     if phase is not None and phase.final:
         plan = Plan(message=status.message)
     elif phase == Phase.ACTIVE:
-        plan = _decide_active(spec, status, eligibilities, namespace_labels, now)
+        plan = _decide_active(spec, status, inputs, now)
     else:
-        plan = _decide_pending(spec, status, created_at, eligibilities, namespace_labels, now,
-                               uid)
-    return _with_review(plan, spec, status, eligibilities, uid)
+        plan = _decide_pending(spec, status, created_at, inputs, now, uid)
+    return _with_review(plan, spec, status, eligibilities, uid, case)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a decision reads besides the request: the policies and the cluster's state."""
+
+    eligibilities: Mapping[str, RoleEligibilitySpec]
+    namespace_labels: Mapping[str, str] | None
+    privileged: Mapping[RoleKey, str]
+    case: Case
+
+    def review(self, spec: AccessRequestSpec,
+               requested_at: datetime.datetime | None = None) -> Review:
+        return review(spec, self.eligibilities, self.namespace_labels, requested_at,
+                      self.privileged)
 
 
 def _requester(spec: AccessRequestSpec) -> str:
@@ -121,10 +140,7 @@ def _action(status: AccessRequestStatus, spec: AccessRequestSpec,
 
 
 def _decide_active(
-    spec: AccessRequestSpec,
-    status: AccessRequestStatus,
-    eligibilities: Mapping[str, RoleEligibilitySpec],
-    namespace_labels: Mapping[str, str] | None,
+    spec: AccessRequestSpec, status: AccessRequestStatus, inputs: _Inputs,
     now: datetime.datetime,
 ) -> Plan:
     assert status.expires_at is not None  # set together with the phase
@@ -140,7 +156,7 @@ def _decide_active(
         if entry.action == "End" or who == _requester(spec):
             return _final("Revoked", Phase.REVOKED, who, f"ended early by {who}{because}")
         return _final("Revoked", Phase.REVOKED, who, f"revoked by {who}{because}", warning=True)
-    verdict = review(spec, eligibilities, namespace_labels)
+    verdict = inputs.review(spec)
     if not isinstance(verdict, Accepted):
         return _final("Revoked", Phase.REVOKED, OPERATOR,
                       f"eligibility no longer covers this grant: {verdict.message}",
@@ -153,13 +169,12 @@ def _decide_pending(
     spec: AccessRequestSpec,
     status: AccessRequestStatus,
     created_at: datetime.datetime,
-    eligibilities: Mapping[str, RoleEligibilitySpec],
-    namespace_labels: Mapping[str, str] | None,
+    inputs: _Inputs,
     now: datetime.datetime,
     uid: str,
 ) -> Plan:
     requester = _requester(spec)
-    verdict = review(spec, eligibilities, namespace_labels, requested_at=created_at)
+    verdict = inputs.review(spec, requested_at=created_at)
     steps: list[Transition] = []
     if status.phase is None:
         if not isinstance(verdict, Accepted):
@@ -172,7 +187,7 @@ def _decide_pending(
         return _final("Denied", Phase.DENIED, OPERATOR,
                       f"eligibility no longer covers this request: {verdict.message}",
                       warning=True)
-    policy = eligibilities[verdict.eligibility]
+    policy = inputs.eligibilities[verdict.eligibility]
 
     taken = _action(status, spec, ("Withdraw", "Revoke"))
     if taken is not None:
@@ -203,7 +218,7 @@ def _decide_pending(
         return Plan(transitions=tuple(steps), message=steps[-1].message)
 
     assert spec.requester is not None  # review refuses requests without one
-    result = tally(policy.approval, status.approvals, spec.requester, uid)
+    result = tally(policy.approval, status.approvals, spec.requester, uid, inputs.case)
     if result.denied_by:
         comment = status.approvals[result.denied_by].comment
         because = f": {comment}" if comment else ""
@@ -234,7 +249,7 @@ def _activate(
 
 def _with_review(
     plan: Plan, spec: AccessRequestSpec, status: AccessRequestStatus,
-    eligibilities: Mapping[str, RoleEligibilitySpec], uid: str,
+    eligibilities: Mapping[str, RoleEligibilitySpec], uid: str, case: Case,
 ) -> Plan:
     """Add a Reviewed step when an approver acknowledged a break-glass grant."""
     policy = eligibilities.get(status.eligibility or "")
@@ -242,7 +257,8 @@ def _with_review(
         return plan
     for who in sorted(status.approvals):
         entry = status.approvals[who]
-        if entry.decision != "Acknowledge" or who == spec.requester.username:
+        if entry.decision != "Acknowledge" or \
+                person(who, case) == person(spec.requester.username, case):
             continue
         if uid and entry.request_uid != uid:
             continue

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kubepim.api.eligibility import Approvers
 from kubepim.api.request import Approval, Requester
+
+Case = Literal["insensitive", "email", "sensitive"]
+"""How usernames are compared for separation of duties: ``insensitive`` (the default: Alice is
+alice), ``email`` (only names with an @ fold), ``sensitive`` (as Kubernetes compares them)."""
+
+
+def person(username: str, case: Case = "insensitive") -> str:
+    """The form of a username under which one person is recognised, whatever its spelling."""
+    if case == "insensitive" or (case == "email" and "@" in username):
+        return username.casefold()
+    return username
 
 
 @dataclass(frozen=True)
@@ -35,13 +47,16 @@ def is_approver(policy: Approvers, username: str, groups: list[str]) -> bool:
 
 def tally(
     policy: Approvers, approvals: Mapping[str, Approval], requester: Requester, uid: str = "",
+    case: Case = "insensitive",
 ) -> Tally:
     """Count approvals against the policy; denials from approvers win over approvals.
 
-    With ``uid`` (the request's metadata.uid), entries stamped for another request are ignored.
+    With ``uid`` (the request's metadata.uid), entries stamped for another request are ignored;
+    usernames are compared as ``case`` says (one person counts once, whatever the spelling).
     """
     counted: list[str] = []
     ignored: dict[str, str] = {}
+    people: set[str] = set()
     for username in sorted(approvals):
         entry = approvals[username]
         if entry.decision == "Acknowledge":
@@ -49,8 +64,11 @@ def tally(
         if uid and entry.request_uid != uid:
             ignored[username] = "the approval was given for another request"
             continue
-        if username == requester.username:
+        if person(username, case) == person(requester.username, case):
             ignored[username] = "the requester cannot approve their own request"
+            continue
+        if person(username, case) in people:
+            ignored[username] = "the same person has approved under another spelling"
             continue
         if not is_approver(policy, username, entry.groups):
             ignored[username] = "not an approver under the governing eligibility"
@@ -59,6 +77,7 @@ def tally(
             return Tally(approved=False, denied_by=username, counted=tuple(counted),
                          ignored=ignored)
         counted.append(username)
+        people.add(person(username, case))
 
     missing = []
     if len(counted) < policy.required:

@@ -38,6 +38,19 @@ class GrantRow:
         return asdict(self)
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row: dict[str, object]) -> dict[str, object]:
+    """The row for a CSV a spreadsheet will open, no cell readable as a formula.
+
+    A text cell starting with = + - @, a tab or a carriage return gets a leading ' (OWASP's CSV
+    injection guidance), so it shows as the text it is.
+    """
+    return {key: f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_STARTS)
+            else value for key, value in row.items()}
+
+
 def _iso(moment: datetime.datetime | None) -> str:
     return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z") if moment else ""
 

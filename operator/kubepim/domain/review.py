@@ -8,11 +8,10 @@ message says what the requester may ask for instead.
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kubepim.api import duration
+from kubepim.api import duration, ticket
 from kubepim.api.common import LabelSelector, RoleRef
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequestSpec, Requester
@@ -39,6 +38,14 @@ class Refused:
 
 
 Review = Accepted | Refused
+
+RoleKey = tuple[str, str, str]
+"""(kind, namespace or "" for a ClusterRole, name): where a role's rules live."""
+
+
+def role_key(role: RoleRef, namespace: str | None) -> RoleKey:
+    """Key of the rules a grant of ``role`` in ``namespace`` would bind."""
+    return (role.kind, (namespace or "") if role.kind == "Role" else "", role.name)
 
 
 def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
@@ -156,11 +163,14 @@ def review(
     eligibilities: Mapping[str, RoleEligibilitySpec],
     namespace_labels: Mapping[str, str] | None,
     requested_at: datetime.datetime | None = None,
+    privileged: Mapping[RoleKey, str] | None = None,
 ) -> Review:
     """Decide whether the request is covered; eligibilities are tried in name order.
 
     ``namespace_labels`` are the target namespace's labels, or None if it does not exist;
-    ``requested_at`` (the request's creation) decides auto-approval windows.
+    ``requested_at`` (the request's creation) decides auto-approval windows; ``privileged``
+    says why a role is on the deny-list as its rules are now (a role that gained privilege after
+    its eligibility was written is granted only where the eligibility allows privileged roles).
     """
     requester = spec.requester
     if requester is None:
@@ -193,7 +203,7 @@ def review(
             refusals.append(f"RoleEligibility {name} requires the requester's identity to "
                             f"carry {lacking}")
             continue
-        terms = _terms(spec, name, eligibility, requested_at)
+        terms = _terms(spec, name, eligibility, requested_at, privileged or {})
         if isinstance(terms, Accepted):
             return terms
         refusals.append(terms.message)
@@ -202,8 +212,12 @@ def review(
 
 def _terms(
     spec: AccessRequestSpec, name: str, eligibility: RoleEligibilitySpec,
-    requested_at: datetime.datetime | None,
+    requested_at: datetime.datetime | None, privileged: Mapping[RoleKey, str],
 ) -> Review:
+    deny = privileged.get(role_key(spec.role, spec.namespace))
+    if deny and not eligibility.allow_privileged_roles:
+        return Refused(f"{deny}, which is on the deny-list: RoleEligibility {name} does not "
+                       "set allowPrivilegedRoles")
     maximum = duration.parse(eligibility.max_duration)
     if spec.break_glass:
         if eligibility.break_glass is None:
@@ -229,10 +243,9 @@ def _terms(
     if policy.required and not spec.justification.strip():
         return Refused(f"RoleEligibility {name} requires a justification: set spec.justification")
     if policy.ticket_pattern:
-        ticket = spec.ticket or ""
         try:
-            ok = re.fullmatch(policy.ticket_pattern, ticket) is not None
-        except re.error:
+            ok = ticket.matches(policy.ticket_pattern, spec.ticket or "")
+        except ValueError:
             return Refused(f"RoleEligibility {name} has an invalid ticketPattern")
         if not ok:
             return Refused(f"RoleEligibility {name} requires spec.ticket matching "

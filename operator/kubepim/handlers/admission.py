@@ -10,7 +10,9 @@ restarting operator never waits on its own webhook.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,11 @@ import kopf
 from pydantic import ValidationError
 
 from kubepim import metrics
-from kubepim.api.common import GROUP
+from kubepim.api.common import GROUP, RoleRef
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestStatus
-from kubepim.domain import admission
+from kubepim.domain import admission, bindings
+from kubepim.domain.review import selector_matches
 from kubepim.settings import Settings
 
 from . import registry
@@ -45,25 +48,56 @@ def _refuse(message: str) -> kopf.AdmissionError:
     return kopf.AdmissionError(message, code=403)
 
 
-def _pretty(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+def _pretty(error: ValidationError, prefix: str = "") -> str:
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                     for e in error.errors())
 
 
 @kopf.on.validate(GROUP, "accessrequests", operations=["CREATE"], id="accessrequest-create",
                   registry=registry)
-async def accessrequest_admit_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Refuse a request no eligibility covers; the message says what the user may request."""
+async def accessrequest_admit_create(
+    body: kopf.Body, memo: kopf.Memo, dryrun: bool = False, **_: Any
+) -> None:
+    """Refuse a request that is not allowed, saying what is.
+
+    Refused: one no eligibility covers (the message says what the user may request), one past
+    its requester's limits, one whose metadata would let it outlive its record, and one whose
+    binding name is taken by a binding kubepim did not make.
+    """
     with metrics.admission_timer("accessrequest-create"):
         reconciler: Reconciler = memo.reconciler
+        config: Settings = memo.settings
         try:
             spec = AccessRequest.model_validate(dict(body)).spec
         except ValidationError as error:
-            raise _refuse(f"invalid AccessRequest: {_pretty(error)}") from error
-        labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
-        refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
-                                              utcnow())
+            raise _refuse(f"invalid AccessRequest: {_pretty(error, 'spec.')}") from error
+        name = str(body.metadata.name or "")
+        size = len(json.dumps(dict(body), separators=(",", ":")))
+        refusal = admission.check_metadata(name, dict(body.get("metadata") or {}), size,
+                                           config.max_request_bytes)
         if refusal:
             raise _refuse(refusal)
+        if spec.requester is not None:
+            open_requests, unreviewed = reconciler.limits.counts(spec.requester.username)
+            refusal = admission.check_limits(
+                spec.requester.username, open_requests, unreviewed, spec.break_glass,
+                config.max_open_requests, config.max_unreviewed_break_glass)
+            if refusal:
+                raise _refuse(refusal)
+        labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
+        refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
+                                              utcnow(), reconciler.privileged)
+        if refusal:
+            raise _refuse(refusal)
+        ref = bindings.binding_ref(name, spec)
+        existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
+        if existing is not None and not bindings.made_by_kubepim(existing, None):
+            where = f" in namespace {ref.namespace}" if ref.namespace else ""
+            raise _refuse(f"{ref.kind} {ref.name} already exists{where} and was not made by "
+                          "kubepim, which never replaces it: choose another name for this "
+                          "request")
+        if not dryrun:
+            reconciler.limits.admit(name, spec)
 
 
 @kopf.on.validate(GROUP, "accessrequests", subresource="status", operations=["UPDATE"],
@@ -71,7 +105,10 @@ async def accessrequest_admit_create(body: kopf.Body, memo: kopf.Memo, **_: Any)
 async def accessrequest_admit_status(
     body: kopf.Body, userinfo: kopf.UserInfo, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    """Allow a decision or action only from someone entitled to it on this request."""
+    """Allow a decision or action only from someone entitled to it on this request.
+
+    A decision also only from someone the requester cannot act as.
+    """
     with metrics.admission_timer("accessrequest-decide"):
         reconciler: Reconciler = memo.reconciler
         old: kopf.Body | None = kwargs.get("old")
@@ -80,7 +117,7 @@ async def accessrequest_admit_status(
             previous = dict(old.get("status") or {}) if old is not None else {}
             before = AccessRequestStatus.model_validate(previous)
         except ValidationError as error:
-            raise _refuse(f"invalid status: {_pretty(error)}") from error
+            raise _refuse(f"invalid status: {_pretty(error, 'status.')}") from error
         user = _user(userinfo)
         new = request.status or AccessRequestStatus()
         revoking = user.username in new.actions and user.username not in before.actions and \
@@ -92,9 +129,31 @@ async def accessrequest_admit_status(
             labels = await reconciler.namespace_labels(request.spec.namespace)
         refusal = admission.check_status_change(user, request.spec, before, new,
                                                 await reconciler.eligibilities(), may_revoke,
-                                                labels)
+                                                labels, reconciler.case)
         if refusal:
             raise _refuse(refusal)
+        deciding = user.username in new.approvals and user.username not in before.approvals
+        requester = request.spec.requester
+        if deciding and requester is not None:
+            refusal = await _requester_can_act_as(reconciler, requester.wire(), user.username)
+            if refusal:
+                raise _refuse(refusal)
+
+
+async def _requester_can_act_as(
+    reconciler: Reconciler, requester: dict[str, Any], approver: str
+) -> str | None:
+    """Ask the API server whether the requester could authenticate as the approver."""
+    checks = admission.acting_as(approver)
+    answers = await asyncio.gather(*(
+        reconciler.kube.may(requester, check.verb, check.group, check.resource,
+                            name=check.name or None, namespace=check.namespace)
+        for check in checks))
+    for check, allowed in zip(checks, answers, strict=True):
+        if allowed:
+            return admission.acting_as_refusal(str(requester.get("username")), approver,
+                                               check.says)
+    return None
 
 
 @kopf.on.validate(GROUP, "roleeligibilities", operations=["CREATE", "UPDATE"],
@@ -102,37 +161,54 @@ async def accessrequest_admit_status(
 async def roleeligibility_admit(
     body: kopf.Body, userinfo: kopf.UserInfo, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Refuse an eligibility for roles its author could not bind, or deny-listed roles."""
+    """Refuse an eligibility its author could not bind wherever it reaches, or deny-listed."""
     with metrics.admission_timer("roleeligibility-guard"):
         reconciler: Reconciler = memo.reconciler
         try:
             spec = RoleEligibilitySpec.model_validate(dict(body.get("spec") or {}))
         except ValidationError as error:
-            raise _refuse(f"invalid RoleEligibility: {_pretty(error)}") from error
+            raise _refuse(f"invalid RoleEligibility: {_pretty(error, 'spec.')}") from error
         author = str(userinfo.get("username"))
-        # Where the author must be able to bind: each listed namespace; cluster-wide otherwise.
-        places: list[str | None] = list(spec.namespaces)
-        if spec.cluster_wide or spec.namespace_selector is not None:
-            places.append(None)
-        for role in spec.roles:
-            resource = "clusterroles" if role.kind == "ClusterRole" else "roles"
-            for place in places:
-                if role.kind == "Role" and place is None:
-                    continue
-                if not await reconciler.kube.may(dict(userinfo), "bind", _RBAC, resource,
-                                                 name=role.name, namespace=place):
-                    where = f"in namespace {place}" if place else "cluster-wide"
-                    raise _refuse(f"{author} may not make {role} eligible {where}: they cannot "
-                                  "bind it themselves (RBAC verb bind); an eligibility grants "
-                                  "no more than its author could")
-            if spec.allow_privileged_roles:
-                continue
-            for place in places or [None]:
-                rules = await reconciler.kube.role_rules(role.kind, role.name, place)
-                reason = admission.privileged(role.kind, role.name, rules or [])
-                if reason:
-                    raise _refuse(f"{reason}, which is on the deny-list: set "
-                                  "spec.allowPrivilegedRoles: true to allow it explicitly")
+        checks = admission.bind_checks(spec)
+        answers = await asyncio.gather(*(
+            reconciler.kube.may(dict(userinfo), "bind", _RBAC,
+                                "clusterroles" if c.role.kind == "ClusterRole" else "roles",
+                                name=c.role.name, namespace=c.namespace)
+            for c in checks))
+        for check, allowed in zip(checks, answers, strict=True):
+            if not allowed:
+                raise _refuse(f"{author} may not make {check.role} eligible {check.where}: "
+                              "they cannot bind it themselves (RBAC verb bind); an eligibility "
+                              "grants no more than its author could")
+        if spec.allow_privileged_roles:
+            return
+        for role, namespace in await _places(reconciler, spec):
+            rules = await reconciler.kube.role_rules(role.kind, role.name, namespace)
+            reason = admission.privileged(role.kind, role.name, rules or [], namespace)
+            if reason:
+                raise _refuse(f"{reason}, which is on the deny-list: set "
+                              "spec.allowPrivilegedRoles: true to allow it explicitly")
+
+
+async def _places(
+    reconciler: Reconciler, spec: RoleEligibilitySpec
+) -> list[tuple[RoleRef, str | None]]:
+    """Where each role's rules live.
+
+    A ClusterRole once; a Role in every listed namespace and every namespace the selector
+    matches now (a Role made there later is judged when it would be granted).
+    """
+    places: list[tuple[RoleRef, str | None]] = []
+    for role in spec.roles:
+        if role.kind == "ClusterRole":
+            places.append((role, None))
+            continue
+        namespaces = set(spec.namespaces)
+        if spec.namespace_selector is not None:
+            namespaces |= {name for name, labels in reconciler.namespaces.items()
+                           if selector_matches(spec.namespace_selector, labels)}
+        places += [(role, namespace) for namespace in sorted(namespaces)]
+    return places
 
 
 def webhook_configuration(

@@ -14,28 +14,48 @@ from pydantic import ValidationError
 
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.domain import admission
+from kubepim.domain.review import selector_matches
 
 from . import registry
 from .reconcile import Reconciler, utcnow
 
 
 async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool, str, str]:
-    """(ready, reason, message) of an eligibility spec: valid, and its roles exist."""
+    """(ready, reason, message) of an eligibility spec.
+
+    Ready: valid, its roles exist, none is on the deny-list (unless allowed), and the operator
+    may bind them.
+    """
     try:
         model = RoleEligibilitySpec.model_validate(spec)
     except ValidationError as error:
         return False, "InvalidSpec", str(error).replace("\n", " ")
-    missing = []
+    missing, denied = [], []
     for role in model.roles:
-        if role.kind == "ClusterRole":
-            if not await reconciler.kube.role_exists("ClusterRole", role.name, None):
-                missing.append(f"ClusterRole {role.name} does not exist")
-        else:
-            for namespace in model.namespaces:
-                if not await reconciler.kube.role_exists("Role", role.name, namespace):
-                    missing.append(f"Role {role.name} does not exist in namespace {namespace}")
+        places: list[str | None] = [None] if role.kind == "ClusterRole" else list(model.namespaces)
+        for namespace in places:
+            rules = await reconciler.kube.role_rules(role.kind, role.name, namespace)
+            if rules is None:
+                where = f" in namespace {namespace}" if namespace else ""
+                missing.append(f"{role.kind} {role.name} does not exist{where}")
+                continue
+            reason = admission.privileged(role.kind, role.name, rules, namespace)
+            if reason:
+                denied.append(reason)
+        if role.kind == "Role" and model.namespace_selector is not None:
+            # Roles of this name in the namespaces the selector matches now, as last watched.
+            for (kind, namespace, name), reason in sorted(reconciler.privileged.items()):
+                labels = reconciler.namespaces.get(namespace)
+                if kind == "Role" and name == role.name and labels is not None and \
+                        selector_matches(model.namespace_selector, labels):
+                    denied.append(reason)
     if missing:
         return False, "RoleNotFound", "; ".join(missing)
+    if denied and not model.allow_privileged_roles:
+        return False, "PrivilegedRole", (
+            "; ".join(sorted(set(denied))) + ", which is on the deny-list: requests for it are "
+            "refused unless spec.allowPrivilegedRoles is true")
     unbindable = [str(role) for role in model.roles if not await reconciler.kube.i_may(
         "bind", "rbac.authorization.k8s.io",
         "clusterroles" if role.kind == "ClusterRole" else "roles", name=role.name)]
@@ -44,6 +64,26 @@ async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool,
             f"the operator may not bind {', '.join(unbindable)}: add it to the chart's "
             "bindableRoles")
     return True, "Valid", "eligible subjects may request these roles"
+
+
+async def report_readiness(reconciler: Reconciler, name: str, body: dict[str, Any]) -> None:
+    """Write the Ready condition of one eligibility, if it changed."""
+    ready, reason, message = await readiness(reconciler, dict(body.get("spec") or {}))
+    generation = body.get("metadata", {}).get("generation", 0)
+    old = [c for c in (body.get("status") or {}).get("conditions") or []
+           if c.get("type") == "Ready"]
+    unchanged = old and old[0].get("status") == str(ready) and old[0].get("message") == message
+    moved_at: datetime.datetime = utcnow()
+    if old and unchanged:
+        moved_at = datetime.datetime.fromisoformat(
+            old[0]["lastTransitionTime"].replace("Z", "+00:00"))
+    condition = Condition(type="Ready", status="True" if ready else "False", reason=reason,
+                          message=message, last_transition_time=moved_at,
+                          observed_generation=generation)
+    status = {"observedGeneration": generation, "conditions": [condition.wire()]}
+    current = body.get("status") or {}
+    if {k: current.get(k) for k in status} != status:
+        await reconciler.kube.patch_eligibility_status(name, status)
 
 
 @kopf.on.event(GROUP, "roleeligibilities", registry=registry)
@@ -57,23 +97,49 @@ async def roleeligibility_event(
     if not reconciler.leading():
         return  # the leader reports readiness; on takeover it reconciles everything
     if type != "DELETED":
-        ready, reason, message = await readiness(reconciler, dict(body.get("spec") or {}))
-        generation = body.metadata.get("generation", 0)
-        old = [c for c in (body.get("status") or {}).get("conditions") or []
-               if c.get("type") == "Ready"]
-        unchanged = old and old[0].get("status") == str(ready) and old[0].get("message") == message
-        moved_at: datetime.datetime = utcnow()
-        if old and unchanged:
-            moved_at = datetime.datetime.fromisoformat(
-                old[0]["lastTransitionTime"].replace("Z", "+00:00"))
-        condition = Condition(type="Ready", status="True" if ready else "False", reason=reason,
-                              message=message, last_transition_time=moved_at,
-                              observed_generation=generation)
-        status = {"observedGeneration": generation, "conditions": [condition.wire()]}
-        current = body.get("status") or {}
-        if {k: current.get(k) for k in status} != status:
-            await reconciler.kube.patch_eligibility_status(name, status)
+        await report_readiness(reconciler, name, dict(body))
     if type is None:
         return  # the initial listing: the requests' own listing reconciles them anyway
     for request in sorted(reconciler.governed.get(name, set())):
         await reconciler.reconcile(request)
+
+
+async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, name: str,
+                      rules: list[dict[str, Any]] | None, initial: bool) -> None:
+    """A role's rules changed: act if that put it on or off the deny-list.
+
+    Every eligibility naming it reports readiness again and the requests it governs are decided
+    again (a pending request is denied, an active grant revoked, when its role became
+    privileged).
+    """
+    if not reconciler.observe_role(kind, namespace, name, rules) or initial:
+        return
+    if not reconciler.leading():
+        return
+    for eligibility, spec in sorted((await reconciler.eligibilities()).items()):
+        if not any(role.kind == kind and role.name == name for role in spec.roles):
+            continue
+        body = await reconciler.kube.get_eligibility(eligibility)
+        if body is not None:
+            await report_readiness(reconciler, eligibility, body)
+        for request in sorted(reconciler.governed.get(eligibility, set())):
+            await reconciler.reconcile(request)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterroles", registry=registry)
+async def clusterrole_event(
+    body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A ClusterRole changed (aggregation included): re-check the deny-list where it matters."""
+    rules = None if type == "DELETED" else list(body.get("rules") or [])
+    await _role_event(memo.reconciler, "ClusterRole", None, name, rules, type is None)
+
+
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", registry=registry)
+async def role_event(
+    body: kopf.Body, name: str, namespace: str | None, type: str | None, memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """A Role changed: re-check the deny-list where it matters."""
+    rules = None if type == "DELETED" else list(body.get("rules") or [])
+    await _role_event(memo.reconciler, "Role", namespace, name, rules, type is None)

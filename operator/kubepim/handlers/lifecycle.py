@@ -41,7 +41,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.watching.chunk_size = 500
     config: Settings = memo.settings
     kube = _connect(settings)
-    reconciler = Reconciler(kube)
+    reconciler = Reconciler(kube, config.identity_case)
     memo.reconciler = reconciler
 
     async def take_over() -> None:

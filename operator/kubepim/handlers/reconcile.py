@@ -23,9 +23,13 @@ from kubepim.api import duration
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
 from kubepim.domain import bindings
+from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
-from kubepim.k8s.client import Conflict, Forbidden, Kube, parse_time
+from kubepim.domain.quorum import Case
+from kubepim.domain.review import RoleKey, role_key
+from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, parse_time
 
+from .limits import RequesterLimits
 from .scheduler import ExpiryScheduler
 
 logger = logging.getLogger(__name__)
@@ -38,11 +42,21 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+class BindingTaken(Exception):
+    """A binding of the grant's name exists that kubepim did not make: it is never touched."""
+
+
 class Reconciler:
     """Brings AccessRequests and their bindings to what the domain decides."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, case: Case = "insensitive") -> None:
         self.kube = kube
+        self.case: Case = case
+        # Open requests and unreviewed break-glass grants per requester (admission limits).
+        self.limits = RequesterLimits(case)
+        # Why each deny-listed Role and ClusterRole is, as the role watch last saw its rules:
+        # a role that gains privilege after its eligibility was written stops being granted.
+        self.privileged: dict[RoleKey, str] = {}
         self.scheduler = ExpiryScheduler(self.reconcile)
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
@@ -124,6 +138,23 @@ class Reconciler:
         else:
             self.namespaces[name] = labels
 
+    def observe_role(self, kind: str, namespace: str | None, name: str,
+                     rules: list[dict[str, Any]] | None) -> bool:
+        """Apply one role watch event (``rules`` None: deleted).
+
+        True if its deny-listing changed: the requests that could be granted it must be decided
+        again.
+        """
+        key: RoleKey = (kind, namespace or "", name)
+        reason = privileged(kind, name, rules, namespace) if rules is not None else None
+        if self.privileged.get(key) == reason:
+            return False
+        if reason is None:
+            del self.privileged[key]
+        else:
+            self.privileged[key] = reason
+        return True
+
     def forget(self, name: str) -> None:
         """Drop what is remembered of a deleted request."""
         self.scheduler.cancel(name)
@@ -200,8 +231,23 @@ class Reconciler:
         spec, status = request.spec, request.status or AccessRequestStatus()
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         labels = await self.namespace_labels(spec.namespace) if spec.namespace else {}
-        plan = decide(spec, status, created, await self.eligibilities(), labels, now,
-                      uid=body["metadata"]["uid"])
+        eligibilities = await self.eligibilities()
+        plan = decide(spec, status, created, eligibilities, labels, now,
+                      uid=body["metadata"]["uid"], privileged=self.privileged, case=self.case)
+        if plan.activated_at is not None:
+            # About to grant: judge the role by its rules as they are now, not as the role
+            # watch last delivered them (it may not have listed them yet).
+            # (The cache is the role watch's alone: it tells which roles changed.)
+            rules = await self.kube.role_rules(spec.role.kind, spec.role.name, spec.namespace)
+            key = role_key(spec.role, spec.namespace)
+            place = spec.namespace if spec.role.kind == "Role" else None
+            reason = privileged(spec.role.kind, spec.role.name, rules, place) if rules else None
+            if self.privileged.get(key) != reason:
+                fresh = {k: v for k, v in self.privileged.items() if k != key}
+                if reason is not None:
+                    fresh[key] = reason
+                plan = decide(spec, status, created, eligibilities, labels, now,
+                              uid=body["metadata"]["uid"], privileged=fresh, case=self.case)
 
         transitions = list(plan.transitions)
         if plan.binding == "present":
@@ -209,7 +255,13 @@ class Reconciler:
                 restored = await self._ensure_binding(name, body["metadata"]["uid"], request)
             except Forbidden:
                 # Fail closed and say why; retried on every resync until RBAC allows it.
-                plan = _not_bindable(plan, status, spec)
+                plan = _not_granted(plan, f"the operator may not bind {spec.role}: add it to "
+                                    "the chart's bindableRoles (its RBAC bind rule); the "
+                                    "request waits until then")
+                transitions = list(plan.transitions)
+                restored = False
+            except BindingTaken as taken:
+                plan = _not_granted(plan, str(taken))
                 transitions = list(plan.transitions)
                 restored = False
             if restored and status.phase == Phase.ACTIVE:
@@ -218,13 +270,18 @@ class Reconciler:
                     "the binding was deleted or altered and has been restored to what was "
                     "approved", warning=True))
         else:
-            await self._remove_binding(name, request)
+            await self._remove_binding(name, request, body["metadata"].get("uid"))
 
         patch = self._status_patch(body, status, plan, transitions, now)
         expires_at = plan.expires_at or status.expires_at
         if patch:
-            written = await self.kube.patch_request_status(
-                name, patch, body["metadata"]["resourceVersion"])
+            try:
+                written = await self.kube.patch_request_status(
+                    name, patch, body["metadata"]["resourceVersion"])
+            except NotFound:
+                await self.request_deleted(body, "deleted before its status could record "
+                                           + ", ".join(t.action for t in transitions))
+                return
             self._seen(name, str(written["metadata"]["resourceVersion"]))
             done = utcnow()
             first = len(status.history)
@@ -287,8 +344,37 @@ class Reconciler:
                 metrics.EXPIRY_LAG_SECONDS.observe(
                     metrics.seconds_between(status.expires_at, done) or 0.0)
 
+    async def request_deleted(self, body: dict[str, Any], why: str = "deleted") -> None:
+        """A request is gone: its binding goes at once, with a final audit line (leader only).
+
+        The garbage collector would remove the binding through its ownerReference, but not when
+        the request was deleted with propagationPolicy Orphan; and the request's history must
+        outlive it in the log.
+        """
+        name = body["metadata"]["name"]
+        self.forget(name)
+        self.active.pop(name, None)
+        for members in self.governed.values():
+            members.discard(name)
+        if not self.leading():
+            return
+        try:
+            request = AccessRequest.model_validate(body)
+        except ValidationError:
+            return
+        status = request.status or AccessRequestStatus()
+        removed = await self._remove_binding(name, request, body["metadata"].get("uid"))
+        if removed or status.phase not in (Phase.EXPIRED, Phase.DENIED, Phase.REVOKED,
+                                           Phase.WITHDRAWN, Phase.TIMED_OUT, Phase.REJECTED):
+            reason = f"the request was {why}" + ("; its binding removed" if removed else "")
+            audit.deleted(body, request.spec, utcnow(), reason)
+
     async def _ensure_binding(self, name: str, uid: str, request: AccessRequest) -> bool:
-        """Make the binding exactly what was approved; True if it had to be (re)made."""
+        """Make the binding exactly what was approved; True if it had to be (re)made.
+
+        A binding of that name that kubepim did not make (no ownerReference to this request,
+        no kubepim label) is never replaced: :class:`BindingTaken`.
+        """
         desired = bindings.desired_binding(name, uid, request.spec)
         ref = bindings.binding_ref(name, request.spec)
         key = binding_key(ref.kind, ref.namespace, ref.name)
@@ -304,31 +390,39 @@ class Reconciler:
             except Conflict:
                 pass  # it exists after all: compare it with what was approved
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
+        if actual is not None and not bindings.made_by_kubepim(actual, uid):
+            where = f" in namespace {ref.namespace}" if ref.namespace else ""
+            raise BindingTaken(
+                f"{ref.kind} {ref.name} already exists{where} and was not made by kubepim: "
+                "it is left alone and this request cannot be granted; withdraw it and request "
+                "again under another name")
         if actual is not None and bindings.matches(actual, desired):
             return False
         if actual is not None:
-            # roleRef is immutable and subjects may have been added: replace the whole object.
-            await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+            # roleRef is immutable and subjects may have been added: replace the whole object,
+            # only the version just judged (a uid precondition).
+            await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
+                                           uid=actual["metadata"].get("uid"))
         # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
         self.own_writes[key] = await self.kube.create_binding(desired)
         self.bindings.add(key)
         return True
 
-    async def _remove_binding(self, name: str, request: AccessRequest) -> None:
+    async def _remove_binding(self, name: str, request: AccessRequest,
+                              uid: str | None = None) -> bool:
+        """Delete the request's binding if it exists and kubepim made it; True if deleted."""
         ref = bindings.binding_ref(name, request.spec)
         status = request.status or AccessRequestStatus()
         never_granted = status.phase in (None, Phase.PENDING) and status.activated_at is None
-        if never_granted and binding_key(ref.kind, ref.namespace, ref.name) not in self.bindings:
-            return
+        ended = status.phase is not None and status.phase.final
+        if (never_granted or ended) and \
+                binding_key(ref.kind, ref.namespace, ref.name) not in self.bindings:
+            return False
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
-        if actual is None:
-            return
-        labels = actual.get("metadata", {}).get("labels") or {}
-        owners = actual.get("metadata", {}).get("ownerReferences") or []
-        ours = labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY or any(
-            o.get("kind") == "AccessRequest" and o.get("name") == name for o in owners)
-        if ours:
-            await self.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+        if actual is None or not bindings.made_by_kubepim(actual, uid):
+            return False
+        return await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
+                                              uid=actual["metadata"].get("uid"))
 
     def _status_patch(
         self,
@@ -388,10 +482,11 @@ def _eligibility(spec: Any) -> RoleEligibilitySpec | None:
         return None
 
 
-def _not_bindable(plan: Plan, status: AccessRequestStatus, spec: Any) -> Plan:
-    """The plan without activation, when the operator's RBAC does not let it bind the role."""
-    message = (f"the operator may not bind {spec.role}: add it to the chart's bindableRoles "
-               "(its RBAC bind rule); the request waits until then")
+def _not_granted(plan: Plan, message: str) -> Plan:
+    """The plan without activation, when the binding cannot be made.
+
+    Fails closed and says why; the request waits and is tried again.
+    """
     logger.warning(message)
     kept = tuple(t for t in plan.transitions if t.action not in ("Approved", "Activated",
                                                                  "BreakGlass"))

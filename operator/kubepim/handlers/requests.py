@@ -21,8 +21,11 @@ async def accessrequest_event(
     """Any change of a request (creation, approval) → reconcile; not our own status writes."""
     reconciler: Reconciler = memo.reconciler
     if type == "DELETED":
-        reconciler.forget(name)
+        reconciler.limits.forget(name)
+        async with reconciler.lock(name):
+            await reconciler.request_deleted(dict(body))
         return
+    reconciler.limits.observe(dict(body))
     await reconciler.reconcile(name, dict(body))  # our own status write returns at once
 
 

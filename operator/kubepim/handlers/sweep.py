@@ -81,8 +81,11 @@ async def expire_retention(reconciler: Reconciler, retention: str) -> int:
             continue
         if request.status is None or not retention_over(request.status, keep, now):
             continue
+        if item["metadata"].get("deletionTimestamp"):
+            continue  # already being deleted: its line was logged when that began
         # The line first: a crash after it repeats it (same id), never loses it.
-        audit.deleted(item, request.spec, now, retention)
+        audit.deleted(item, request.spec, now,
+                      f"retention of {retention} after the request finished is over")
         if await reconciler.kube.delete_request(item["metadata"]["name"],
                                                 item["metadata"]["uid"]):
             deleted += 1

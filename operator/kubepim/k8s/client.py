@@ -164,6 +164,15 @@ class Kube:
         """Every AccessRequest."""
         return await self._list(f"{_CUSTOM}/accessrequests")
 
+    async def get_eligibility(self, name: str) -> dict[str, Any] | None:
+        """The RoleEligibility, or None."""
+        try:
+            obj: dict[str, Any] = await self._request(
+                "GET", f"{_CUSTOM}/roleeligibilities/{name}")
+        except NotFound:
+            return None
+        return obj
+
     async def list_eligibilities(self) -> list[dict[str, Any]]:
         """Every RoleEligibility."""
         return await self._list(f"{_CUSTOM}/roleeligibilities")
@@ -204,23 +213,40 @@ class Kube:
         await self._request("PATCH", f"{_CUSTOM}/roleeligibilities/{name}/status",
                             {"status": status}, content_type=_MERGE)
 
+    @staticmethod
+    def event_name(involved: dict[str, Any], sequence: int) -> str:
+        """The name of the Event of history entry ``sequence`` of an object."""
+        metadata = involved.get("metadata", {})
+        uid = str(metadata.get("uid", ""))[:8]
+        return f"{str(metadata.get('name'))[:180]}.{uid}.{sequence:06d}"
+
+    async def get_event(self, name: str) -> dict[str, Any] | None:
+        """An Event in namespace default (where Events about cluster-scoped objects go)."""
+        try:
+            obj: dict[str, Any] = await self._request(
+                "GET", f"/api/v1/namespaces/default/events/{name}")
+        except NotFound:
+            return None
+        return obj
+
     async def post_event(
         self, involved: dict[str, Any], event_type: str, reason: str, message: str,
-        when: datetime.datetime, sequence: int,
+        when: datetime.datetime, sequence: int, generate_name: bool = False,
     ) -> None:
         """Post a core/v1 Event about a cluster-scoped object (stored in namespace default).
 
         ``sequence`` (the transition's index in status.history) names the Event, so a listing
         sorts in history order and a repeated post of the same transition is refused (409).
+        ``generate_name``: let the API server add a random suffix (the name was taken).
         """
         metadata = involved.get("metadata", {})
         when = when + datetime.timedelta(microseconds=sequence % 1000)
         stamp = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        uid = str(metadata.get("uid", ""))[:8]
+        name = self.event_name(involved, sequence)
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{str(metadata.get('name'))[:180]}.{uid}.{sequence:06d}",
-                         "namespace": "default"},
+            "metadata": {("generateName" if generate_name else "name"):
+                         f"{name}-" if generate_name else name, "namespace": "default"},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                 "name": metadata.get("name"), "uid": metadata.get("uid"),
@@ -350,10 +376,15 @@ class Kube:
         made = await self._request("POST", path, manifest)
         return str(made["metadata"]["resourceVersion"])
 
-    async def delete_binding(self, kind: str, name: str, namespace: str | None) -> bool:
-        """Delete a binding; False when it was already gone."""
+    async def delete_binding(self, kind: str, name: str, namespace: str | None,
+                             uid: str | None = None) -> bool:
+        """Delete a binding; False when it was already gone.
+
+        With ``uid``: only that object (Conflict if it was replaced in between).
+        """
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            await self._request("DELETE", _binding_path(kind, namespace, name))
+            await self._request("DELETE", _binding_path(kind, namespace, name), body)
         except NotFound:
             return False
         return True
@@ -386,7 +417,10 @@ def _every(seconds: float, fetch: Callable[[], str | None]) -> Callable[[], str 
 
 def _attributes(verb: str, group: str, resource: str, name: str | None,
                 namespace: str | None) -> dict[str, str]:
+    resource, _, subresource = resource.partition("/")
     attributes = {"verb": verb, "group": group, "resource": resource}
+    if subresource:
+        attributes["subresource"] = subresource
     if name:
         attributes["name"] = name
     if namespace:

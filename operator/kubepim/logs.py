@@ -1,0 +1,43 @@
+"""The operator's log format: one record, one line, whatever text a user managed to put in it.
+
+Refusal messages, reasons and names can carry text from users; a newline in one would start a
+line of the attacker's choosing (a forged JSON audit line, say). Every formatted record has its
+control characters escaped, so a line on the log is always one record of this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(text: str) -> str:
+    r"""``text`` with every control character as a visible escape (\n, \x1b, \u202e)."""
+    def visible(match: re.Match[str]) -> str:
+        char = match.group()
+        named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+        if named:
+            return named
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return _CONTROL.sub(visible, text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose output never spans lines (tracebacks included, escaped)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record formatted as usual, then its control characters escaped."""
+        return escape(super().format(record))
+
+
+def configure(level: str) -> None:
+    """Log to stderr at ``level``, one line per record."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
