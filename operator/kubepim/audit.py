@@ -16,7 +16,8 @@ from kubepim.api.request import AccessRequestSpec
 from kubepim.domain.lifecycle import Transition
 from kubepim.k8s.client import Conflict, Kube
 
-logger = logging.getLogger("kubepim.audit")
+logger = logging.getLogger("kubepim.audit")  # the JSON lines, and nothing else
+events_logger = logging.getLogger("kubepim.events")
 
 
 def record(
@@ -67,12 +68,14 @@ async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
             # the API server makes up, so a squatter cannot suppress it.
             existing = await kube.get_event(kube.event_name(body, index)) or {}
             if not _says(existing, body, kind, transition.action, message):
-                logger.warning("the Event name of %s's %s was taken by another Event; posting "
-                               "under a generated name", request, transition.action)
+                events_logger.warning("the Event name of %s's %s was taken by another Event; "
+                                      "posting under a generated name", request,
+                                      transition.action)
                 await kube.post_event(body, kind, transition.action, message, when, index,
                                       generate_name=True)
     except Exception:
-        logger.exception("could not post the %s Event of %s", transition.action, request)
+        events_logger.exception("could not post the %s Event of %s", transition.action,
+                                request)
 
 
 def _says(event: dict[str, Any], body: dict[str, Any], kind: str, reason: str,

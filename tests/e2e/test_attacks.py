@@ -177,8 +177,8 @@ def test_an_eligibility_for_a_deny_listed_role_needs_an_explicit_allow(
     refused = kubectl("create", "-f", "-", stdin=json.dumps(pim.eligibility(namespace, **spec)),
                       check=False)
     assert refused.returncode != 0
-    assert "Role/binder grants the verb(s) bind, which is on the deny-list: set " \
-        "spec.allowPrivilegedRoles: true" in refused.stderr
+    assert f"Role/binder grants the verb(s) bind in namespace {namespace}, which is on the " \
+        "deny-list: set spec.allowPrivilegedRoles: true" in refused.stderr
     spec["allowPrivilegedRoles"] = True
     kubectl("create", "-f", "-", stdin=json.dumps(pim.eligibility(namespace, **spec)))
 

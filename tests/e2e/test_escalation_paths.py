@@ -186,7 +186,8 @@ def test_a_backtracking_ticket_pattern_cannot_freeze_the_operator(
         namespace, subjects=[{"kind": "User", "name": "alice"}],
         roles=[{"kind": "Role", "name": "pod-reader"}], namespaces=[namespace],
         approval={"users": ["bob"]}, justification={"ticketPattern": "INC-(?=1)\\d+"})
-    kubectl("create", "role", "pod-reader", "--verb=get", "--resource=pods", "-n", namespace)
+    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n",
+            namespace)
     _refused(_create(kubectl, lookahead), "spec.justification.ticketPattern",
              "not a valid RE2 regular expression")
     pim.apply(kubectl, pim.eligibility(
