@@ -89,7 +89,8 @@ def operator_process(
         return
     workdir = tmp_path_factory.mktemp("operator")
     config = install.operator_kubeconfig(installed, workdir / "operator.kubeconfig")
-    process = OperatorProcess(config, workdir, KUBEPIM_RESYNC_SECONDS="5")
+    # The product's default resync (300 s): the tests prove the event path, not the safety net.
+    process = OperatorProcess(config, workdir)
     yield process
     process.stop()
 
