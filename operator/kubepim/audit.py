@@ -80,10 +80,17 @@ async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
 
 def _says(event: dict[str, Any], body: dict[str, Any], kind: str, reason: str,
           message: str) -> bool:
-    """Whether an existing Event says what ours would, about the same object."""
-    uid = body.get("metadata", {}).get("uid")
-    return (event.get("involvedObject", {}).get("uid") == uid and event.get("type") == kind
-            and event.get("reason") == reason and event.get("message") == message[:1024])
+    """Whether an existing Event says what ours would, about the same object, from kubepim."""
+    metadata = body.get("metadata", {})
+    involved = event.get("involvedObject") or {}
+    return (involved.get("uid") == metadata.get("uid")
+            and involved.get("name") == metadata.get("name")
+            and involved.get("kind") == body.get("kind")
+            and involved.get("apiVersion") == body.get("apiVersion")
+            and (event.get("source") or {}).get("component") == "kubepim"
+            and event.get("reportingComponent") == "kubepim"
+            and event.get("type") == kind and event.get("reason") == reason
+            and event.get("message") == message[:1024])
 
 
 def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.datetime,

@@ -11,7 +11,7 @@ import logging
 import re
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def escape(text: str) -> str:

@@ -22,7 +22,7 @@ from kubepim.domain.report import spreadsheet_safe
 from kubepim.domain.review import Accepted, Refused, review, role_key
 from kubepim.handlers.limits import RequesterLimits
 
-from .builders import NOW, PAYMENTS_LABELS, approve, eligibility, request
+from .builders import NOW, PAYMENTS_LABELS, approve, deny, eligibility, request
 
 # 1. Where an eligibility's author must be able to bind.
 
@@ -119,7 +119,8 @@ def test_plain_request_metadata_is_allowed() -> None:
 ])
 def test_limits_per_requester(open_requests: int, unreviewed: int, break_glass: bool,
                               message: str | None) -> None:
-    refusal = check_limits("alice", open_requests, unreviewed, break_glass, 20, 1)
+    refusal = check_limits("alice", [f"o{i}" for i in range(open_requests)],
+                           [f"b{i}" for i in range(unreviewed)], break_glass, 20, 1)
     assert refusal == message or (message is not None and refusal is not None
                                   and message in refusal)
 
@@ -140,10 +141,12 @@ def test_the_limits_index_counts_open_and_unreviewed_requests_whatever_the_spell
     limits.observe(_body("b", "Alice", "Pending"))
     limits.observe(_body("c", "alice", "Expired", break_glass=True, review_required=True))
     limits.observe(_body("d", "alice", "Expired"))
-    assert limits.counts("ALICE") == (2, 1)
+    counts = limits.counts("ALICE")
+    assert (counts.open, counts.unreviewed_break_glass) == (("a", "b"), ("c",))
     limits.observe(_body("c", "alice", "Expired", break_glass=True, review_required=False))
     limits.forget("a")
-    assert limits.counts("alice") == (1, 0)
+    counts = limits.counts("alice")
+    assert (counts.open, counts.unreviewed_break_glass) == (("b",), ())
 
 
 def test_an_admitted_request_counts_before_its_watch_event() -> None:
@@ -151,15 +154,30 @@ def test_an_admitted_request_counts_before_its_watch_event() -> None:
     limits.admit("x", AccessRequestSpec.model_validate(
         {"role": {"kind": "Role", "name": "r"}, "namespace": "n", "breakGlass": True,
          "requester": {"username": "alice"}}))
-    assert limits.counts("alice") == (1, 1)
+    counts = limits.counts("alice")
+    assert (counts.open, counts.unreviewed_break_glass) == (("x",), ("x",))
     limits.observe(_body("x", "alice", "Denied", break_glass=True))
-    assert limits.counts("alice") == (0, 0)
+    counts = limits.counts("alice")
+    assert (counts.open, counts.unreviewed_break_glass) == ((), ())
+
+
+def test_only_requests_created_earlier_count_against_a_new_one() -> None:
+    limits = RequesterLimits("insensitive")
+    for name, created in (("late", "2026-11-26T10:00:02Z"), ("early", "2026-11-26T10:00:01Z"),
+                          ("same-b", "2026-11-26T10:00:03Z"), ("same-a", "2026-11-26T10:00:03Z")):
+        body = _body(name, "alice")
+        body["metadata"] = {"name": name, "creationTimestamp": created}
+        limits.observe(body)
+    assert limits.counts("alice", before=("2026-11-26T10:00:03Z", "same-b")).open == (
+        "early", "late", "same-a")
 
 
 # 12, 13. Who the requester could act as; one person under several spellings.
 
-def test_acting_as_a_user_is_impersonation_only() -> None:
-    assert [c.says for c in acting_as("bob")] == ["impersonate users bob"]
+def test_acting_as_a_user_is_impersonating_them_or_approving_a_certificate() -> None:
+    assert [c.says for c in acting_as("bob")] == [
+        "impersonate users bob",
+        "approve certificatesigningrequests (a client certificate in any name)"]
 
 
 def test_acting_as_a_service_account_includes_its_tokens_and_its_pods() -> None:
@@ -168,6 +186,16 @@ def test_acting_as_a_service_account_includes_its_tokens_and_its_pods() -> None:
     assert "create pods (running as bot) in namespace ops" in says
     assert "create secrets (a token Secret for bot) in namespace ops" in says
     assert "impersonate serviceaccounts bot in namespace ops" in says
+    assert "create deployments (whose pods run as bot) in namespace ops" in says
+    assert "create pods/exec (into a pod running as bot) in namespace ops" in says
+
+
+def test_a_denial_is_final_even_beside_an_approval_under_another_spelling() -> None:
+    policy = eligibility(approval={"groups": ["sre"]}).approval
+    approvals = {"Bob": approve("sre"), "bob": deny("sre")}
+    result = tally(policy, approvals, Requester(username="alice"))
+    assert result.denied_by == "bob"
+    assert not result.approved
 
 
 @pytest.mark.parametrize(("case", "name", "folded"), [

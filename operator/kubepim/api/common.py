@@ -16,10 +16,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-# Characters free text may not hold: C0 and C1 controls (newlines, tabs and ESC among them) and
-# the bidirectional overrides, so no log line, Event, history entry or terminal line can be split
-# or redrawn by text a user wrote. RE2 syntax: CEL in the API server evaluates it.
-CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f\x{202a}-\x{202e}\x{2066}-\x{2069}]"
+# Characters free text may not hold: C0 and C1 controls (newlines, tabs and ESC among them), the
+# line and paragraph separators and the bidirectional overrides, so no log line, Event, history
+# entry or terminal line can be split or redrawn by text a user wrote. RE2 syntax: CEL in the
+# API server evaluates it.
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f\x{2028}-\x{202e}\x{2066}-\x{2069}]"
 
 
 def plain_text_rule(field: str, path: str) -> dict[str, str]:

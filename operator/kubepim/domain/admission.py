@@ -7,7 +7,7 @@ gather the inputs (eligibilities, namespace labels, SubjectAccessReviews) and ca
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,17 +220,21 @@ def check_metadata(name: str, metadata: Mapping[str, Any], size: int, max_bytes:
     return None
 
 
-def check_limits(requester: str, open_requests: int, unreviewed_break_glass: int,
-                 break_glass: bool, max_open: int, max_break_glass: int) -> str | None:
-    """Refuse a new request past the requester's limits (counts exclude the new request)."""
-    if open_requests >= max_open:
-        return (f"{requester} has {open_requests} open requests (Pending or Active); at most "
-                f"{max_open} are allowed (KUBEPIM_MAX_OPEN_REQUESTS): withdraw or end one first")
-    if break_glass and unreviewed_break_glass >= max_break_glass:
+def check_limits(requester: str, open_requests: Sequence[str],
+                 unreviewed_break_glass: Sequence[str], break_glass: bool, max_open: int,
+                 max_break_glass: int) -> str | None:
+    """Refuse a new request past the requester's limits (the names exclude the new request)."""
+    if len(open_requests) >= max_open:
+        return (f"{requester} has {len(open_requests)} open requests (Pending or Active); at "
+                f"most {max_open} are allowed (KUBEPIM_MAX_OPEN_REQUESTS): withdraw or end one "
+                "first")
+    if break_glass and len(unreviewed_break_glass) >= max_break_glass:
         plural = "is" if max_break_glass == 1 else "are"
-        return (f"{requester} has {unreviewed_break_glass} break-glass grant(s) not yet "
+        names = ", ".join(unreviewed_break_glass[:5])
+        return (f"{requester} has {len(unreviewed_break_glass)} break-glass grant(s) not yet "
                 f"reviewed; at most {max_break_glass} {plural} allowed "
-                "(KUBEPIM_MAX_UNREVIEWED_BREAK_GLASS): an approver must acknowledge one first")
+                f"(KUBEPIM_MAX_UNREVIEWED_BREAK_GLASS): an approver must acknowledge {names} "
+                "first")
     return None
 
 
@@ -250,26 +254,50 @@ class ActingAs:
     says: str
 
 
+_WORKLOADS = (("apps", "deployments"), ("apps", "replicasets"), ("apps", "statefulsets"),
+              ("apps", "daemonsets"), ("batch", "jobs"), ("batch", "cronjobs"),
+              ("", "replicationcontrollers"))
+
+
 def acting_as(approver: str) -> list[ActingAs]:
     """The rights by which someone could authenticate as ``approver`` without being them.
 
-    Impersonation of the user (or ServiceAccount); for a ServiceAccount also minting its token,
-    creating a token Secret for it, or running a pod as it in its namespace.
+    Best effort, within Kubernetes RBAC: impersonating the user, or approving a certificate
+    signing request (a client certificate in any name). For a ServiceAccount also: impersonating
+    it, minting its token, creating or reading a token Secret, and running code as it in its
+    namespace (a pod or any workload controller that makes pods, exec or attach into its pods,
+    ephemeral containers).
     """
-    checks = [ActingAs("impersonate", "", "users", approver, None, f"impersonate users {approver}")]
+    checks = [
+        ActingAs("impersonate", "", "users", approver, None, f"impersonate users {approver}"),
+        ActingAs("update", "certificates.k8s.io", "certificatesigningrequests/approval", "",
+                 None, "approve certificatesigningrequests (a client certificate in any name)"),
+    ]
     parts = approver.split(":")
     if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
         namespace, name = parts[2], parts[3]
+        where = f"in namespace {namespace}"
         checks += [
             ActingAs("impersonate", "", "serviceaccounts", name, namespace,
-                     f"impersonate serviceaccounts {name} in namespace {namespace}"),
+                     f"impersonate serviceaccounts {name} {where}"),
             ActingAs("create", "", "serviceaccounts/token", name, namespace,
-                     f"create serviceaccounts/token for {name} in namespace {namespace}"),
+                     f"create serviceaccounts/token for {name} {where}"),
             ActingAs("create", "", "secrets", "", namespace,
-                     f"create secrets (a token Secret for {name}) in namespace {namespace}"),
+                     f"create secrets (a token Secret for {name}) {where}"),
+            ActingAs("get", "", "secrets", "", namespace,
+                     f"get secrets (a token Secret of {name}) {where}"),
             ActingAs("create", "", "pods", "", namespace,
-                     f"create pods (running as {name}) in namespace {namespace}"),
+                     f"create pods (running as {name}) {where}"),
+            ActingAs("create", "", "pods/exec", "", namespace,
+                     f"create pods/exec (into a pod running as {name}) {where}"),
+            ActingAs("create", "", "pods/attach", "", namespace,
+                     f"create pods/attach (to a pod running as {name}) {where}"),
+            ActingAs("update", "", "pods/ephemeralcontainers", "", namespace,
+                     f"update pods/ephemeralcontainers (in a pod running as {name}) {where}"),
         ]
+        checks += [ActingAs("create", group, resource, "", namespace,
+                            f"create {resource} (whose pods run as {name}) {where}")
+                   for group, resource in _WORKLOADS]
     return checks
 
 

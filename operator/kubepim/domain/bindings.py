@@ -83,6 +83,12 @@ def desired_binding(request_name: str, request_uid: str, spec: AccessRequestSpec
     }
 
 
+def marked(binding: dict[str, Any]) -> bool:
+    """Whether the binding carries kubepim's managed-by label."""
+    labels = binding.get("metadata", {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
 def made_by_kubepim(binding: dict[str, Any], request_uid: str | None) -> bool:
     """Whether kubepim may replace or delete this binding.
 
@@ -92,11 +98,12 @@ def made_by_kubepim(binding: dict[str, Any], request_uid: str | None) -> bool:
     else's and is never touched, whatever its name.
     """
     metadata = binding.get("metadata", {})
-    if (metadata.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
-        return True
-    return request_uid is not None and any(
-        owner.get("kind") == "AccessRequest" and owner.get("uid") == request_uid
-        for owner in metadata.get("ownerReferences") or [])
+    owners = [o for o in metadata.get("ownerReferences") or [] if o.get("kind") == "AccessRequest"]
+    if request_uid is not None and owners:
+        # Owned by a request: this one's only if the uid is this request's (a request of the
+        # same name, deleted and made again, does not take its predecessor's binding).
+        return any(owner.get("uid") == request_uid for owner in owners)
+    return marked(binding)
 
 
 def _normal_subjects(subjects: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]:

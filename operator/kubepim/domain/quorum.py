@@ -67,15 +67,15 @@ def tally(
         if person(username, case) == person(requester.username, case):
             ignored[username] = "the requester cannot approve their own request"
             continue
-        if person(username, case) in people:
-            ignored[username] = "the same person has approved under another spelling"
-            continue
         if not is_approver(policy, username, entry.groups):
             ignored[username] = "not an approver under the governing eligibility"
             continue
-        if entry.decision == "Deny":
+        if entry.decision == "Deny":  # final, whatever else the same person said
             return Tally(approved=False, denied_by=username, counted=tuple(counted),
                          ignored=ignored)
+        if person(username, case) in people:
+            ignored[username] = "the same person has approved under another spelling"
+            continue
         counted.append(username)
         people.add(person(username, case))
 

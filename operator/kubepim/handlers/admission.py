@@ -23,13 +23,13 @@ from pydantic import ValidationError
 from kubepim import metrics
 from kubepim.api.common import GROUP, RoleRef
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequest, AccessRequestStatus
+from kubepim.api.request import AccessRequest, AccessRequestSpec, AccessRequestStatus
 from kubepim.domain import admission, bindings
 from kubepim.domain.review import selector_matches
 from kubepim.settings import Settings
 
 from . import registry
-from .reconcile import Reconciler, utcnow
+from .reconcile import Reconciler, binding_key, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -78,26 +78,40 @@ async def accessrequest_admit_create(
         if refusal:
             raise _refuse(refusal)
         if spec.requester is not None:
-            open_requests, unreviewed = reconciler.limits.counts(spec.requester.username)
+            # Checked and counted with no await in between: concurrent creates served by this
+            # replica see each other (the leader's first reconcile checks again, authoritatively).
+            held = reconciler.limits.counts(spec.requester.username)
             refusal = admission.check_limits(
-                spec.requester.username, open_requests, unreviewed, spec.break_glass,
-                config.max_open_requests, config.max_unreviewed_break_glass)
+                spec.requester.username, held.open, held.unreviewed_break_glass,
+                spec.break_glass, config.max_open_requests, config.max_unreviewed_break_glass)
             if refusal:
                 raise _refuse(refusal)
-        labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
-        refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
-                                              utcnow(), reconciler.privileged)
-        if refusal:
-            raise _refuse(refusal)
-        ref = bindings.binding_ref(name, spec)
-        existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
-        if existing is not None and not bindings.made_by_kubepim(existing, None):
-            where = f" in namespace {ref.namespace}" if ref.namespace else ""
-            raise _refuse(f"{ref.kind} {ref.name} already exists{where} and was not made by "
-                          "kubepim, which never replaces it: choose another name for this "
-                          "request")
-        if not dryrun:
-            reconciler.limits.admit(name, spec)
+            if not dryrun:
+                reconciler.limits.admit(name, spec)
+        try:
+            await _check_coverage_and_name(reconciler, name, spec)
+        except kopf.AdmissionError:
+            reconciler.limits.unadmit(name)
+            raise
+
+
+async def _check_coverage_and_name(
+    reconciler: Reconciler, name: str, spec: AccessRequestSpec
+) -> None:
+    labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
+    refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
+                                          utcnow(), reconciler.privileged)
+    if refusal:
+        raise _refuse(refusal)
+    ref = bindings.binding_ref(name, spec)
+    if binding_key(ref.kind, ref.namespace, ref.name) not in reconciler.bindings:
+        return  # the binding watch sees every binding named kubepim-*: none of this name
+    existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
+    if existing is not None and not bindings.made_by_kubepim(existing, None):
+        where = f" in namespace {ref.namespace}" if ref.namespace else ""
+        raise _refuse(f"{ref.kind} {ref.name} already exists{where} and was not made by "
+                      "kubepim, which never replaces it: choose another name for this "
+                      "request")
 
 
 @kopf.on.validate(GROUP, "accessrequests", subresource="status", operations=["UPDATE"],
@@ -182,33 +196,37 @@ async def roleeligibility_admit(
                               "grants no more than its author could")
         if spec.allow_privileged_roles:
             return
-        for role, namespace in await _places(reconciler, spec):
-            rules = await reconciler.kube.role_rules(role.kind, role.name, namespace)
-            reason = admission.privileged(role.kind, role.name, rules or [], namespace)
-            if reason:
-                raise _refuse(f"{reason}, which is on the deny-list: set "
-                              "spec.allowPrivilegedRoles: true to allow it explicitly")
+        for role in spec.roles:
+            places: list[str | None] = [None] if role.kind == "ClusterRole" else \
+                list(spec.namespaces)
+            for namespace in places:
+                rules = await reconciler.kube.role_rules(role.kind, role.name, namespace)
+                reason = admission.privileged(role.kind, role.name, rules or [], namespace)
+                if reason:
+                    raise _refuse(f"{reason}, which is on the deny-list: set "
+                                  "spec.allowPrivilegedRoles: true to allow it explicitly")
+            if role.kind == "Role" and spec.namespace_selector is not None:
+                reason = _privileged_where_selected(reconciler, role, spec)
+                if reason:
+                    raise _refuse(f"{reason}, which is on the deny-list: set "
+                                  "spec.allowPrivilegedRoles: true to allow it explicitly")
 
 
-async def _places(
-    reconciler: Reconciler, spec: RoleEligibilitySpec
-) -> list[tuple[RoleRef, str | None]]:
-    """Where each role's rules live.
+def _privileged_where_selected(
+    reconciler: Reconciler, role: RoleRef, spec: RoleEligibilitySpec
+) -> str | None:
+    """Why a Role of this name is deny-listed in a namespace the selector matches now, if so.
 
-    A ClusterRole once; a Role in every listed namespace and every namespace the selector
-    matches now (a Role made there later is judged when it would be granted).
+    From the role watch's cache (no read per namespace: a broad selector stays cheap); a Role
+    made there later is judged again when it would be granted.
     """
-    places: list[tuple[RoleRef, str | None]] = []
-    for role in spec.roles:
-        if role.kind == "ClusterRole":
-            places.append((role, None))
-            continue
-        namespaces = set(spec.namespaces)
-        if spec.namespace_selector is not None:
-            namespaces |= {name for name, labels in reconciler.namespaces.items()
-                           if selector_matches(spec.namespace_selector, labels)}
-        places += [(role, namespace) for namespace in sorted(namespaces)]
-    return places
+    assert spec.namespace_selector is not None
+    for (kind, namespace, name), reason in sorted(reconciler.privileged.items()):
+        labels = reconciler.namespaces.get(namespace)
+        if kind == "Role" and name == role.name and labels is not None and \
+                selector_matches(spec.namespace_selector, labels):
+            return reason
+    return None
 
 
 def webhook_configuration(

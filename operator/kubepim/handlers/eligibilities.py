@@ -54,8 +54,8 @@ async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool,
         return False, "RoleNotFound", "; ".join(missing)
     if denied and not model.allow_privileged_roles:
         return False, "PrivilegedRole", (
-            "; ".join(sorted(set(denied))) + ", which is on the deny-list: requests for it are "
-            "refused unless spec.allowPrivilegedRoles is true")
+            "; ".join(sorted(set(denied))) + ", which is on the deny-list: requests for it "
+            "there are refused unless spec.allowPrivilegedRoles is true")
     unbindable = [str(role) for role in model.roles if not await reconciler.kube.i_may(
         "bind", "rbac.authorization.k8s.io",
         "clusterroles" if role.kind == "ClusterRole" else "roles", name=role.name)]
@@ -105,14 +105,16 @@ async def roleeligibility_event(
 
 
 async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, name: str,
-                      rules: list[dict[str, Any]] | None, initial: bool) -> None:
+                      rules: list[dict[str, Any]] | None) -> None:
     """A role's rules changed: act if that put it on or off the deny-list.
 
     Every eligibility naming it reports readiness again and the requests it governs are decided
     again (a pending request is denied, an active grant revoked, when its role became
     privileged).
     """
-    if not reconciler.observe_role(kind, namespace, name, rules) or initial:
+    # Listings too (start-up, a watch that lists again): a role that became privileged while
+    # nobody watched is acted on as soon as it is seen.
+    if not reconciler.observe_role(kind, namespace, name, rules):
         return
     if not reconciler.leading():
         return
@@ -132,7 +134,7 @@ async def clusterrole_event(
 ) -> None:
     """A ClusterRole changed (aggregation included): re-check the deny-list where it matters."""
     rules = None if type == "DELETED" else list(body.get("rules") or [])
-    await _role_event(memo.reconciler, "ClusterRole", None, name, rules, type is None)
+    await _role_event(memo.reconciler, "ClusterRole", None, name, rules)
 
 
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", registry=registry)
@@ -142,4 +144,4 @@ async def role_event(
 ) -> None:
     """A Role changed: re-check the deny-list where it matters."""
     rules = None if type == "DELETED" else list(body.get("rules") or [])
-    await _role_event(memo.reconciler, "Role", namespace, name, rules, type is None)
+    await _role_event(memo.reconciler, "Role", namespace, name, rules)

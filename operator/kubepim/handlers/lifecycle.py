@@ -41,7 +41,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.watching.chunk_size = 500
     config: Settings = memo.settings
     kube = _connect(settings)
-    reconciler = Reconciler(kube, config.identity_case)
+    reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
+                            config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
 
     async def take_over() -> None:

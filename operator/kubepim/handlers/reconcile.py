@@ -21,8 +21,15 @@ from pydantic import ValidationError
 from kubepim import audit, metrics
 from kubepim.api import duration
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequest, AccessRequestStatus, HistoryEntry, Phase
+from kubepim.api.request import (
+    AccessRequest,
+    AccessRequestSpec,
+    AccessRequestStatus,
+    HistoryEntry,
+    Phase,
+)
 from kubepim.domain import bindings
+from kubepim.domain.admission import check_limits as limits_refusal
 from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
 from kubepim.domain.quorum import Case
@@ -49,11 +56,13 @@ class BindingTaken(Exception):
 class Reconciler:
     """Brings AccessRequests and their bindings to what the domain decides."""
 
-    def __init__(self, kube: Kube, case: Case = "insensitive") -> None:
+    def __init__(self, kube: Kube, case: Case = "insensitive", max_open: int = 20,
+                 max_break_glass: int = 1) -> None:
         self.kube = kube
         self.case: Case = case
-        # Open requests and unreviewed break-glass grants per requester (admission limits).
+        # Open requests and unreviewed break-glass grants per requester, and their limits.
         self.limits = RequesterLimits(case)
+        self.max_open, self.max_break_glass = max_open, max_break_glass
         # Why each deny-listed Role and ClusterRole is, as the role watch last saw its rules:
         # a role that gains privilege after its eligibility was written stops being granted.
         self.privileged: dict[RoleKey, str] = {}
@@ -156,10 +165,12 @@ class Reconciler:
         return True
 
     def forget(self, name: str) -> None:
-        """Drop what is remembered of a deleted request."""
+        """Drop what is remembered of a deleted request (its lock only if nobody holds it)."""
         self.scheduler.cancel(name)
         self.versions.pop(name, None)
-        self._locks.pop(name, None)
+        lock = self._locks.get(name)
+        if lock is not None and not lock.locked():
+            del self._locks[name]
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while one request is reconciled."""
@@ -249,6 +260,8 @@ class Reconciler:
                 plan = decide(spec, status, created, eligibilities, labels, now,
                               uid=body["metadata"]["uid"], privileged=fresh, case=self.case)
 
+        if status.phase is None:
+            plan = self._within_limits(plan, body, spec)
         transitions = list(plan.transitions)
         if plan.binding == "present":
             try:
@@ -344,6 +357,26 @@ class Reconciler:
                 metrics.EXPIRY_LAG_SECONDS.observe(
                     metrics.seconds_between(status.expires_at, done) or 0.0)
 
+    def _within_limits(self, plan: Plan, body: dict[str, Any],
+                       spec: AccessRequestSpec) -> Plan:
+        """The plan, or a rejection if the requester's earlier requests already reach a limit.
+
+        Authoritative: admission counts per replica, this counts what the watch has seen of
+        every request created before this one.
+        """
+        if spec.requester is None or plan.phase == Phase.REJECTED:
+            return plan
+        metadata = body["metadata"]
+        held = self.limits.counts(spec.requester.username, before=(
+            str(metadata.get("creationTimestamp") or "~"), metadata["name"]))
+        refusal = limits_refusal(spec.requester.username, held.open,
+                                 held.unreviewed_break_glass, spec.break_glass, self.max_open,
+                                 self.max_break_glass)
+        if refusal is None:
+            return plan
+        return Plan(transitions=(Transition("Rejected", Phase.REJECTED, OPERATOR, refusal,
+                                            warning=True),), message=refusal)
+
     async def request_deleted(self, body: dict[str, Any], why: str = "deleted") -> None:
         """A request is gone: its binding goes at once, with a final audit line (leader only).
 
@@ -352,7 +385,7 @@ class Reconciler:
         outlive it in the log.
         """
         name = body["metadata"]["name"]
-        self.forget(name)
+        self.forget(name)  # (keeps the lock: the caller holds it)
         self.active.pop(name, None)
         for members in self.governed.values():
             members.discard(name)
@@ -390,12 +423,15 @@ class Reconciler:
             except Conflict:
                 pass  # it exists after all: compare it with what was approved
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
-        if actual is not None and not bindings.made_by_kubepim(actual, uid):
+        if actual is not None and not (bindings.marked(actual)
+                                       or bindings.made_by_kubepim(actual, uid)):
+            # (A marked binding is kubepim's to replace: a predecessor's of the same name, or a
+            # mimic the sweep would remove anyway.)
             where = f" in namespace {ref.namespace}" if ref.namespace else ""
             raise BindingTaken(
-                f"{ref.kind} {ref.name} already exists{where} and was not made by kubepim: "
-                "it is left alone and this request cannot be granted; withdraw it and request "
-                "again under another name")
+                f"{ref.kind} {ref.name} already exists{where} and was not made by kubepim, "
+                "which leaves it alone: this grant cannot be made until it is removed or "
+                "renamed (or request again under another name)")
         if actual is not None and bindings.matches(actual, desired):
             return False
         if actual is not None:

@@ -24,6 +24,7 @@ async def accessrequest_event(
         reconciler.limits.forget(name)
         async with reconciler.lock(name):
             await reconciler.request_deleted(dict(body))
+        reconciler.forget(name)  # the lock too, now that it is free
         return
     reconciler.limits.observe(dict(body))
     await reconciler.reconcile(name, dict(body))  # our own status write returns at once
