@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tests.e2e import pim
@@ -228,6 +229,27 @@ def test_open_requests_per_requester_and_request_size_are_bounded(
     poll(lambda: _create(kubectl, _request(f"{namespace}-{limit}", namespace),
                          as_user="flooder").returncode == 0,
          timeout=5, what="a place freed by the withdrawal")
+
+
+def test_a_burst_of_concurrent_creates_cannot_pass_the_open_request_limit(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    pim.pod_reader_for_alice(kubectl, namespace, subjects=[{"kind": "User", "name": "burster"}])
+    names = [f"{namespace}-{index}" for index in range(30)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(
+            lambda name: _create(kubectl, _request(name, namespace), as_user="burster"), names))
+    refused = [r for r in results if r.returncode != 0]
+    assert all("at most 20 are allowed" in r.stderr for r in refused), refused
+    created = [n for n, r in zip(names, results, strict=True) if r.returncode == 0]
+
+    def phases() -> list[str] | None:
+        found = [pim.phase_of(kubectl, name) for name in created]
+        return None if None in found else [str(phase) for phase in found]
+
+    settled = poll(phases, timeout=15, what="every admitted request decided")
+    assert sum(phase in ("Pending", "Active") for phase in settled) <= 20, settled
+    assert len(created) <= 20 or "Rejected" in settled
 
 
 # 6. Events cannot be pre-claimed.
