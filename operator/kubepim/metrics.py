@@ -70,6 +70,32 @@ RECONCILE_ERRORS = Counter(
     registry=REGISTRY)
 
 
+QUEUE_DEPTH = Gauge(
+    "kubepim_workqueue_depth", "Keys waiting in the work queue (ready or delayed).",
+    registry=REGISTRY)
+
+QUEUE_ADDS = Counter(
+    "kubepim_workqueue_adds", "Keys added to the work queue (watch events, timers, resyncs).",
+    registry=REGISTRY)
+
+QUEUE_RETRIES = Counter(
+    "kubepim_workqueue_retries", "Keys added again after their reconcile failed (backoff).",
+    registry=REGISTRY)
+
+QUEUE_SECONDS = Histogram(
+    "kubepim_workqueue_queue_duration_seconds", "Time a key waited before a worker took it.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60), registry=REGISTRY)
+
+WORK_SECONDS = Histogram(
+    "kubepim_workqueue_work_duration_seconds", "Time one reconcile took.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60), registry=REGISTRY)
+
+
+def track_queue(depth: Callable[[], int]) -> None:
+    """Read the queue depth at scrape time."""
+    QUEUE_DEPTH.set_function(lambda: float(depth()))
+
+
 def seconds_between(start: datetime.datetime | None, end: datetime.datetime) -> float | None:
     """Non-negative seconds from ``start`` to ``end``, or None without a start."""
     if start is None:

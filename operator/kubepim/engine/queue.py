@@ -1,0 +1,219 @@
+"""The work queue: the only code that decides *when* a request is reconciled.
+
+In the shape of client-go's ``util/workqueue``: every trigger (a watch event, an expiry or
+pending-timeout timer, the resync, a takeover) only adds a key. Keys are deduplicated (a key
+added while waiting is waiting once); one worker at a time per key (a key added while it is
+being processed runs again afterwards, never concurrently); a key whose processing raised is
+added again after a per-key exponential backoff with jitter (milliseconds at first, capped at
+``cap`` seconds), so a failed expiry is retried at once and not at the next resync; timers are
+delayed adds. While the queue is paused (leadership in doubt) keys are kept, not dropped, and no
+worker takes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from kubepim import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class WorkQueue:
+    """Deduplicated keys, one worker per key, backoff on failure, delayed keys."""
+
+    def __init__(
+        self,
+        process: Callable[[str], Awaitable[None]],
+        workers: int = 16,
+        base: float = 0.005,
+        cap: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._process = process
+        self._workers = workers
+        self._base, self._cap = base, cap
+        self._clock = clock
+        self._queue: deque[str] = deque()
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+        self._added_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._waiting: dict[str, float] = {}  # key -> earliest deadline among delayed adds
+        self._sequence = itertools.count()
+        self._work = asyncio.Event()
+        self._timer = asyncio.Event()
+        self._open = asyncio.Event()
+        self._open.set()
+        metrics.track_queue(lambda: len(self._queue) + len(self._waiting))
+
+    # Adding keys
+
+    def add(self, key: str) -> None:
+        """Reconcile ``key`` as soon as a worker is free (once, however often it is added)."""
+        metrics.QUEUE_ADDS.inc()
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        self._added_at.setdefault(key, self._clock())
+        if key in self._processing:
+            return  # requeued when its worker is done
+        self._queue.append(key)
+        self._notify()
+
+    def add_after(self, key: str, seconds: float) -> None:
+        """Add ``key`` once ``seconds`` have passed (the earliest of several such adds wins)."""
+        if seconds <= 0:
+            self.add(key)
+            return
+        deadline = self._clock() + seconds
+        if self._waiting.get(key, float("inf")) <= deadline:
+            return
+        self._waiting[key] = deadline
+        heapq.heappush(self._delayed, (deadline, next(self._sequence), key))
+        self._timer.set()
+
+    def schedule(self, key: str, when: datetime.datetime) -> None:
+        """Add ``key`` at the wall-clock time ``when`` (an expiry or a pending timeout).
+
+        Kept as a monotonic delay; the reconcile reads the wall clock and schedules again if it
+        woke early, so clock adjustments cannot make a timer fire late for good.
+        """
+        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+        self.add_after(key, seconds + 0.005)  # a little after, not a little before
+
+    def cancel(self, key: str) -> None:
+        """Drop a delayed add of ``key`` (its heap entry becomes stale and is skipped)."""
+        self._waiting.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """Reset ``key``'s backoff (it succeeded, or it is gone)."""
+        self._failures.pop(key, None)
+
+    def retry(self, key: str) -> float:
+        """Add ``key`` again after its backoff; returns the delay chosen."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self._cap, self._base * 2 ** failures)
+        delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
+        metrics.QUEUE_RETRIES.inc()
+        self.add_after(key, delay)
+        return delay
+
+    # Leadership
+
+    def pause(self) -> None:
+        """Stop handing out keys (kept, not dropped) until :meth:`resume`."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        """Hand out keys again."""
+        self._open.set()
+        self._notify()
+
+    def clear(self) -> None:
+        """Drop every key, waiting or delayed, and every backoff (leadership was lost)."""
+        self._queue.clear()
+        self._dirty.clear()
+        self._added_at.clear()
+        self._failures.clear()
+        self._delayed.clear()
+        self._waiting.clear()
+
+    @property
+    def paused(self) -> bool:
+        """Whether keys are being held back."""
+        return not self._open.is_set()
+
+    def __len__(self) -> int:
+        return len(self._queue) + len(self._waiting)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._dirty or key in self._waiting or key in self._processing
+
+    # Running
+
+    async def run(self) -> None:
+        """Run the workers and the timer until cancelled."""
+        tasks = [asyncio.create_task(self._worker(), name=f"worker-{n}")
+                 for n in range(self._workers)]
+        tasks.append(asyncio.create_task(self._timers(), name="queue-timers"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until nothing is queued or processing (tests and benchmarks); False on timeout."""
+        deadline = self._clock() + timeout
+        while self._queue or self._processing:
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    def _notify(self) -> None:
+        self._work.set()
+
+    async def _get(self) -> str:
+        while True:
+            await self._open.wait()
+            if self._queue:
+                key = self._queue.popleft()
+                self._processing.add(key)
+                self._dirty.discard(key)
+                added = self._added_at.pop(key, None)
+                if added is not None:
+                    metrics.QUEUE_SECONDS.observe(self._clock() - added)
+                return key
+            self._work.clear()
+            await self._work.wait()
+
+    def _done(self, key: str) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.append(key)
+            self._notify()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._get()
+            started = self._clock()
+            try:
+                await self._process(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = self.retry(key)
+                logger.warning("reconcile of %s failed (%s: %s); retrying in %.3f s", key,
+                               type(error).__name__, error, delay)
+            else:
+                self.forget(key)
+            finally:
+                metrics.WORK_SECONDS.observe(self._clock() - started)
+                self._done(key)
+
+    async def _timers(self) -> None:
+        while True:
+            now = self._clock()
+            while self._delayed and self._delayed[0][0] <= now:
+                deadline, _, key = heapq.heappop(self._delayed)
+                if self._waiting.get(key) != deadline:
+                    continue  # superseded or cancelled
+                del self._waiting[key]
+                self.add(key)
+            self._timer.clear()
+            timeout = max(self._delayed[0][0] - now, 0) if self._delayed else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer.wait(), timeout)

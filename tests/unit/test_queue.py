@@ -1,0 +1,157 @@
+"""The work queue: dedup, one worker per key, backoff on failure, delayed keys, pausing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from kubepim.engine.queue import WorkQueue
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll ``condition`` with a deadline (no fixed sleeps)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def _run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def test_a_key_added_many_times_while_waiting_is_processed_once() -> None:
+    async def scenario() -> None:
+        seen: list[str] = []
+
+        async def process(key: str) -> None:
+            seen.append(key)
+
+        queue = WorkQueue(process, workers=4)
+        queue.pause()
+        for _ in range(5):
+            queue.add("a")
+        queue.add("b")
+        runner = asyncio.create_task(queue.run())
+        queue.resume()
+        await _until(lambda: len(seen) == 2)
+        assert await queue.drain(1.0)
+        assert sorted(seen) == ["a", "b"]
+        runner.cancel()
+
+    _run(scenario)
+
+
+def test_one_worker_per_key_and_a_key_added_while_processing_runs_again_after() -> None:
+    async def scenario() -> None:
+        running: set[str] = set()
+        overlaps: list[str] = []
+        calls: list[str] = []
+        release = asyncio.Event()
+
+        async def process(key: str) -> None:
+            if key in running:
+                overlaps.append(key)
+            running.add(key)
+            calls.append(key)
+            await release.wait()
+            running.discard(key)
+
+        queue = WorkQueue(process, workers=8)
+        runner = asyncio.create_task(queue.run())
+        queue.add("a")
+        await _until(lambda: calls == ["a"])
+        queue.add("a")  # while a worker holds it
+        queue.add("a")
+        await asyncio.sleep(0)
+        assert calls == ["a"]  # not taken by a second worker
+        release.set()
+        await _until(lambda: len(calls) == 2)
+        assert await queue.drain(1.0)
+        assert calls == ["a", "a"] and overlaps == []
+        runner.cancel()
+
+    _run(scenario)
+
+
+def test_a_failed_key_is_retried_with_growing_backoff_then_forgotten_on_success() -> None:
+    async def scenario() -> None:
+        attempts: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def process(key: str) -> None:
+            attempts.append(loop.time())
+            if len(attempts) < 4:
+                raise RuntimeError("API server unavailable")
+
+        queue = WorkQueue(process, workers=2, base=0.01, cap=0.05)
+        runner = asyncio.create_task(queue.run())
+        queue.add("expiry")
+        await _until(lambda: len(attempts) == 4)
+        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        assert all(gap >= 0.004 for gap in gaps), gaps  # jittered within [delay/2, delay]
+        assert gaps[-1] <= 0.2, gaps  # capped: milliseconds, not the next resync
+        assert "expiry" not in queue._failures  # success resets the backoff
+        runner.cancel()
+
+    _run(scenario)
+
+
+def test_backoff_doubles_per_failure_up_to_the_cap() -> None:
+    queue = WorkQueue(lambda key: asyncio.sleep(0), base=0.01, cap=0.1)
+    delays = [queue.retry("k") for _ in range(6)]
+    for failures, delay in enumerate(delays):
+        ceiling = min(0.1, 0.01 * 2 ** failures)
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_delayed_keys_fire_in_deadline_order_and_the_earliest_add_wins() -> None:
+    async def scenario() -> None:
+        seen: list[str] = []
+
+        async def process(key: str) -> None:
+            seen.append(key)
+
+        queue = WorkQueue(process, workers=1)
+        runner = asyncio.create_task(queue.run())
+        queue.add_after("late", 0.06)
+        queue.add_after("early", 0.02)
+        queue.add_after("late", 0.5)  # a later add does not postpone the earlier one
+        assert len(queue) == 2
+        await _until(lambda: seen == ["early", "late"])
+        queue.add_after("cancelled", 0.01)
+        queue.cancel("cancelled")
+        queue.add_after("after", 0.03)
+        await _until(lambda: seen[-1] == "after")
+        assert "cancelled" not in seen
+        runner.cancel()
+
+    _run(scenario)
+
+
+def test_keys_added_while_paused_are_kept_and_processed_on_resume() -> None:
+    async def scenario() -> None:
+        seen: list[str] = []
+
+        async def process(key: str) -> None:
+            seen.append(key)
+
+        queue = WorkQueue(process, workers=2)
+        runner = asyncio.create_task(queue.run())
+        queue.pause()
+        queue.add("a")
+        queue.add_after("b", 0.01)
+        await _until(lambda: "b" in queue._dirty)  # the timer fired into the held queue
+        assert seen == []
+        queue.resume()
+        await _until(lambda: sorted(seen) == ["a", "b"])
+        queue.pause()
+        queue.add("c")
+        queue.clear()  # leadership lost: nothing carried over
+        queue.resume()
+        assert await queue.drain(1.0)
+        assert "c" not in seen
+        runner.cancel()
+
+    _run(scenario)
