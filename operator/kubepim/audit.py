@@ -12,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from kubepim.api.request import AccessRequestSpec
+from kubepim.api.request import AccessRequest, AccessRequestSpec, Phase
 from kubepim.domain.lifecycle import Transition
 from kubepim.k8s.client import Conflict, Kube
 
@@ -36,21 +36,61 @@ def record(
     one. The log line cannot fail; a failed Event is logged and not retried (the status history
     is the durable record).
     """
-    line = {
+    line = _line(body, spec, index, when, transition.action, transition.actor,
+                 transition.phase, transition.message, expires_at)
+    logger.info(json.dumps(line, sort_keys=True))
+    return _post(kube, body, transition, when, str(line["request"]), index)
+
+
+def _line(body: dict[str, Any], spec: AccessRequestSpec, index: int, when: datetime.datetime,
+          action: str, actor: str, phase: Phase, reason: str,
+          expires_at: datetime.datetime | None) -> dict[str, Any]:
+    return {
         "id": f"{body.get('metadata', {}).get('uid')}/{index}",
         "time": when.isoformat(),
-        "action": transition.action,
+        "action": action,
         "request": body.get("metadata", {}).get("name"),
         "requester": spec.requester.username if spec.requester else None,
-        "actor": transition.actor,
+        "actor": actor,
         "role": str(spec.role),
         "namespace": spec.namespace,
         "expiresAt": expires_at.isoformat() if expires_at else None,
-        "phase": transition.phase.value,
-        "reason": transition.message,
+        "phase": phase.value,
+        "reason": reason,
     }
-    logger.info(json.dumps(line, sort_keys=True))
-    return _post(kube, body, transition, when, str(line["request"]), index)
+
+
+# The phase each action leaves a request in (Reviewed leaves it where it was).
+_PHASE_AFTER = {"Requested": Phase.PENDING, "Approved": Phase.PENDING,
+                "BreakGlass": Phase.PENDING, "Activated": Phase.ACTIVE,
+                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED,
+                "Denied": Phase.DENIED, "Revoked": Phase.REVOKED, "Withdrawn": Phase.WITHDRAWN,
+                "TimedOut": Phase.TIMED_OUT, "Rejected": Phase.REJECTED}
+
+
+def replay(body: dict[str, Any], request: AccessRequest, since: datetime.datetime) -> int:
+    """Log again the lines of the history entries recorded at or after ``since``.
+
+    Each line is rebuilt from the entry as the original was (same id, time, action, actor,
+    phase, reason, expiry), so a consumer that keeps the first line of each id sees every
+    transition exactly once. Returns how many lines were logged.
+    """
+    status = request.status
+    if status is None:
+        return 0
+    phase = Phase.PENDING
+    expires_at = None
+    logged = 0
+    for index, entry in enumerate(status.history):
+        phase = _PHASE_AFTER.get(entry.action, phase)
+        if entry.action == "Activated":
+            expires_at = status.expires_at
+        if entry.time >= since:
+            line = _line(body, request.spec, index, entry.time, entry.action, entry.actor,
+                         phase, entry.reason, expires_at)
+            logger.info(json.dumps(line, sort_keys=True))
+            logged += 1
+    return logged
 
 
 async def _post(kube: Kube, body: dict[str, Any], transition: Transition,

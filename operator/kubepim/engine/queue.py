@@ -104,7 +104,7 @@ class WorkQueue:
         """Add ``key`` again after its backoff; returns the delay chosen."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self._cap, self._base * 2 ** failures)
+        delay = float(min(self._cap, self._base * 2.0 ** failures))
         delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
         metrics.QUEUE_RETRIES.inc()
         self.add_after(key, delay)

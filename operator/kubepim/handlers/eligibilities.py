@@ -101,7 +101,7 @@ async def roleeligibility_event(
     if type is None:
         return  # the initial listing: the requests' own listing reconciles them anyway
     for request in sorted(reconciler.governed.get(name, set())):
-        await reconciler.reconcile(request)
+        reconciler.enqueue(request)
 
 
 async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, name: str,
@@ -125,7 +125,7 @@ async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, 
         if body is not None:
             await report_readiness(reconciler, eligibility, body)
         for request in sorted(reconciler.governed.get(eligibility, set())):
-            await reconciler.reconcile(request)
+            reconciler.enqueue(request)
 
 
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterroles", registry=registry)

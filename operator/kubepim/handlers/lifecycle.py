@@ -1,13 +1,15 @@
 """Operator start-up and shutdown: kopf settings, login, and the work that must come first.
 
 On start, before any watch begins: every grant that expired while the operator was away is
-revoked, then bindings carrying the operator's marks with no live grant behind them are removed.
-Only then do the expiry scheduler and the periodic resync start.
+revoked, then bindings carrying the operator's marks with no live grant behind them are removed,
+and the audit lines a dying leader may not have logged are logged again from status.history.
+Only then do the work queue and the periodic resync start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import shutil
 import tempfile
@@ -16,18 +18,22 @@ from typing import Any
 
 import kopf
 
-from kubepim import memory, tls
+from kubepim import audit, memory, tls
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
-from kubepim.k8s.client import Kube, parse_time
+from kubepim.engine.leadership import LeaderElector
+from kubepim.k8s.client import Kube, NotLeading, parse_time
 from kubepim.settings import Settings
 
 from . import admission, registry
-from .leader import LeaderElector
 from .reconcile import Reconciler, utcnow
 from .sweep import resync_forever, resync_once, sweep_orphans
 
 logger = logging.getLogger(__name__)
+
+# How far before the previous leader's last renewal its unlogged transitions can lie: a lease
+# (10 s) plus the longest a status write may take (the client's 60 s timeout), with room.
+_REPLAY_WINDOW = datetime.timedelta(seconds=120)
 
 
 @kopf.on.startup(registry=registry)
@@ -47,18 +53,29 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
+        reconciler.queue.resume()
         overdue = await revoke_overdue(reconciler)
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
+        await replay_audit_lines(reconciler, elector.previous_renewal)
         if memo.get("started"):
             await resync_once(reconciler, config.retention)
 
-    elector = LeaderElector(kube, config.namespace, config.lease_name, config.identity,
-                            config.lease_seconds, take_over)
+    async def lose() -> None:
+        reconciler.queue.pause()
+        reconciler.reset()
+
+    # Renewals on a connection of their own: reconcile traffic never delays them.
+    elector = LeaderElector(kube.sibling(), config.namespace, config.lease_name,
+                            config.identity, config.lease_seconds, take_over, lose)
     reconciler.leading = elector.leading
+    reconciler.elected = elector.elected
+    kube.fence = elector.leading  # no write once the lease may have passed
+    reconciler.queue.pause()  # until elected
     memo.elector = elector
     await elector.tick()  # a replica that wins here revokes what is overdue before watching
+    await elector.takeover_done()
     if config.webhook_port:
         await _serve_webhooks(settings, config, kube, memo)
     memo.started = True
@@ -66,7 +83,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                 "leader" if elector.leading() else "standby")
     memo.background = [
         asyncio.create_task(elector.run(), name="leader-election"),
-        asyncio.create_task(reconciler.scheduler.run(), name="expiry-scheduler"),
+        asyncio.create_task(reconciler.queue.run(), name="work-queue"),
         asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
                             name="resync"),
         asyncio.create_task(memory.trim_forever(30), name="memory-trim"),
@@ -99,6 +116,7 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     elector = getattr(memo, "elector", None)
     if elector is not None:
         await elector.release()
+        await elector.kube.close()
     reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
         await reconciler.kube.close()
@@ -159,13 +177,42 @@ async def revoke_overdue(reconciler: Reconciler) -> int:
             return  # reconcile reports it
         ref = bindings.binding_ref(item["metadata"]["name"], request.spec)
         async with gate:
-            await reconciler.kube.delete_binding(ref.kind, ref.name, ref.namespace)
+            try:
+                await reconciler.delete_binding(ref.kind, ref.name, ref.namespace)
+            except NotLeading:
+                raise
+            except Exception:
+                logger.exception("could not remove the overdue binding of %s; its reconcile "
+                                 "retries", item["metadata"]["name"])
 
     await asyncio.gather(*(unbind(item) for item in overdue))
-
-    async def record(name: str) -> None:
-        async with gate:
-            await reconciler.reconcile(name)
-
-    await asyncio.gather(*(record(item["metadata"]["name"]) for item in overdue))
+    for item in overdue:  # the Expired records, through the queue (it retries)
+        reconciler.enqueue(item["metadata"]["name"])
     return len(overdue)
+
+
+async def replay_audit_lines(
+    reconciler: Reconciler, previous_renewal: datetime.datetime | None
+) -> int:
+    """Log again the JSON lines of transitions a previous leader may have died before logging.
+
+    The line of a transition is logged after the status write that records it; a kill in
+    between loses the line but not the history entry. A new leader logs again every entry
+    recorded since shortly before the previous holder's last renewal (it cannot have written
+    much earlier than that and died before logging). Each line carries the id it had (request
+    uid / history index): a consumer keeps the first line of each id.
+    """
+    if previous_renewal is None:
+        return 0
+    since = previous_renewal - _REPLAY_WINDOW
+    replayed = 0
+    for item in await reconciler.kube.list_requests():
+        try:
+            request = AccessRequest.model_validate(item)
+        except ValueError:
+            continue
+        replayed += audit.replay(item, request, since)
+    if replayed:
+        logger.info("logged %d audit line(s) again from status.history (since %s)", replayed,
+                    since.isoformat())
+    return replayed

@@ -34,10 +34,10 @@ from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
 from kubepim.domain.quorum import Case
 from kubepim.domain.review import RoleKey, role_key
-from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, parse_time
+from kubepim.engine.queue import WorkQueue
+from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, NotLeading, parse_time
 
 from .limits import RequesterLimits
-from .scheduler import ExpiryScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,14 @@ class Reconciler:
         # Why each deny-listed Role and ClusterRole is, as the role watch last saw its rules:
         # a role that gains privilege after its eligibility was written stops being granted.
         self.privileged: dict[RoleKey, str] = {}
-        self.scheduler = ExpiryScheduler(self.reconcile)
+        # Every reconcile goes through the queue: it owns retries (backoff on failure) and the
+        # expiry and pending-timeout timers (delayed keys).
+        self.queue = WorkQueue(self._process)
+        self.scheduler = self.queue
+        # Bodies delivered by watch events, newest per request, until a worker takes the key;
+        # and deleted requests whose binding and final audit line are still to be done.
+        self._bodies: dict[str, dict[str, Any]] = {}
+        self._deleted: dict[str, dict[str, Any]] = {}
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
@@ -78,8 +85,10 @@ class Reconciler:
         # own write needs nothing, and the entry is dropped as soon as the watch reports another
         # version of it.
         self.own_writes: dict[str, str] = {}
-        # Whether this replica may act (leader election sets it; alone, always).
+        # Whether this replica may act now (leader election sets it; alone, always), and
+        # whether it believes it holds the lease (keys are kept while renewal is late).
         self.leading: Callable[[], bool] = lambda: True
+        self.elected: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self.active: dict[str, datetime.datetime] = {}
         # Labels of every namespace, kept by the namespace watch (a name not here is read).
@@ -176,15 +185,99 @@ class Reconciler:
         """The lock held while one request is reconciled."""
         return self._locks[name]
 
+    # Triggers: each only adds a key to the queue.
+
+    def enqueue(self, name: str, body: dict[str, Any] | None = None) -> None:
+        """Ask for a reconcile of ``name``; ``body`` as a watch event delivered it, if any.
+
+        A standby keeps nothing (its takeover reads everything); a leader whose renewal is late
+        keeps the key until it leads again or loses the lease.
+        """
+        if not self.elected():
+            return
+        if body is not None:
+            held = self._bodies.get(name)
+            if held is None or _version(body) is None or _version(held) is None or \
+                    int(_version(body) or 0) > int(_version(held) or 0):
+                self._bodies[name] = body
+        self.queue.add(name)
+
+    def enqueue_deletion(self, body: dict[str, Any]) -> None:
+        """A request is gone: remove its binding and log its final line (through the queue)."""
+        name = body["metadata"]["name"]
+        self._bodies.pop(name, None)
+        if not self.elected():
+            self.forget(name)
+            return
+        uid = str(body["metadata"].get("uid"))
+        self._deleted[uid] = body
+        self.queue.add(f"{_DELETED}{uid}")
+
+    def enqueue_binding_check(self, key: str) -> None:
+        """A binding with kubepim's marks changed: remove it unless a live grant is behind it."""
+        if self.elected():
+            self.queue.add(f"{_BINDING}{key}")
+
+    async def delete_binding(self, kind: str, name: str, namespace: str | None,
+                             uid: str | None = None) -> bool:
+        """Delete a binding outside a request's reconcile (sweep, takeover).
+
+        Our record of having written it goes too; False if it was already gone.
+        """
+        key = binding_key(kind, namespace, name)
+        self.own_writes.pop(key, None)
+        return await self.kube.delete_binding(kind, name, namespace, uid=uid)
+
+    async def _check_binding(self, key: str) -> None:
+        kind, namespace, name = key.split("/", 2)
+        binding = await self.kube.get_binding(kind, name, namespace or None)
+        if binding is None or not bindings.marked(binding):
+            return
+        binding["kind"] = kind
+        if not await is_live_grant(self, binding):
+            await self.delete_binding(kind, name, namespace or None,
+                                      binding["metadata"].get("uid"))
+            logger.warning("removed %s %s/%s: it carries kubepim's marks but no live grant",
+                           kind, namespace, name)
+
+    def reset(self) -> None:
+        """Leadership was lost: drop queued work and every decision made as leader."""
+        self.queue.clear()
+        self._bodies.clear()
+        self._deleted.clear()
+        self.versions.clear()
+        self.own_writes.clear()
+        self.active.clear()
+        self.governed.clear()
+
+    async def _process(self, key: str) -> None:
+        """The queue's worker: one key; an exception makes the queue retry it with backoff."""
+        if not self.leading():
+            raise NotLeading(f"{key} waits: this replica is not leading")
+        if key.startswith(_BINDING):
+            await self._check_binding(key.removeprefix(_BINDING))
+            return
+        if key.startswith(_DELETED):
+            body = self._deleted.get(key.removeprefix(_DELETED))
+            if body is not None:
+                name = body["metadata"]["name"]
+                async with self._locks[name]:
+                    await self.request_deleted(body)
+                self._deleted.pop(key.removeprefix(_DELETED), None)
+                self.forget(name)
+            return
+        await self.reconcile(key, self._bodies.pop(key, None))
+
     async def reconcile(self, name: str, body: dict[str, Any] | None = None) -> None:
-        """Reconcile one request by name, retrying on conflicting writes; only as leader.
+        """Reconcile one request by name now, retrying on conflicting writes.
 
         ``body`` is the object as a watch event delivered it: decided on as delivered (saves a
         read) unless a version at least as new was already decided on or written, in which case
-        there is nothing to do. Without a body (timers, resyncs) the request is read.
+        there is nothing to do. Without a body (timers, resyncs) the request is read. Raises on
+        failure (the queue retries); :class:`NotLeading` when this replica may not write.
         """
         if not self.leading():
-            return
+            raise NotLeading(f"{name} not reconciled: this replica is not leading")
         async with self._locks[name]:
             if body is not None:
                 newer = self._newer_than_decided(name, body)
@@ -196,20 +289,23 @@ class Reconciler:
                 if body is None:
                     body = await self.kube.get_request(name)
                 if body is None:
-                    self.scheduler.cancel(name)
+                    self.queue.cancel(name)
                     return
-                self._seen(name, body["metadata"].get("resourceVersion"))
                 try:
                     await self._reconcile(body, utcnow())
-                    return
                 except Conflict:
                     body = None
                     continue
+                except NotLeading:
+                    raise
                 except Exception:
                     metrics.RECONCILE_ERRORS.inc()
                     raise
+                # Decided only once it succeeded: a failed version is decided again.
+                self._seen(name, body["metadata"].get("resourceVersion"))
+                return
             metrics.RECONCILE_ERRORS.inc()
-            logger.warning("gave up on %s after %d conflicting writes", name, _ATTEMPTS)
+            raise Conflict(409, f"gave up on {name} after {_ATTEMPTS} conflicting writes")
 
     def _newer_than_decided(self, name: str, body: dict[str, Any]) -> bool | None:
         """Whether ``body`` is newer than every version of the request decided on or written.
@@ -389,8 +485,6 @@ class Reconciler:
         self.active.pop(name, None)
         for members in self.governed.values():
             members.discard(name)
-        if not self.leading():
-            return
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError:
@@ -499,6 +593,45 @@ class Reconciler:
             patch["history"] = history
         changed = {k: v for k, v in patch.items() if current.get(k) != v}
         return patch if changed else {}
+
+
+# Queue keys besides request names (no request name holds a colon).
+_DELETED = "deleted:"  # a deleted request, by uid
+_BINDING = "binding:"  # a marked binding to check, by binding key
+
+
+def owning_request(binding: dict[str, Any]) -> str | None:
+    """The AccessRequest a binding claims to belong to (owner reference, else label)."""
+    metadata = binding.get("metadata", {})
+    for owner in metadata.get("ownerReferences") or []:
+        if owner.get("kind") == "AccessRequest":
+            return str(owner.get("name"))
+    label = (metadata.get("labels") or {}).get(bindings.REQUEST_LABEL)
+    return str(label) if label else None
+
+
+async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool:
+    """Whether the binding is exactly the one an Active request should have."""
+    name = owning_request(binding)
+    if name is None:
+        return False
+    async with reconciler.lock(name):  # not while an activation is half-written
+        body = await reconciler.kube.get_request(name)
+    if body is None or (body.get("status") or {}).get("phase") != Phase.ACTIVE.value:
+        return False
+    try:
+        spec = AccessRequest.model_validate(body).spec
+    except ValueError:
+        return False
+    ref = bindings.binding_ref(name, spec)
+    metadata = binding.get("metadata", {})
+    return (binding.get("kind") == ref.kind and metadata.get("name") == ref.name
+            and metadata.get("namespace") == ref.namespace)
+
+
+def _version(body: dict[str, Any]) -> str | None:
+    version = body.get("metadata", {}).get("resourceVersion")
+    return str(version) if version is not None and str(version).isdigit() else None
 
 
 def binding_key(kind: str, namespace: str | None, name: str) -> str:

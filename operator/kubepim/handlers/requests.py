@@ -11,7 +11,7 @@ from kubepim.domain import bindings
 
 from . import registry
 from .reconcile import Reconciler, binding_key
-from .sweep import is_live_grant, owning_request
+from .sweep import owning_request
 
 
 @kopf.on.event(GROUP, "accessrequests", registry=registry)
@@ -22,12 +22,10 @@ async def accessrequest_event(
     reconciler: Reconciler = memo.reconciler
     if type == "DELETED":
         reconciler.limits.forget(name)
-        async with reconciler.lock(name):
-            await reconciler.request_deleted(dict(body))
-        reconciler.forget(name)  # the lock too, now that it is free
+        reconciler.enqueue_deletion(dict(body))
         return
     reconciler.limits.observe(dict(body))
-    await reconciler.reconcile(name, dict(body))  # our own status write returns at once
+    reconciler.enqueue(name, dict(body))  # our own status write is skipped by its version
 
 
 @kopf.on.event("", "v1", "namespaces", registry=registry)
@@ -64,13 +62,11 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
             return  # the binding exactly as we created it
         reconciler.own_writes.pop(key, None)  # changed by someone else: read it from now on
     if owner is not None:
-        await reconciler.reconcile(owner)  # restores the real binding if this was it
+        reconciler.enqueue(owner)  # restores the real binding if this was it
     if event_type == "DELETED":
         return
-    marked = body.metadata.labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY
-    if marked and reconciler.leading() and not await is_live_grant(reconciler, dict(body)):
-        await reconciler.kube.delete_binding(
-            body["kind"], body.metadata.name, body.metadata.namespace)
+    if body.metadata.labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY:
+        reconciler.enqueue_binding_check(key)  # removed unless a live grant stands behind it
 
 
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", when=_looks_like_ours,

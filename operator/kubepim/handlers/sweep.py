@@ -8,46 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from kubepim import audit
 from kubepim.api import duration
 from kubepim.api.request import AccessRequest, Phase
-from kubepim.domain import bindings
 from kubepim.domain.lifecycle import retention_over
 
-from .reconcile import Reconciler, utcnow
+from .reconcile import Reconciler, is_live_grant, owning_request, utcnow
+
+__all__ = ["expire_retention", "is_live_grant", "owning_request", "resync_forever",
+           "resync_once", "sweep_orphans"]
 
 logger = logging.getLogger(__name__)
-
-
-def owning_request(binding: dict[str, Any]) -> str | None:
-    """The AccessRequest a binding claims to belong to (owner reference, else label)."""
-    metadata = binding.get("metadata", {})
-    for owner in metadata.get("ownerReferences") or []:
-        if owner.get("kind") == "AccessRequest":
-            return str(owner.get("name"))
-    label = (metadata.get("labels") or {}).get(bindings.REQUEST_LABEL)
-    return str(label) if label else None
-
-
-async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool:
-    """Whether the binding is exactly the one an Active request should have."""
-    name = owning_request(binding)
-    if name is None:
-        return False
-    async with reconciler.lock(name):  # not while an activation is half-written
-        body = await reconciler.kube.get_request(name)
-    if body is None or (body.get("status") or {}).get("phase") != Phase.ACTIVE.value:
-        return False
-    try:
-        spec = AccessRequest.model_validate(body).spec
-    except ValueError:
-        return False
-    ref = bindings.binding_ref(name, spec)
-    metadata = binding.get("metadata", {})
-    return (binding.get("kind") == ref.kind and metadata.get("name") == ref.name
-            and metadata.get("namespace") == ref.namespace)
 
 
 async def sweep_orphans(reconciler: Reconciler) -> int:
@@ -59,8 +31,8 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
         if await is_live_grant(reconciler, binding):
             continue
         metadata = binding["metadata"]
-        if await reconciler.kube.delete_binding(
-                binding["kind"], metadata["name"], metadata.get("namespace")):
+        if await reconciler.delete_binding(binding["kind"], metadata["name"],
+                                           metadata.get("namespace"), metadata.get("uid")):
             removed += 1
             logger.warning("removed %s %s/%s: it carries kubepim's marks but no live grant",
                            binding["kind"], metadata.get("namespace") or "", metadata["name"])
@@ -102,7 +74,7 @@ async def resync_once(reconciler: Reconciler, retention: str) -> None:
                                                         Phase.ACTIVE.value)
     ]
     for name in names:
-        await reconciler.reconcile(name)
+        reconciler.enqueue(name)
     await expire_retention(reconciler, retention)
 
 

@@ -54,7 +54,12 @@ class Forbidden(ApiError):
     """The operator's own RBAC does not allow the call (403)."""
 
 
+class NotLeading(Exception):
+    """A write was stopped before it was sent: this replica's lease may have passed."""
+
+
 _ERRORS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict}
+_READS_BY_POST = ("subjectaccessreviews", "selfsubjectaccessreviews")
 
 
 class Kube:
@@ -66,6 +71,12 @@ class Kube:
         self._tls = tls
         self._authorization = authorization
         self._session: aiohttp.ClientSession | None = None
+        # Asked before every write (not reads, not access reviews): False stops it unsent.
+        self.fence: Callable[[], bool] | None = None
+
+    def sibling(self) -> Kube:
+        """Another client with the same credentials on its own connections (and no fence)."""
+        return Kube(self._server, self._tls, self._authorization)
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None) -> Kube:
@@ -135,6 +146,9 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         """One call; the decoded JSON answer, or the error it maps to."""
+        if method != "GET" and self.fence is not None and not path.endswith(_READS_BY_POST) \
+                and not self.fence():
+            raise NotLeading(f"{method} {path} not sent: this replica is not leading")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         token = self._authorization()
         if token:
