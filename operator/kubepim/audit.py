@@ -78,13 +78,15 @@ def replay(body: dict[str, Any], request: AccessRequest, since: datetime.datetim
     status = request.status
     if status is None:
         return 0
+    # The original line carried the expiry known once its status write was done: entries
+    # written with the activation (same time) or later carry it.
+    activated = next((e.time for e in status.history if e.action == "Activated"), None)
     phase = Phase.PENDING
-    expires_at = None
     logged = 0
     for index, entry in enumerate(status.history):
         phase = _PHASE_AFTER.get(entry.action, phase)
-        if entry.action == "Activated":
-            expires_at = status.expires_at
+        expires_at = status.expires_at if activated is not None and entry.time >= activated \
+            else None
         if entry.time >= since:
             line = _line(body, request.spec, index, entry.time, entry.action, entry.actor,
                          phase, entry.reason, expires_at)

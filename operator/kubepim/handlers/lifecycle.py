@@ -104,8 +104,13 @@ async def _serve_webhooks(
         addr=config.webhook_listen, port=config.webhook_port, certfile=str(cert),
         pkeyfile=str(key))
     if config.manage_webhook_configuration:
-        await kube.apply_validating_webhooks(
-            admission.webhook_configuration(config, ca, admission.HANDLER_IDS))
+        # Every replica serves admission, leader or not: this write is not fenced.
+        setup = kube.sibling()
+        try:
+            await setup.apply_validating_webhooks(
+                admission.webhook_configuration(config, ca, admission.HANDLER_IDS))
+        finally:
+            await setup.close()
 
 
 @kopf.on.cleanup(registry=registry)

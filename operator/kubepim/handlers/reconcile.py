@@ -493,7 +493,11 @@ class Reconciler:
         removed = await self._remove_binding(name, request, body["metadata"].get("uid"))
         if removed or status.phase not in (Phase.EXPIRED, Phase.DENIED, Phase.REVOKED,
                                            Phase.WITHDRAWN, Phase.TIMED_OUT, Phase.REJECTED):
-            reason = f"the request was {why}" + ("; its binding removed" if removed else "")
+            reason = f"the request was {why}"
+            if removed:
+                reason += "; its binding removed"
+            elif status.phase == Phase.ACTIVE:
+                reason += "; its binding already gone"
             audit.deleted(body, request.spec, utcnow(), reason)
 
     async def _ensure_binding(self, name: str, uid: str, request: AccessRequest) -> bool:
