@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 
 from kubepim.engine.queue import WorkQueue
@@ -89,7 +90,7 @@ def test_a_failed_key_is_retried_with_growing_backoff_then_forgotten_on_success(
         runner = asyncio.create_task(queue.run())
         queue.add("expiry")
         await _until(lambda: len(attempts) == 4)
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert all(gap >= 0.004 for gap in gaps), gaps  # jittered within [delay/2, delay]
         assert gaps[-1] <= 0.2, gaps  # capped: milliseconds, not the next resync
         assert "expiry" not in queue._failures  # success resets the backoff

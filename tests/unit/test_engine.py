@@ -1,0 +1,106 @@
+"""The engine's contract with the reconciler: the queue retries, leadership fences, state is
+forgotten whole (the real API server proves outcomes in tests/e2e; here a recording stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from kubepim.handlers.reconcile import Reconciler
+from kubepim.k8s.client import ApiError, NotLeading
+
+from .test_reconcile_reads import RecordingKube, body
+
+
+class FlakyKube(RecordingKube):
+    """Fails the first ``failures`` status writes with a 503, as an API server blip would."""
+
+    def __init__(self, stored: dict[str, Any], failures: int) -> None:
+        super().__init__(stored)
+        self.failures = failures
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        if self.failures:
+            self.failures -= 1
+            self.calls.append("patch_failed")
+            raise ApiError(503, "the API server is restarting")
+        return await super().patch_request_status(name, status, resource_version)
+
+
+def test_a_failed_reconcile_is_retried_by_the_queue_within_milliseconds() -> None:
+    async def scenario() -> None:
+        kube = FlakyKube(body("10", approved=True), failures=2)
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        runner = asyncio.create_task(reconciler.queue.run())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reconciler.enqueue("r", body("10", approved=True))
+        while "patch_request_status" not in kube.calls:
+            assert loop.time() - started < 2.0, kube.calls
+            await asyncio.sleep(0.001)
+        assert kube.calls.count("patch_failed") == 2
+        assert loop.time() - started < 0.5  # backoff of milliseconds, not the next resync
+        runner.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_whose_reconcile_failed_is_decided_again_when_delivered_again() -> None:
+    async def scenario() -> None:
+        kube = FlakyKube(body("10", approved=True), failures=1)
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        with pytest.raises(ApiError):
+            await reconciler.reconcile("r", body("10", approved=True))
+        kube.calls.clear()
+        await reconciler.reconcile("r", body("10", approved=True))  # the same version again
+        assert "patch_request_status" in kube.calls
+
+    asyncio.run(scenario())
+
+
+def test_no_write_is_sent_once_the_lease_may_have_passed() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.leading = lambda: False
+        with pytest.raises(NotLeading):
+            await reconciler.reconcile("r", body("10", approved=True))
+        assert kube.calls == []
+
+    asyncio.run(scenario())
+
+
+def test_a_deleted_active_request_leaves_no_grant_behind_in_the_gauges() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))
+        assert "r" in reconciler.active
+        gone = body("102", approved=True)
+        gone["status"].update(phase="Active", expiresAt="2000-01-01T00:00:00Z",
+                              activatedAt="1999-12-31T23:00:00Z")
+        await reconciler.request_deleted(gone)
+        assert "r" not in reconciler.active and reconciler._overdue() == 0
+        assert "r" not in reconciler.queue
+
+    asyncio.run(scenario())
+
+
+def test_losing_leadership_drops_queued_work_and_decisions() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))
+        reconciler.enqueue("r", body("11"))
+        reconciler.reset()
+        assert len(reconciler.queue) == 0 and not reconciler.versions
+        assert not reconciler.active and not reconciler.own_writes
+
+    asyncio.run(scenario())
