@@ -225,7 +225,6 @@ def test_active_grant_before_expiry_keeps_its_binding() -> None:
     pytest.param({"team": eligibility(subjects=[{"kind": "User", "name": "bob"}])},
                  PAYMENTS_LABELS,
                  id="an active grant whose requester was removed from the subjects is revoked"),
-    pytest.param(TEAM, None, id="an active grant whose namespace was deleted is revoked"),
 ])
 def test_active_grant_no_longer_covered_is_revoked(
     eligibilities: dict[str, RoleEligibilitySpec], labels: dict[str, str] | None,
@@ -323,3 +322,37 @@ def test_last_transition_time_moves_only_when_status_changes(
         assert condition.last_transition_time == (NOW if kind in moved else EARLIER), kind
         assert condition.message == "after"
         assert condition.observed_generation == 2
+
+
+def test_an_active_grant_whose_namespace_was_deleted_ends_with_that_reason() -> None:
+    plan = _decide(_active(expires_at=NOW + datetime.timedelta(minutes=30)), labels=None)
+    assert _steps(plan) == [("Revoked", Phase.REVOKED, OPERATOR)]
+    assert plan.binding == "absent"
+    assert plan.message.startswith("namespace payments was deleted (or is being deleted)")
+
+
+def test_a_namespace_made_again_under_the_same_name_does_not_bring_the_grant_back() -> None:
+    active = _active(expires_at=NOW + datetime.timedelta(minutes=30))
+    active = active.model_copy(update={"namespace_uid": "ns-uid-1"})
+    kept = decide(request(), active, NOW, TEAM, PAYMENTS_LABELS, NOW, namespace_uid="ns-uid-1")
+    assert kept.binding == "present"
+    plan = decide(request(), active, NOW, TEAM, PAYMENTS_LABELS, NOW, namespace_uid="ns-uid-2")
+    assert _steps(plan) == [("Revoked", Phase.REVOKED, OPERATOR)]
+    assert plan.binding == "absent"
+
+
+def test_an_activation_records_the_namespace_uid() -> None:
+    approved = AccessRequestStatus(phase=Phase.PENDING, eligibility="team",
+                                   approvals={"bob": approve()})
+    plan = decide(request(), approved, NOW, TEAM, PAYMENTS_LABELS, NOW, namespace_uid="ns-uid-1")
+    assert plan.binding == "present" and plan.namespace_uid == "ns-uid-1"
+
+
+def test_the_recorded_governing_eligibility_is_kept_while_it_still_covers() -> None:
+    pending = AccessRequestStatus(phase=Phase.PENDING, eligibility="team",
+                                  approvals={"bob": approve()})
+    # An eligibility created later that sorts first (and whose approvers differ).
+    both = {**TEAM, "aaa-first": eligibility(approval={"users": ["carol"]})}
+    plan = decide(request(), pending, NOW, both, PAYMENTS_LABELS, NOW)
+    assert plan.eligibility == "team"
+    assert plan.binding == "present"  # bob's approval, accepted under team, still counts

@@ -56,9 +56,9 @@ class RecordingKube:
         self.calls.append("list_eligibilities")
         return [{"metadata": {"name": "e"}, "spec": ELIGIBILITY}]
 
-    async def namespace_labels(self, name: str) -> dict[str, str]:
+    async def namespace(self, name: str) -> tuple[str, dict[str, str]]:
         self.calls.append("namespace_labels")
-        return {"kubernetes.io/metadata.name": name}
+        return "ns-uid", {"kubernetes.io/metadata.name": name}
 
     async def role_rules(self, *_: Any) -> list[dict[str, Any]]:
         self.calls.append("role_rules")

@@ -176,6 +176,9 @@ class AccessRequestStatus(Model):
         default=None, description="Absolute time access ends; set at activation."
     )
     binding: BindingRef | None = Field(default=None, description="The binding made.")
+    namespace_uid: str | None = Field(
+        default=None, description="metadata.uid of the target namespace at activation: a "
+        "namespace deleted and made again under the same name does not inherit the grant.")
     history: list[HistoryEntry] = Field(
         default_factory=list, description="Append-only record of every transition."
     )

@@ -51,6 +51,7 @@ class Plan:
     message: str = ""
     review_required: bool | None = None
     reviewed_by: str | None = None
+    namespace_uid: str | None = None
 
     @property
     def phase(self) -> Phase | None:
@@ -88,15 +89,18 @@ def decide(
     uid: str = "",
     privileged: Mapping[RoleKey, str] | None = None,
     case: Case = "insensitive",
+    namespace_uid: str | None = None,
 ) -> Plan:
     """Next step of one request. Final phases only keep the binding absent.
 
     ``uid`` is the request's metadata.uid: approvals stamped for another request are ignored.
     ``privileged``: deny-listed roles as their rules are now (see :func:`review.review`);
-    ``case``: how usernames are compared for separation of duties.
+    ``case``: how usernames are compared for separation of duties; ``namespace_uid``: the uid of
+    the target namespace now (None: gone), recorded at activation so a namespace deleted and made
+    again under the same name does not bring a grant back.
     """
     phase = status.phase
-    inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case)
+    inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case, namespace_uid)
     if phase is not None and phase.final:
         plan = Plan(message=status.message)
     elif phase == Phase.ACTIVE:
@@ -114,11 +118,12 @@ class _Inputs:
     namespace_labels: Mapping[str, str] | None
     privileged: Mapping[RoleKey, str]
     case: Case
+    namespace_uid: str | None
 
-    def review(self, spec: AccessRequestSpec,
+    def review(self, spec: AccessRequestSpec, status: AccessRequestStatus,
                requested_at: datetime.datetime | None = None) -> Review:
         return review(spec, self.eligibilities, self.namespace_labels, requested_at,
-                      self.privileged)
+                      self.privileged, prefer=status.eligibility)
 
 
 def _requester(spec: AccessRequestSpec) -> str:
@@ -156,7 +161,15 @@ def _decide_active(
         if entry.action == "End" or who == _requester(spec):
             return _final("Revoked", Phase.REVOKED, who, f"ended early by {who}{because}")
         return _final("Revoked", Phase.REVOKED, who, f"revoked by {who}{because}", warning=True)
-    verdict = inputs.review(spec)
+    if spec.namespace is not None and (
+            inputs.namespace_labels is None
+            or (status.namespace_uid and inputs.namespace_uid is not None
+                and inputs.namespace_uid != status.namespace_uid)):
+        return _final("Revoked", Phase.REVOKED, OPERATOR,
+                      f"namespace {spec.namespace} was deleted (or is being deleted): the grant "
+                      "ends and does not carry over to a namespace made again under that name",
+                      warning=True)
+    verdict = inputs.review(spec, status)
     if not isinstance(verdict, Accepted):
         return _final("Revoked", Phase.REVOKED, OPERATOR,
                       f"eligibility no longer covers this grant: {verdict.message}",
@@ -174,7 +187,7 @@ def _decide_pending(
     uid: str,
 ) -> Plan:
     requester = _requester(spec)
-    verdict = inputs.review(spec, requested_at=created_at)
+    verdict = inputs.review(spec, status, requested_at=created_at)
     steps: list[Transition] = []
     if status.phase is None:
         if not isinstance(verdict, Accepted):
@@ -205,11 +218,11 @@ def _decide_pending(
         steps.append(Transition("BreakGlass", Phase.PENDING, requester,
                                 f"break-glass activation by {requester} without approval: "
                                 f"{spec.justification}", warning=True))
-        return _activate(steps, spec, verdict, now, review_required=True)
+        return _activate(steps, spec, verdict, now, inputs, review_required=True)
     if verdict.auto_approved:
         steps.append(Transition("Approved", Phase.PENDING, OPERATOR,
                                 f"auto-approved under RoleEligibility {verdict.eligibility}"))
-        return _activate(steps, spec, verdict, now)
+        return _activate(steps, spec, verdict, now, inputs)
 
     if now >= created_at + duration.parse(policy.pending_timeout):
         steps.append(Transition("TimedOut", Phase.TIMED_OUT, OPERATOR,
@@ -228,7 +241,7 @@ def _decide_pending(
     if result.approved:
         who = ", ".join(result.counted)
         steps.append(Transition("Approved", Phase.PENDING, who, f"approved by {who}"))
-        return _activate(steps, spec, verdict, now)
+        return _activate(steps, spec, verdict, now, inputs)
     ignored = "".join(f"; ignored {who}: {why}" for who, why in result.ignored.items())
     return Plan(transitions=tuple(steps), eligibility=verdict.eligibility,
                 message=f"waiting for {result.missing}{ignored}")
@@ -236,7 +249,7 @@ def _decide_pending(
 
 def _activate(
     steps: list[Transition], spec: AccessRequestSpec, verdict: Accepted,
-    now: datetime.datetime, review_required: bool = False,
+    now: datetime.datetime, inputs: _Inputs, review_required: bool = False,
 ) -> Plan:
     until = expiry(now, verdict.duration)
     steps.append(Transition("Activated", Phase.ACTIVE, OPERATOR,
@@ -244,7 +257,8 @@ def _activate(
                             f"until {_iso(until)}"))
     return Plan(transitions=tuple(steps), binding="present", eligibility=verdict.eligibility,
                 activated_at=now, expires_at=until, message=f"active until {_iso(until)}",
-                review_required=review_required or None)
+                review_required=review_required or None,
+                namespace_uid=inputs.namespace_uid if spec.namespace else None)
 
 
 def _with_review(

@@ -164,6 +164,7 @@ def review(
     namespace_labels: Mapping[str, str] | None,
     requested_at: datetime.datetime | None = None,
     privileged: Mapping[RoleKey, str] | None = None,
+    prefer: str | None = None,
 ) -> Review:
     """Decide whether the request is covered; eligibilities are tried in name order.
 
@@ -171,6 +172,8 @@ def review(
     ``requested_at`` (the request's creation) decides auto-approval windows; ``privileged``
     says why a role is on the deny-list as its rules are now (a role that gained privilege after
     its eligibility was written is granted only where the eligibility allows privileged roles).
+    ``prefer``: the eligibility recorded as governing; it keeps governing while it covers the
+    request (an eligibility created later that sorts first does not take the request over).
     """
     requester = spec.requester
     if requester is None:
@@ -179,6 +182,8 @@ def review(
     if spec.namespace is not None and namespace_labels is None:
         return Refused(f"namespace {spec.namespace} does not exist")
     names = [spec.eligibility] if spec.eligibility else sorted(eligibilities)
+    if prefer in names:
+        names = [prefer, *(n for n in names if n != prefer)]
     if spec.eligibility and spec.eligibility not in eligibilities:
         return Refused(f"RoleEligibility {spec.eligibility} does not exist")
 

@@ -91,8 +91,11 @@ class Reconciler:
         self.elected: Callable[[], bool] = lambda: True
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self.active: dict[str, datetime.datetime] = {}
-        # Labels of every namespace, kept by the namespace watch (a name not here is read).
+        # Labels and uid of every namespace, kept by the namespace watch (a name not here is
+        # read); and the open requests in each namespace, decided again when it changes.
         self.namespaces: dict[str, dict[str, str]] = {}
+        self.namespace_uids: dict[str, str] = {}
+        self.in_namespace: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         # Bindings that look like ours and exist, as the binding watch and our writes saw them:
         # a binding not here is created without a read first, and a request never activated
         # whose binding is not here has nothing to remove (a watch event would say otherwise).
@@ -142,6 +145,13 @@ class Reconciler:
             updated[name] = parsed
         self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
 
+    async def namespace(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """(uid, labels) of a namespace (None: gone or going), from the watch when it has it."""
+        cached = self.namespaces.get(name)
+        if cached is not None:
+            return self.namespace_uids.get(name, ""), cached
+        return await self.kube.namespace(name)
+
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """Labels of a namespace (None: it does not exist), from the watch when it has it."""
         cached = self.namespaces.get(name)
@@ -149,12 +159,23 @@ class Reconciler:
             return cached
         return await self.kube.namespace_labels(name)
 
-    def observe_namespace(self, name: str, labels: dict[str, str] | None) -> None:
-        """Apply one namespace watch event (``labels`` None: deleted)."""
+    def observe_namespace(self, name: str, labels: dict[str, str] | None,
+                          uid: str = "") -> None:
+        """Apply one namespace watch event (``labels`` None: deleted or being deleted).
+
+        If that changes what a request there is decided on (labels a selector may match, the
+        namespace going or made again), its open requests are decided again.
+        """
+        before = (self.namespace_uids.get(name), self.namespaces.get(name))
         if labels is None:
             self.namespaces.pop(name, None)
+            self.namespace_uids.pop(name, None)
         else:
             self.namespaces[name] = labels
+            self.namespace_uids[name] = uid
+        if before != (self.namespace_uids.get(name), self.namespaces.get(name)):
+            for request in sorted(self.in_namespace.get(name, ())):
+                self.enqueue(request)
 
     def observe_role(self, kind: str, namespace: str | None, name: str,
                      rules: list[dict[str, Any]] | None) -> bool:
@@ -249,6 +270,7 @@ class Reconciler:
         self.own_writes.clear()
         self.active.clear()
         self.governed.clear()
+        self.in_namespace.clear()
 
     async def _process(self, key: str) -> None:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
@@ -337,24 +359,27 @@ class Reconciler:
             return
         spec, status = request.spec, request.status or AccessRequestStatus()
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
-        labels = await self.namespace_labels(spec.namespace) if spec.namespace else {}
+        place = await self.namespace(spec.namespace) if spec.namespace else ("", {})
+        labels, namespace_uid = (place[1], place[0]) if place is not None else (None, None)
         eligibilities = await self.eligibilities()
         plan = decide(spec, status, created, eligibilities, labels, now,
-                      uid=body["metadata"]["uid"], privileged=self.privileged, case=self.case)
+                      uid=body["metadata"]["uid"], privileged=self.privileged, case=self.case,
+                      namespace_uid=namespace_uid)
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
             # watch last delivered them (it may not have listed them yet).
             # (The cache is the role watch's alone: it tells which roles changed.)
             rules = await self.kube.role_rules(spec.role.kind, spec.role.name, spec.namespace)
             key = role_key(spec.role, spec.namespace)
-            place = spec.namespace if spec.role.kind == "Role" else None
-            reason = privileged(spec.role.kind, spec.role.name, rules, place) if rules else None
+            where = spec.namespace if spec.role.kind == "Role" else None
+            reason = privileged(spec.role.kind, spec.role.name, rules, where) if rules else None
             if self.privileged.get(key) != reason:
                 fresh = {k: v for k, v in self.privileged.items() if k != key}
                 if reason is not None:
                     fresh[key] = reason
                 plan = decide(spec, status, created, eligibilities, labels, now,
-                              uid=body["metadata"]["uid"], privileged=fresh, case=self.case)
+                              uid=body["metadata"]["uid"], privileged=fresh, case=self.case,
+                              namespace_uid=namespace_uid)
 
         if status.phase is None:
             plan = self._within_limits(plan, body, spec)
@@ -408,6 +433,11 @@ class Reconciler:
             members.discard(name)
         if phase in (Phase.PENDING, Phase.ACTIVE) and governing:
             self.governed[governing].add(name)
+        if spec.namespace:
+            if phase in (Phase.PENDING, Phase.ACTIVE):
+                self.in_namespace[spec.namespace].add(name)
+            else:
+                self.in_namespace[spec.namespace].discard(name)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.active[name] = expires_at
             self.scheduler.schedule(name, expires_at)
@@ -483,7 +513,7 @@ class Reconciler:
         name = body["metadata"]["name"]
         self.forget(name)  # (keeps the lock: the caller holds it)
         self.active.pop(name, None)
-        for members in self.governed.values():
+        for members in [*self.governed.values(), *self.in_namespace.values()]:
             members.discard(name)
         try:
             request = AccessRequest.model_validate(body)
@@ -581,6 +611,8 @@ class Reconciler:
         }
         if plan.eligibility:
             patch["eligibility"] = plan.eligibility
+        if plan.namespace_uid:
+            patch["namespaceUid"] = plan.namespace_uid
         if plan.activated_at is not None and plan.expires_at is not None:
             patch["activatedAt"] = _time(plan.activated_at)
             patch["expiresAt"] = _time(plan.expires_at)

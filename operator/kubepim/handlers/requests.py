@@ -30,11 +30,15 @@ async def accessrequest_event(
 
 @kopf.on.event("", "v1", "namespaces", registry=registry)
 async def namespace_event(
-    name: str, type: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    name: str, type: str | None, body: kopf.Body, labels: kopf.Labels, memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    """Keep every namespace's labels, which eligibilities may select namespaces by."""
+    """Keep every namespace's labels and uid; one being deleted counts as gone."""
     reconciler: Reconciler = memo.reconciler
-    reconciler.observe_namespace(name, None if type == "DELETED" else dict(labels))
+    going = type == "DELETED" or bool(body.metadata.get("deletionTimestamp")) or \
+        (body.get("status") or {}).get("phase") == "Terminating"
+    reconciler.observe_namespace(name, None if going else dict(labels),
+                                 str(body.metadata.get("uid") or ""))
 
 
 def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:

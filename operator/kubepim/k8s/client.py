@@ -275,13 +275,22 @@ class Kube:
 
     # Namespaces and roles
 
-    async def namespace_labels(self, name: str) -> dict[str, str] | None:
-        """Labels of a namespace, or None when it does not exist."""
+    async def namespace(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """(uid, labels) of a namespace; None when it does not exist or is being deleted."""
         try:
             namespace = await self._request("GET", f"/api/v1/namespaces/{name}")
         except NotFound:
             return None
-        return dict((namespace.get("metadata") or {}).get("labels") or {})
+        metadata = namespace.get("metadata") or {}
+        if metadata.get("deletionTimestamp") or \
+                (namespace.get("status") or {}).get("phase") == "Terminating":
+            return None
+        return str(metadata.get("uid") or ""), dict(metadata.get("labels") or {})
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """Labels of a namespace; None when it does not exist or is being deleted."""
+        found = await self.namespace(name)
+        return found[1] if found is not None else None
 
     async def role_exists(self, kind: str, name: str, namespace: str | None) -> bool:
         """Whether the Role (in ``namespace``) or ClusterRole exists."""
