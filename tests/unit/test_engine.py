@@ -11,7 +11,7 @@ import pytest
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import ApiError, NotLeading
 
-from .test_reconcile_reads import RecordingKube, body
+from .test_reconcile_reads import ELIGIBILITY, RecordingKube, body
 
 
 class FlakyKube(RecordingKube):
@@ -102,5 +102,29 @@ def test_losing_leadership_drops_queued_work_and_decisions() -> None:
         reconciler.reset()
         assert len(reconciler.queue) == 0 and not reconciler.versions
         assert not reconciler.active and not reconciler.own_writes
+
+    asyncio.run(scenario())
+
+
+class ListedAt(RecordingKube):
+    """Lists eligibility e at resourceVersion 20, as a list served just before a change."""
+
+    async def list_eligibilities_at(self) -> tuple[list[dict[str, Any]], int]:
+        return [{"metadata": {"name": "e", "resourceVersion": "20"},
+                 "spec": ELIGIBILITY}], 20
+
+
+def test_a_relist_never_undoes_a_newer_watch_event() -> None:
+    async def scenario() -> None:
+        reconciler = Reconciler(ListedAt(body("10")))  # type: ignore[arg-type]
+        await reconciler.refresh_eligibilities()
+        assert "e" in await reconciler.eligibilities()
+        reconciler.observe_eligibility("e", None, "25")  # deleted after the list was served
+        reconciler.observe_eligibility("new", ELIGIBILITY, "26")  # created after it
+        await reconciler.refresh_eligibilities()  # a resync's list, served at 20
+        cached = await reconciler.eligibilities()
+        assert "e" not in cached and "new" in cached
+        reconciler.observe_eligibility("new", None, "24")  # a late, older event: ignored
+        assert "new" in await reconciler.eligibilities()
 
     asyncio.run(scenario())

@@ -56,6 +56,9 @@ class RecordingKube:
         self.calls.append("list_eligibilities")
         return [{"metadata": {"name": "e"}, "spec": ELIGIBILITY}]
 
+    async def list_eligibilities_at(self) -> tuple[list[dict[str, Any]], int]:
+        return await self.list_eligibilities(), 0
+
     async def namespace(self, name: str) -> tuple[str, dict[str, str]]:
         self.calls.append("namespace_labels")
         return "ns-uid", {"kubernetes.io/metadata.name": name}

@@ -93,7 +93,7 @@ async def roleeligibility_event(
     """Report readiness, then reconcile every unfinished request (coverage may have changed)."""
     reconciler: Reconciler = memo.reconciler
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
-    reconciler.observe_eligibility(name, spec)
+    reconciler.observe_eligibility(name, spec, body.metadata.get("resourceVersion"))
     if not reconciler.leading():
         return  # the leader reports readiness; on takeover it reconciles everything
     if type != "DELETED":

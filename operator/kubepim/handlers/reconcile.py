@@ -77,6 +77,8 @@ class Reconciler:
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
+        # The resourceVersion at which each eligibility was last seen, and whether it existed.
+        self._eligibility_versions: dict[str, tuple[int, bool]] = {}
         # Unfinished requests by the eligibility that governs them: an eligibility's change
         # re-decides only these.
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
@@ -125,16 +127,37 @@ class Reconciler:
         return self._eligibilities
 
     async def refresh_eligibilities(self) -> None:
-        """Rebuild the eligibility cache from a list call."""
-        fresh = {}
-        for item in await self.kube.list_eligibilities():
+        """Rebuild the eligibility cache from a list call, never undoing a newer watch event.
+
+        An eligibility the watch saw at a version newer than the list's (created, changed or
+        deleted after the list was served) keeps what the watch said.
+        """
+        items, listed_at = await self.kube.list_eligibilities_at()
+        fresh: dict[str, RoleEligibilitySpec] = {}
+        versions: dict[str, tuple[int, bool]] = {}
+        for item in items:
+            name = item["metadata"]["name"]
+            versions[name] = (_int(item["metadata"].get("resourceVersion")), True)
             parsed = _eligibility(item.get("spec"))
             if parsed is not None:
-                fresh[item["metadata"]["name"]] = parsed
+                fresh[name] = parsed
+        current = self._eligibilities or {}
+        for name, (seen, present) in self._eligibility_versions.items():
+            if seen > max(versions.get(name, (0, False))[0], listed_at):
+                versions[name] = (seen, present)
+                fresh.pop(name, None)
+                if present and name in current:
+                    fresh[name] = current[name]
+        self._eligibility_versions = versions
         self._eligibilities = fresh
 
-    def observe_eligibility(self, name: str, spec: dict[str, Any] | None) -> None:
-        """Apply one watch event to the cache (``spec`` None: deleted)."""
+    def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
+                            version: str | None = None) -> None:
+        """Apply one watch event to the cache (``spec`` None: deleted) at ``version``."""
+        seen = _int(version)
+        if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
+            return  # older than what is held (a late event)
+        self._eligibility_versions[name] = (seen, spec is not None)
         if self._eligibilities is None:
             return  # the first use lists everything anyway
         updated = dict(self._eligibilities)
@@ -663,6 +686,10 @@ async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool
     metadata = binding.get("metadata", {})
     return (binding.get("kind") == ref.kind and metadata.get("name") == ref.name
             and metadata.get("namespace") == ref.namespace)
+
+
+def _int(version: Any) -> int:
+    return int(version) if version is not None and str(version).isdigit() else 0
 
 
 def _version(body: dict[str, Any]) -> str | None:

@@ -191,17 +191,30 @@ class Kube:
         """Every RoleEligibility."""
         return await self._list(f"{_CUSTOM}/roleeligibilities")
 
+    async def list_eligibilities_at(self) -> tuple[list[dict[str, Any]], int]:
+        """Every RoleEligibility, and the resourceVersion the list was served at."""
+        return await self._list_at(f"{_CUSTOM}/roleeligibilities")
+
     async def _list(self, path: str, params: dict[str, str] | None = None
                     ) -> list[dict[str, Any]]:
         """Every item, fetched in pages so a large list does not time out or balloon."""
+        items, _ = await self._list_at(path, params)
+        return items
+
+    async def _list_at(self, path: str, params: dict[str, str] | None = None
+                       ) -> tuple[list[dict[str, Any]], int]:
         items: list[dict[str, Any]] = []
         query = dict(params or {}, limit="500")
+        version = 0
         while True:
             page = await self._request("GET", path, params=query)
             items += page.get("items") or []
-            token = (page.get("metadata") or {}).get("continue")
+            metadata = page.get("metadata") or {}
+            if not version and str(metadata.get("resourceVersion") or "").isdigit():
+                version = int(metadata["resourceVersion"])
+            token = metadata.get("continue")
             if not token:
-                return items
+                return items, version
             query["continue"] = token
 
     async def delete_request(self, name: str, uid: str) -> bool:
