@@ -34,10 +34,32 @@ class OneLineFormatter(logging.Formatter):
         return escape(super().format(record))
 
 
-def configure(level: str) -> None:
+_REFUSAL = re.compile(r"^Handler '(?P<webhook>[a-z-]+)' failed permanently: ")
+
+
+class AdmissionRefusals(logging.Filter):
+    """Drops kopf's ERROR "failed permanently" for a webhook's refusal.
+
+    A refusal is a decision, not a failure: the webhook logs it itself, at INFO.
+    """
+
+    def __init__(self, webhooks: frozenset[str]) -> None:
+        super().__init__()
+        self.webhooks = webhooks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for kopf's record of one of our webhooks refusing."""
+        if not record.name.startswith("kopf") or record.levelno != logging.ERROR:
+            return True
+        match = _REFUSAL.match(str(record.msg))
+        return not (match and match.group("webhook") in self.webhooks)
+
+
+def configure(level: str, webhooks: frozenset[str] = frozenset()) -> None:
     """Log to stderr at ``level``, one line per record."""
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter(FORMAT))
+    handler.addFilter(AdmissionRefusals(webhooks))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -15,7 +15,7 @@ from .settings import Settings
 def main() -> None:
     """Run the operator in the foreground until SIGINT or SIGTERM."""
     settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, frozenset(handlers.admission.HANDLER_IDS))
     if settings.log_level != "DEBUG":
         # One line per handler call and per webhook hit drowns the audit lines; keep warnings.
         for noisy in ("kopf.objects", "aiohttp.access"):

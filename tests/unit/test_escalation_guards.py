@@ -238,3 +238,15 @@ def test_a_log_record_never_spans_lines() -> None:
 ])
 def test_spreadsheet_formula_starts_are_neutralised(value: object, cell: object) -> None:
     assert spreadsheet_safe({"c": value}) == {"c": cell}
+
+
+def test_a_webhook_refusal_is_not_logged_as_an_error_by_kopf() -> None:
+    refusals = logs.AdmissionRefusals(frozenset({"accessrequest-create"}))
+    refusal = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1,
+                                "Handler 'accessrequest-create' failed permanently: no", None,
+                                None)
+    failure = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1,
+                                "Handler 'accessrequest-event' failed permanently: boom", None,
+                                None)
+    assert not refusals.filter(refusal)
+    assert refusals.filter(failure)

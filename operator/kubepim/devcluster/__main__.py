@@ -58,7 +58,14 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
         operator_config = install.operator_kubeconfig(
             started.kubeconfig, started.workdir / "operator.kubeconfig")
-        env = dict(os.environ, KUBECONFIG=str(operator_config))
+        # Free ports for the operator's endpoints (8000, 8080, 9443 may be taken, and two dev
+        # clusters may run side by side); a port set in the environment is kept.
+        ports = {name: str(cluster.free_port()) for name in (
+            "KUBEPIM_METRICS_PORT", "KUBEPIM_WEBHOOK_PORT", "KUBEPIM_LIVENESS_PORT")}
+        env = dict(ports, **os.environ, KUBECONFIG=str(operator_config))
+        print(f"operator endpoints: metrics http://127.0.0.1:{env['KUBEPIM_METRICS_PORT']}"
+              f"/metrics, health http://127.0.0.1:{env['KUBEPIM_LIVENESS_PORT']}/healthz, "
+              f"webhooks https://127.0.0.1:{env['KUBEPIM_WEBHOOK_PORT']}", flush=True)
         print("starting the operator (python -m kubepim) as ServiceAccount kubepim/kubepim; "
               "press Ctrl-C to stop", flush=True)
         operator = subprocess.Popen([sys.executable, "-m", "kubepim"], env=env)

@@ -76,7 +76,8 @@ def _is_ours(pid: int, workdir: Path) -> bool:
     return str(workdir).encode() in cmdline
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -213,9 +214,9 @@ def start(
 
     workdir.mkdir(parents=True, exist_ok=True)
     pki = certs.generate(workdir / "pki")
-    etcd_client, etcd_peer = _free_port(), _free_port()
-    api_port = port if port is not None else _free_port()
-    kcm_port = _free_port()
+    etcd_client, etcd_peer = free_port(), free_port()
+    api_port = port if port is not None else free_port()
+    kcm_port = free_port()
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = workdir / "kubeconfig"
     write_kubeconfig(kubeconfig, server, pki)

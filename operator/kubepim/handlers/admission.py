@@ -45,6 +45,8 @@ def _user(userinfo: kopf.UserInfo) -> admission.User:
 
 
 def _refuse(message: str) -> kopf.AdmissionError:
+    # A decision, logged as one (kopf's own "failed permanently" ERROR is filtered out).
+    logger.info("admission refused: %s", message)
     return kopf.AdmissionError(message, code=403)
 
 
