@@ -40,7 +40,11 @@ class BindingWatcher:
         rbac = self._bench.rbac()
         known: set[str] = set()
         while not self._stopped.is_set():
-            listing = rbac.list_namespaced_role_binding(NAMESPACE)
+            try:
+                listing = rbac.list_namespaced_role_binding(NAMESPACE)
+            except Exception:
+                time.sleep(0.1)
+                continue
             moment = time.time()
             current = {b.metadata.name for b in listing.items}
             for name in current - known:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from kubepim.domain.leadership import LeaseState, Observed, next_step, observe, still_leader
-from kubepim.k8s.client import Conflict, Kube
+from kubepim.k8s.client import Conflict, Kube, NotLeading
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,12 @@ class LeaderElector:
         """Whether this replica holds a lease nobody else can have taken yet."""
         return self._elected and still_leader(self.sent_at, self.duration, self.margin,
                                               self.clock())
+
+    def remaining(self) -> float:
+        """Seconds this replica may still write (0 when not leading)."""
+        if not self._elected or self.sent_at is None:
+            return 0.0
+        return max(0.0, self.sent_at + self.duration - self.margin - self.clock())
 
     def elected(self) -> bool:
         """Whether this replica believes it holds the lease (leading, or renewal late)."""
@@ -117,10 +123,19 @@ class LeaderElector:
             await asyncio.gather(self._takeover, return_exceptions=True)
 
     async def _take_over(self) -> None:
-        try:
-            await self.on_elected()
-        except Exception:
-            logger.exception("takeover work failed; the queue retries what it enqueued")
+        """The takeover work, tried again with backoff until it is done or the lease lost."""
+        delay = 0.2
+        while self._elected:
+            try:
+                await self.on_elected()
+                return
+            except NotLeading:
+                return  # the lease passed: the next election takes over again
+            except Exception as error:
+                logger.warning("takeover work failed (%s: %s); trying again in %.1f s",
+                               type(error).__name__, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _lose(self) -> None:
         self._elected = False
@@ -152,7 +167,8 @@ class LeaderElector:
         while True:
             await asyncio.sleep(self.margin)
             try:
-                await self.tick()
+                # Bounded: a round stuck on a dead connection must not outlast the lease.
+                await asyncio.wait_for(self.tick(), timeout=self.margin * 2)
             except Exception as error:
                 logger.warning("leader election round failed (%s: %s); retrying",
                                type(error).__name__, error)

@@ -38,8 +38,14 @@ class WorkQueue:
         base: float = 0.005,
         cap: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        gate: Callable[[], bool] = lambda: True,
+        held: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._process = process
+        # Workers take keys only while ``gate()`` holds (this replica leads); a key whose
+        # processing raised one of ``held`` is put back at once, not counted as a failure.
+        self._gate = gate
+        self._held = held
         self._workers = workers
         self._base, self._cap = base, cap
         self._clock = clock
@@ -169,6 +175,9 @@ class WorkQueue:
     async def _get(self) -> str:
         while True:
             await self._open.wait()
+            if not self._gate():
+                await asyncio.sleep(0.05)  # leadership in doubt: keys wait, workers idle
+                continue
             if self._queue:
                 key = self._queue.popleft()
                 self._processing.add(key)
@@ -194,6 +203,9 @@ class WorkQueue:
                 await self._process(key)
             except asyncio.CancelledError:
                 raise
+            except self._held:
+                self._dirty.add(key)  # kept: taken again once the gate opens (see _done)
+                self._added_at.setdefault(key, self._clock())
             except Exception as error:
                 delay = self.retry(key)
                 logger.warning("reconcile of %s failed (%s: %s); retrying in %.3f s", key,

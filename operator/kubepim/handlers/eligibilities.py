@@ -7,6 +7,7 @@ spec and metadata belong to whoever applies it (GitOps).
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 import kopf
@@ -19,6 +20,8 @@ from kubepim.domain.review import selector_matches
 
 from . import registry
 from .reconcile import Reconciler, utcnow
+
+logger = logging.getLogger(__name__)
 
 
 async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool, str, str]:
@@ -94,14 +97,21 @@ async def roleeligibility_event(
     reconciler: Reconciler = memo.reconciler
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
     reconciler.observe_eligibility(name, spec, body.metadata.get("resourceVersion"))
-    if not reconciler.leading():
-        return  # the leader reports readiness; on takeover it reconciles everything
-    if type != "DELETED":
-        await report_readiness(reconciler, name, dict(body))
-    if type is None:
-        return  # the initial listing: the requests' own listing reconciles them anyway
+    # First the requests it governs (a listing too: an edit missed while the watch was down);
+    # enqueue keeps nothing on a standby, whose takeover reconciles everything.
     for request in sorted(reconciler.governed.get(name, set())):
         reconciler.enqueue(request)
+    if type != "DELETED" and reconciler.leading():
+        await _report(reconciler, name, dict(body))
+
+
+async def _report(reconciler: Reconciler, name: str, body: dict[str, Any]) -> None:
+    """Readiness is a status only: a failed write is logged, the next event or resync redoes it."""
+    try:
+        await report_readiness(reconciler, name, body)
+    except Exception as error:
+        logger.warning("could not report the readiness of RoleEligibility %s (%s: %s)", name,
+                       type(error).__name__, error)
 
 
 async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, name: str,
@@ -116,16 +126,15 @@ async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, 
     # nobody watched is acted on as soon as it is seen.
     if not reconciler.observe_role(kind, namespace, name, rules):
         return
-    if not reconciler.leading():
-        return
     for eligibility, spec in sorted((await reconciler.eligibilities()).items()):
         if not any(role.kind == kind and role.name == name for role in spec.roles):
             continue
-        body = await reconciler.kube.get_eligibility(eligibility)
-        if body is not None:
-            await report_readiness(reconciler, eligibility, body)
         for request in sorted(reconciler.governed.get(eligibility, set())):
             reconciler.enqueue(request)
+        if reconciler.leading():
+            body = await reconciler.kube.get_eligibility(eligibility)
+            if body is not None:
+                await _report(reconciler, eligibility, body)
 
 
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterroles", registry=registry)

@@ -71,10 +71,12 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                             config.identity, config.lease_seconds, take_over, lose)
     reconciler.leading = elector.leading
     reconciler.elected = elector.elected
-    kube.fence = elector.leading  # no write once the lease may have passed
+    kube.fence = elector.remaining  # no write once the lease may have passed
+    kube.field_manager = f"kubepim-{config.identity}"[:128]
     reconciler.queue.pause()  # until elected
     memo.elector = elector
     await elector.tick()  # a replica that wins here revokes what is overdue before watching
+    renewals = asyncio.create_task(elector.run(), name="leader-election")  # beside the takeover
     await elector.takeover_done()
     if config.webhook_port:
         await _serve_webhooks(settings, config, kube, memo)
@@ -82,7 +84,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     logger.info("kubepim operator started as %s (%s)", config.identity,
                 "leader" if elector.leading() else "standby")
     memo.background = [
-        asyncio.create_task(elector.run(), name="leader-election"),
+        renewals,
         asyncio.create_task(reconciler.queue.run(), name="work-queue"),
         asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
                             name="resync"),

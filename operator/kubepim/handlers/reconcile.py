@@ -68,7 +68,8 @@ class Reconciler:
         self.privileged: dict[RoleKey, str] = {}
         # Every reconcile goes through the queue: it owns retries (backoff on failure) and the
         # expiry and pending-timeout timers (delayed keys).
-        self.queue = WorkQueue(self._process)
+        self.queue = WorkQueue(self._process, gate=lambda: self.leading(),
+                               held=(NotLeading,))
         self.scheduler = self.queue
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
@@ -77,12 +78,16 @@ class Reconciler:
         self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock)
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
-        # The resourceVersion at which each eligibility was last seen, and whether it existed.
+        # The resourceVersion at which each eligibility was last seen, and whether it existed;
+        # one relist at a time, never one older than the last applied.
         self._eligibility_versions: dict[str, tuple[int, bool]] = {}
+        self._refreshing = asyncio.Lock()
+        self._listed_at = 0
         # Unfinished requests by the eligibility that governs them: an eligibility's change
         # re-decides only these.
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._posting: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(8)
         # resourceVersion of each binding as this replica last wrote it: the watch event of our
         # own write needs nothing, and the entry is dropped as soon as the watch reports another
         # version of it.
@@ -105,7 +110,9 @@ class Reconciler:
         # The newest resourceVersion of each request decided on or written: a watch event
         # bringing no newer one (our own status write coming back, say) needs nothing.
         self.versions: dict[str, str] = {}
-        metrics.track(lambda: len(self.active), self._overdue)
+        # A standby reports no grants: only the leader's view counts (and pages).
+        metrics.track(lambda: len(self.active) if self.elected() else 0,
+                      lambda: self._overdue() if self.elected() else 0)
 
     def is_own_write(self, key: str, resource_version: str | None) -> bool:
         """Whether the object at ``resource_version`` is the one this replica last wrote."""
@@ -132,7 +139,14 @@ class Reconciler:
         An eligibility the watch saw at a version newer than the list's (created, changed or
         deleted after the list was served) keeps what the watch said.
         """
+        async with self._refreshing:
+            await self._refresh_eligibilities()
+
+    async def _refresh_eligibilities(self) -> None:
         items, listed_at = await self.kube.list_eligibilities_at()
+        if listed_at and listed_at < self._listed_at:
+            return  # an older list than the one applied
+        self._listed_at = listed_at
         fresh: dict[str, RoleEligibilitySpec] = {}
         versions: dict[str, tuple[int, bool]] = {}
         for item in items:
@@ -218,12 +232,20 @@ class Reconciler:
         return True
 
     def forget(self, name: str) -> None:
-        """Drop what is remembered of a deleted request (its lock only if nobody holds it)."""
+        """Drop the timers and version records of a deleted request.
+
+        Its lock is kept: a lock may have waiters that ``locked()`` does not show, and a new
+        lock beside it would let two reconciles of one request run at once.
+        """
         self.scheduler.cancel(name)
         self.versions.pop(name, None)
-        lock = self._locks.get(name)
-        if lock is not None and not lock.locked():
-            del self._locks[name]
+
+    def _forget_request(self, name: str) -> None:
+        """Everything remembered of a request that is gone, gauges included."""
+        self.forget(name)
+        self.active.pop(name, None)
+        for members in [*self.governed.values(), *self.in_namespace.values()]:
+            members.discard(name)
 
     def lock(self, name: str) -> asyncio.Lock:
         """The lock held while one request is reconciled."""
@@ -334,7 +356,8 @@ class Reconciler:
                 if body is None:
                     body = await self.kube.get_request(name)
                 if body is None:
-                    self.queue.cancel(name)
+                    # Gone without a DELETED event (a watch that listed again): forget it.
+                    self._forget_request(name)
                     return
                 try:
                     await self._reconcile(body, utcnow())
@@ -445,11 +468,14 @@ class Reconciler:
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
                       for index, transition in enumerate(transitions, start=first)]
             if events:  # the lines are logged at once; the Events, in order, in the background
-                task = asyncio.create_task(_in_order(events))
+                task = asyncio.create_task(_in_order(events, self._event_slots))
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done)
 
+        if not self.leading():
+            # Lost the lease while this reconcile ran: the state was reset; do not refill it.
+            raise NotLeading(f"{name}: leadership lost during its reconcile")
         phase = transitions[-1].phase if transitions else status.phase
         governing = plan.eligibility or status.eligibility
         for members in self.governed.values():
@@ -534,10 +560,7 @@ class Reconciler:
         outlive it in the log.
         """
         name = body["metadata"]["name"]
-        self.forget(name)  # (keeps the lock: the caller holds it)
-        self.active.pop(name, None)
-        for members in [*self.governed.values(), *self.in_namespace.values()]:
-            members.discard(name)
+        self._forget_request(name)
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError:
@@ -702,9 +725,11 @@ def binding_key(kind: str, namespace: str | None, name: str) -> str:
     return f"{kind}/{namespace or ''}/{name}"
 
 
-async def _in_order(posts: list[Coroutine[Any, Any, None]]) -> None:
-    for post in posts:
-        await post
+async def _in_order(posts: list[Coroutine[Any, Any, None]],
+                    slots: asyncio.Semaphore) -> None:
+    async with slots:  # a bounded share of the connections: grants and renewals come first
+        for post in posts:
+            await post
 
 
 def _eligibility(spec: Any) -> RoleEligibilitySpec | None:

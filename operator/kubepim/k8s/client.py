@@ -71,8 +71,12 @@ class Kube:
         self._tls = tls
         self._authorization = authorization
         self._session: aiohttp.ClientSession | None = None
-        # Asked before every write (not reads, not access reviews): False stops it unsent.
-        self.fence: Callable[[], bool] | None = None
+        # Asked before every write (not reads, not access reviews): the seconds this replica
+        # may still write; none left stops the write unsent, and a write that cannot be sent
+        # within them is given up (a timeout), so none lands after the lease deadline.
+        self.fence: Callable[[], float] | None = None
+        # Named in managedFields of what this client writes: which replica wrote what, when.
+        self.field_manager: str | None = None
 
     def sibling(self) -> Kube:
         """Another client with the same credentials on its own connections (and no fence)."""
@@ -146,15 +150,22 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         """One call; the decoded JSON answer, or the error it maps to."""
-        if method != "GET" and self.fence is not None and not path.endswith(_READS_BY_POST) \
-                and not self.fence():
-            raise NotLeading(f"{method} {path} not sent: this replica is not leading")
+        timeout = None
+        if method != "GET" and self.fence is not None and not path.endswith(_READS_BY_POST):
+            left = self.fence()
+            if left <= 0:
+                raise NotLeading(f"{method} {path} not sent: this replica is not leading")
+            timeout = aiohttp.ClientTimeout(total=min(60.0, left))
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        if self.field_manager and method in ("POST", "PATCH", "PUT") \
+                and not path.endswith(_READS_BY_POST):
+            params = dict(params or {}, fieldManager=self.field_manager)
         token = self._authorization()
         if token:
             headers["Authorization"] = token
         async with self._open().request(
             method, self._server + path, json=body, params=params, headers=headers,
+            timeout=timeout or aiohttp.helpers.sentinel,
         ) as response:
             answer = await response.json(content_type=None) if response.content_length != 0 \
                 else None
