@@ -25,11 +25,11 @@ from . import admission, harness, measures
 
 FULL = {"activations": 200, "expiry": [1000, 5000], "window": 60, "burst": 1000,
         "memory_requests": 10000, "memory_eligibilities": 1000, "recovery": 5000,
-        "recovery_overdue": 2000, "admission": 1000}
-MEASURES = ("admission", "activation", "burst", "expiry", "recovery", "memory")
+        "recovery_overdue": 2000, "admission": 1000, "flood": 3000}
+MEASURES = ("admission", "activation", "burst", "expiry", "recovery", "memory", "flood")
 QUICK = {"activations": 200, "expiry": [200], "window": 20, "burst": 200,
          "memory_requests": 1000, "memory_eligibilities": 100, "recovery": 500,
-         "recovery_overdue": 200, "admission": 300}
+         "recovery_overdue": 200, "admission": 300, "flood": 500}
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -65,6 +65,13 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append((f"recovery, {r['grants']} grants / {r['overdue']} overdue (s)",
                      f"{r['seconds_to_all_revoked']:.1f}  ({r['long_grants_kept']} live kept)",
                      "< 10 s"))
+    f = results.get("flood")
+    if f:
+        wait = f["approval_to_active_s"]
+        rows.append((f"flood of {f['requests']}: approval to Active (s)",
+                     f"p50 {wait['p50']:.1f}  p99 {wait['p99']:.1f}  slowest {f['slowest_s']:.1f}"
+                     f"  ({f['over_60s_left_to_resync']} left to the resync)",
+                     "slowest < 10 s"))
     ad = results.get("admission")
     if ad:
         rows.append(("admission p50 / p99 (ms)",
@@ -120,12 +127,15 @@ def main() -> None:
                                                   sizes["recovery_overdue"], rate()))],
         [("memory", lambda b: measures.memory(b, sizes["memory_requests"],
                                               sizes["memory_eligibilities"]))],
+        # The flood: the product's default lease and resync, so nothing is left to a resync.
+        [("flood", lambda b: measures.flood(b, sizes["flood"]))],
     ]
     for steps in environments:
         if not only & {key for key, _ in steps}:
             continue
         with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
-            bench, started = harness.start(Path(scratch))
+            flood = {key for key, _ in steps} == {"flood"}
+            bench, started = harness.start(Path(scratch), resync=None if flood else "60")
             try:
                 for key, measure in steps:
                     run(bench, key, measure)

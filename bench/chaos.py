@@ -205,6 +205,20 @@ def _run(started: cluster.Cluster, grants: int, load_seconds: float, workdir: Pa
         replicas[f"replica-{name}"] = OperatorProcess(
             config, workdir / name, KUBEPIM_IDENTITY=f"replica-{name}",
             KUBEPIM_LEASE_SECONDS=str(int(LEASE_SECONDS)))
+    try:
+        return _load_and_check(started, grants, load_seconds, workdir, clock, kubectl, proxy,
+                               replicas)
+    finally:  # no replica outlives the run, whatever failed
+        for replica in replicas.values():
+            if replica.process is not None and replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGCONT)
+            replica.stop()
+        proxy.close()
+
+
+def _load_and_check(started: cluster.Cluster, grants: int, load_seconds: float,
+                    workdir: Path, clock: Clock, kubectl: Kubectl, proxy: FaultProxy,
+                    replicas: dict[str, OperatorProcess]) -> dict[str, Any]:
     replicas["replica-a"].start()
     replicas["replica-b"].start(leader=False)
     bench = Bench(workdir, started.kubeconfig, replicas["replica-a"], kubectl)
@@ -431,9 +445,6 @@ def _run(started: cluster.Cluster, grants: int, load_seconds: float, workdir: Pa
             problems.append(f"{paused['name']} wrote after its lease deadline: "
                             f"{sorted(set(fenced_writes))[:5]}")
 
-    for replica in replicas.values():
-        replica.stop()
-    proxy.close()
     return {
         "grants": len(approved), "gave_up": failures,
         "faults": [{"at": round(at, 1), "what": what} for at, what in clock.events],

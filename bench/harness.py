@@ -221,8 +221,11 @@ def _common_prefix(names: list[str]) -> str:
     return first[: first.rfind("-") + 1] if "-" in first else first
 
 
-def start(workdir: Path) -> tuple[Bench, cluster.Cluster]:
-    """Start the control plane, install kubepim, create the bench namespace, start the operator."""
+def start(workdir: Path, resync: str | None = "60") -> tuple[Bench, cluster.Cluster]:
+    """Start the control plane, install kubepim, create the bench namespace, start the operator.
+
+    ``resync``: the operator's resync seconds (None: the product's default).
+    """
     started = cluster.start(workdir / "cluster", binaries.ensure())
     install.install(started.kubeconfig)
     kubectl = Kubectl(started.kubeconfig, kubectl_binary())
@@ -237,6 +240,6 @@ def start(workdir: Path) -> tuple[Bench, cluster.Cluster]:
     (workdir / "operator").mkdir()
     operator = OperatorProcess(
         install.operator_kubeconfig(started.kubeconfig, workdir / "operator.kubeconfig"),
-        workdir / "operator", KUBEPIM_RESYNC_SECONDS="60")
+        workdir / "operator", **({"KUBEPIM_RESYNC_SECONDS": resync} if resync else {}))
     operator.start()
     return Bench(workdir, started.kubeconfig, operator, kubectl), started

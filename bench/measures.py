@@ -218,3 +218,35 @@ def recovery(bench: Bench, count: int, overdue: int, rate: float) -> dict[str, A
         NAMESPACE, label_selector="app.kubernetes.io/managed-by=kubepim").items}
     return {"grants": count, "overdue": len(overdue_bindings), "seconds_to_all_revoked": seconds,
             "long_grants_kept": len({f"kubepim-{n}" for n in long_names} & remaining)}
+
+
+def flood(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
+    """The incident case: ``count`` requests created and approved at once.
+
+    With the product's default lease (10 s) and resync (300 s); how long from each approval to
+    Active.
+    A grant left to the resync shows as minutes here; the target is the slowest under 10 s.
+    """
+    names = [f"flood-{i}" for i in range(count)]
+    approved: dict[str, float] = {}
+
+    def one(index: int) -> None:
+        name = names[index]
+        _retrying(lambda: bench.create_request(name, f"flood-user-{index}", "1h"))
+        _retrying(lambda: bench.approve(name))
+        approved[name] = time.time()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(count)))
+    submitted_s = time.perf_counter() - start
+    bench.wait_activated(names, timeout=120 + count * 0.1)
+    activated = {i["metadata"]["name"]: parse_time(i["status"]["activatedAt"]).timestamp()
+                 for i in bench.custom().list_cluster_custom_object(
+                     "pim.kubepim.dev", "v1alpha1", "accessrequests")["items"]
+                 if i["metadata"]["name"].startswith("flood-")}
+    waits = [max(0.0, activated[n] - approved[n]) for n in names]
+    return {"requests": count, "submitted_s": submitted_s,
+            "approval_to_active_s": summary(waits),
+            "slowest_s": max(waits), "over_10s": sum(w > 10 for w in waits),
+            "over_60s_left_to_resync": sum(w > 60 for w in waits)}

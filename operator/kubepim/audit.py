@@ -68,8 +68,9 @@ _PHASE_AFTER = {"Requested": Phase.PENDING, "Approved": Phase.PENDING,
                 "TimedOut": Phase.TIMED_OUT, "Rejected": Phase.REJECTED}
 
 
-def replay(body: dict[str, Any], request: AccessRequest, since: datetime.datetime) -> int:
-    """Log again the lines of the history entries recorded at or after ``since``.
+def replay(body: dict[str, Any], request: AccessRequest, since: datetime.datetime | None = None,
+           from_index: int = 0) -> int:
+    """Log again the lines of history entries: recorded at or after ``since``, from ``from_index``.
 
     Each line is rebuilt from the entry as the original was (same id, time, action, actor,
     phase, reason, expiry), so a consumer that keeps the first line of each id sees every
@@ -87,7 +88,7 @@ def replay(body: dict[str, Any], request: AccessRequest, since: datetime.datetim
         phase = _PHASE_AFTER.get(entry.action, phase)
         expires_at = status.expires_at if activated is not None and entry.time >= activated \
             else None
-        if entry.time >= since:
+        if index >= from_index and (since is None or entry.time >= since):
             line = _line(body, request.spec, index, entry.time, entry.action, entry.actor,
                          phase, entry.reason, expires_at)
             logger.info(json.dumps(line, sort_keys=True))

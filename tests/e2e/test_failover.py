@@ -21,9 +21,9 @@ def replicas(operator_process: OperatorProcess, tmp_path: Path) -> Iterator[list
             for name in ("a", "b")]
     for replica in pair:
         replica.log_dir.mkdir()
-    pair[0].start()
-    pair[1].start(leader=False)
-    try:
+    try:  # a replica that fails to start must not leave the other running
+        pair[0].start()
+        pair[1].start(leader=False)
         yield pair
     finally:
         for replica in pair:

@@ -4,6 +4,7 @@ forgotten whole (the real API server proves outcomes in tests/e2e; here a record
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -128,3 +129,40 @@ def test_a_relist_never_undoes_a_newer_watch_event() -> None:
         assert "new" in await reconciler.eligibilities()
 
     asyncio.run(scenario())
+
+
+class LostAnswer(RecordingKube):
+    """Applies the first status write, then loses its answer (a timeout), as a reset would."""
+
+    def __init__(self, stored: dict[str, Any]) -> None:
+        super().__init__(stored)
+        self.lost = False
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        written = await super().patch_request_status(name, status, resource_version)
+        self.stored = {**self.stored, "status": {**self.stored["status"], **status},
+                       "metadata": {**self.stored["metadata"],
+                                    "resourceVersion": written["metadata"]["resourceVersion"]}}
+        if not self.lost:
+            self.lost = True
+            raise TimeoutError("no answer")
+        return written
+
+
+def test_a_status_write_whose_answer_was_lost_still_gets_its_audit_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        kube = LostAnswer(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        with pytest.raises(TimeoutError):
+            await reconciler.reconcile("r", body("10", approved=True))
+        await reconciler.reconcile("r")  # the queue's retry: reads the request as written
+
+    with caplog.at_level("INFO", logger="kubepim.audit"):
+        asyncio.run(scenario())
+    actions = [json.loads(r.getMessage())["action"] for r in caplog.records
+               if r.name == "kubepim.audit"]
+    assert actions == ["Requested", "Approved", "Activated"]

@@ -87,6 +87,9 @@ class Reconciler:
         # re-decides only these.
         self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._posting: set[asyncio.Task[None]] = set()
+        # Requests (by uid) whose status write failed without an answer, and the first history
+        # index it carried: their lines are logged once the history shows the write landed.
+        self._unconfirmed: dict[str, int] = {}
         self._event_slots = asyncio.Semaphore(8)
         # resourceVersion of each binding as this replica last wrote it: the watch event of our
         # own write needs nothing, and the entry is dropped as soon as the watch reports another
@@ -404,6 +407,9 @@ class Reconciler:
             logger.error("AccessRequest %s is malformed and is left alone: %s", name, error)
             return
         spec, status = request.spec, request.status or AccessRequestStatus()
+        unconfirmed = self._unconfirmed.pop(str(body["metadata"]["uid"]), None)
+        if unconfirmed is not None and len(status.history) > unconfirmed:
+            audit.replay(body, request, from_index=unconfirmed)  # the write had landed
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         place = await self.namespace(spec.namespace) if spec.namespace else ("", {})
         labels, namespace_uid = (place[1], place[0]) if place is not None else (None, None)
@@ -462,6 +468,14 @@ class Reconciler:
                 await self.request_deleted(body, "deleted before its status could record "
                                            + ", ".join(t.action for t in transitions))
                 return
+            except (Conflict, NotLeading):
+                raise  # not written
+            except Exception:
+                # Written or not, nobody knows (a timeout, a reset connection): if it was, the
+                # next reconcile finds these entries in the history and logs their lines then.
+                uid = str(body["metadata"]["uid"])
+                self._unconfirmed.setdefault(uid, len(status.history))
+                raise
             self._seen(name, str(written["metadata"]["resourceVersion"]))
             done = utcnow()
             first = len(status.history)
