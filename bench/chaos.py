@@ -73,10 +73,10 @@ class Clock:
 
 
 class LeaseWatcher:
-    """Polls the Lease every 100 ms: when renewals happened (wall time) and who held it."""
+    """Polls the Lease every 100 ms: when renewals happened (wall time), by whom."""
 
     def __init__(self, bench: Bench) -> None:
-        self.renewals: list[float] = []
+        self.renewals: list[tuple[float, str]] = []
         self.holders: list[tuple[float, str]] = []
         self._api = kubernetes.client.CoordinationV1Api(bench.client())
         self._stopped = threading.Event()
@@ -96,7 +96,7 @@ class LeaseWatcher:
                 holder = lease.spec.holder_identity or ""
                 if renewed != last:
                     last = renewed
-                    self.renewals.append(time.time())
+                    self.renewals.append((time.time(), holder))
                 if not self.holders or self.holders[-1][1] != holder:
                     self.holders.append((time.time(), holder))
             except Exception:  # noqa: S110 - the API server is down: keep polling
@@ -108,12 +108,19 @@ class LeaseWatcher:
         self._stopped.set()
 
     def leader_up_after(self, moment: float) -> float:
-        """The first time at or after ``moment`` at which a leader was renewing the lease."""
-        previous = max((r for r in self.renewals if r <= moment), default=None)
-        if previous is not None and moment - previous <= _RENEW_GAP:
-            return moment
-        return min((r for r in self.renewals if r > moment), default=moment)
+        """The first time at or after ``moment`` at which a leader was alive and renewing.
 
+        Alive at ``moment`` if the holder before it renewed again within a renewal period after
+        it (a paused or dead holder's lease is still valid for a while, but nothing acts);
+        otherwise when the next renewal came (a leader back, or a new one).
+        """
+        before = [(t, h) for t, h in self.renewals if t <= moment]
+        after = [(t, h) for t, h in self.renewals if t > moment]
+        if not after:
+            return moment
+        if before and after[0][0] - moment <= _RENEW_GAP and after[0][1] == before[-1][1]:
+            return moment
+        return after[0][0]
 
 def restart_apiserver(started: cluster.Cluster, down: float) -> None:
     """Kill kube-apiserver (SIGKILL), keep it down ``down`` seconds, start it as it was."""
