@@ -78,7 +78,7 @@ class RecordingKube:
             raise Conflict(409, "already exists")
         return "50"
 
-    async def delete_binding(self, *_: Any) -> bool:
+    async def delete_binding(self, *_: Any, **__: Any) -> bool:
         self.calls.append("delete_binding")
         return True
 

@@ -5,9 +5,9 @@ pending-timeout timer, the resync, a takeover) only adds a key. Keys are dedupli
 added while waiting is waiting once); one worker at a time per key (a key added while it is
 being processed runs again afterwards, never concurrently); a key whose processing raised is
 added again after a per-key exponential backoff with jitter (milliseconds at first, capped at
-``cap`` seconds), so a failed expiry is retried at once and not at the next resync; timers are
-delayed adds. While the queue is paused (leadership in doubt) keys are kept, not dropped, and no
-worker takes one.
+``cap`` seconds, 1 by default), so a failed expiry is retried at once and not at the next
+resync; timers are delayed adds. While the queue is paused (leadership in doubt) keys are kept,
+not dropped, and no worker takes one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class WorkQueue:
         process: Callable[[str], Awaitable[None]],
         workers: int = 16,
         base: float = 0.005,
-        cap: float = 2.0,
+        cap: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         gate: Callable[[], bool] = lambda: True,
         held: tuple[type[BaseException], ...] = (),

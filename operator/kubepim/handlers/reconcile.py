@@ -639,9 +639,21 @@ class Reconciler:
         status = request.status or AccessRequestStatus()
         never_granted = status.phase in (None, Phase.PENDING) and status.activated_at is None
         ended = status.phase is not None and status.phase.final
-        if (never_granted or ended) and \
-                binding_key(ref.kind, ref.namespace, ref.name) not in self.bindings:
+        key = binding_key(ref.kind, ref.namespace, ref.name)
+        if (never_granted or ended) and key not in self.bindings:
             return False
+        written = self.own_writes.get(key)
+        if written is not None:
+            # Exactly the version we wrote, as far as the watch has said: delete that version
+            # without reading it first (an expiry is one round trip); changed since, and the
+            # precondition fails: read it and judge it below.
+            try:
+                removed = await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
+                                                         resource_version=written)
+                self.own_writes.pop(key, None)
+                return removed
+            except Conflict:
+                self.own_writes.pop(key, None)
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
         if actual is None or not bindings.made_by_kubepim(actual, uid):
             return False

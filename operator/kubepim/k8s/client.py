@@ -424,12 +424,16 @@ class Kube:
         return str(made["metadata"]["resourceVersion"])
 
     async def delete_binding(self, kind: str, name: str, namespace: str | None,
-                             uid: str | None = None) -> bool:
+                             uid: str | None = None, resource_version: str | None = None
+                             ) -> bool:
         """Delete a binding; False when it was already gone.
 
-        With ``uid``: only that object (Conflict if it was replaced in between).
+        With ``uid``: only that object; with ``resource_version``: only that version of it
+        (Conflict if it was replaced or changed in between).
         """
-        body = {"preconditions": {"uid": uid}} if uid else None
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version))
+                         if v}
+        body = {"preconditions": preconditions} if preconditions else None
         try:
             await self._request("DELETE", _binding_path(kind, namespace, name), body)
         except NotFound:
