@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from tests.e2e.support import Kubectl, OperatorProcess, kubectl_binary
+from tests.e2e.support import Kubectl, OperatorProcess
 
 from kubepim.devcluster import binaries, cluster, install
 
 from .faultproxy import FaultProxy
-from .harness import GROUP, NAMESPACE, REQUESTERS, VERSION, Bench, parse_time, summary
+from .harness import GROUP, NAMESPACE, VERSION, Bench, parse_time, prepare, summary
 from .measures import BindingWatcher
 
 RESULTS = Path(__file__).parent / "results"
@@ -194,16 +194,7 @@ def run(grants: int, load_seconds: float, workdir: Path) -> dict[str, Any]:
 
 def _run(started: cluster.Cluster, grants: int, load_seconds: float, workdir: Path,
          clock: Clock) -> dict[str, Any]:
-    install.install(started.kubeconfig)
-    kubectl = Kubectl(started.kubeconfig, kubectl_binary())
-    kubectl("create", "namespace", NAMESPACE)
-    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", NAMESPACE)
-    kubectl("create", "-f", "-", stdin=json.dumps({
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "RoleEligibility",
-        "metadata": {"name": "bench"},
-        "spec": {"subjects": [{"kind": "Group", "name": REQUESTERS}],
-                 "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [NAMESPACE],
-                 "maxDuration": "8h", "approval": {"users": ["bob"]}}}))
+    kubectl = prepare(started.kubeconfig)
     api_port = int(started.server.rsplit(":", 1)[1])
     proxy = FaultProxy(api_port)
     config = install.operator_kubeconfig(started.kubeconfig, workdir / "operator.kubeconfig")

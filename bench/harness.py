@@ -227,8 +227,23 @@ def start(workdir: Path, resync: str | None = "60") -> tuple[Bench, cluster.Clus
     ``resync``: the operator's resync seconds (None: the product's default).
     """
     started = cluster.start(workdir / "cluster", binaries.ensure())
-    install.install(started.kubeconfig)
-    kubectl = Kubectl(started.kubeconfig, kubectl_binary())
+    kubectl = prepare(started.kubeconfig)
+    (workdir / "operator").mkdir()
+    operator = OperatorProcess(
+        install.operator_kubeconfig(started.kubeconfig, workdir / "operator.kubeconfig"),
+        workdir / "operator", **({"KUBEPIM_RESYNC_SECONDS": resync} if resync else {}))
+    operator.start()
+    return Bench(workdir, started.kubeconfig, operator, kubectl), started
+
+
+def prepare(kubeconfig: Path) -> Kubectl:
+    """Install kubepim and what every measure grants: returns kubectl as the admin.
+
+    The bench namespace, its Role pod-reader, and an eligibility for the requesters group,
+    approved by bob.
+    """
+    install.install(kubeconfig)
+    kubectl = Kubectl(kubeconfig, kubectl_binary())
     kubectl("create", "namespace", NAMESPACE)
     kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", NAMESPACE)
     kubectl("create", "-f", "-", stdin=json.dumps({
@@ -237,9 +252,4 @@ def start(workdir: Path, resync: str | None = "60") -> tuple[Bench, cluster.Clus
         "spec": {"subjects": [{"kind": "Group", "name": REQUESTERS}],
                  "roles": [{"kind": "Role", "name": "pod-reader"}], "namespaces": [NAMESPACE],
                  "maxDuration": "8h", "approval": {"users": ["bob"]}}}))
-    (workdir / "operator").mkdir()
-    operator = OperatorProcess(
-        install.operator_kubeconfig(started.kubeconfig, workdir / "operator.kubeconfig"),
-        workdir / "operator", **({"KUBEPIM_RESYNC_SECONDS": resync} if resync else {}))
-    operator.start()
-    return Bench(workdir, started.kubeconfig, operator, kubectl), started
+    return kubectl

@@ -70,6 +70,8 @@ RECONCILE_ERRORS = Counter(
     registry=REGISTRY)
 
 
+_QUEUE_LATENCY = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60)
+
 QUEUE_DEPTH = Gauge(
     "kubepim_workqueue_depth", "Keys waiting in the work queue (ready or delayed).",
     registry=REGISTRY)
@@ -84,11 +86,11 @@ QUEUE_RETRIES = Counter(
 
 QUEUE_SECONDS = Histogram(
     "kubepim_workqueue_queue_duration_seconds", "Time a key waited before a worker took it.",
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60), registry=REGISTRY)
+    buckets=_QUEUE_LATENCY, registry=REGISTRY)
 
 WORK_SECONDS = Histogram(
     "kubepim_workqueue_work_duration_seconds", "Time one reconcile took.",
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60), registry=REGISTRY)
+    buckets=_QUEUE_LATENCY, registry=REGISTRY)
 
 
 def track_queue(depth: Callable[[], int]) -> None:

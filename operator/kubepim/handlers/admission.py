@@ -21,11 +21,10 @@ import kopf
 from pydantic import ValidationError
 
 from kubepim import metrics
-from kubepim.api.common import GROUP, RoleRef
+from kubepim.api.common import GROUP
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestSpec, AccessRequestStatus
 from kubepim.domain import admission, bindings
-from kubepim.domain.review import selector_matches
 from kubepim.settings import Settings
 
 from . import registry
@@ -208,27 +207,11 @@ async def roleeligibility_admit(
                     raise _refuse(f"{reason}, which is on the deny-list: set "
                                   "spec.allowPrivilegedRoles: true to allow it explicitly")
             if role.kind == "Role" and spec.namespace_selector is not None:
-                reason = _privileged_where_selected(reconciler, role, spec)
-                if reason:
-                    raise _refuse(f"{reason}, which is on the deny-list: set "
+                reasons = reconciler.privileged_where_selected(role.name,
+                                                               spec.namespace_selector)
+                if reasons:
+                    raise _refuse(f"{reasons[0]}, which is on the deny-list: set "
                                   "spec.allowPrivilegedRoles: true to allow it explicitly")
-
-
-def _privileged_where_selected(
-    reconciler: Reconciler, role: RoleRef, spec: RoleEligibilitySpec
-) -> str | None:
-    """Why a Role of this name is deny-listed in a namespace the selector matches now, if so.
-
-    From the role watch's cache (no read per namespace: a broad selector stays cheap); a Role
-    made there later is judged again when it would be granted.
-    """
-    assert spec.namespace_selector is not None
-    for (kind, namespace, name), reason in sorted(reconciler.privileged.items()):
-        labels = reconciler.namespaces.get(namespace)
-        if kind == "Role" and name == role.name and labels is not None and \
-                selector_matches(spec.namespace_selector, labels):
-            return reason
-    return None
 
 
 def webhook_configuration(

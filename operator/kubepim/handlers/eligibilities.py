@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import admission
-from kubepim.domain.review import selector_matches
 
 from . import registry
 from .reconcile import Reconciler, utcnow
@@ -47,12 +46,7 @@ async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool,
             if reason:
                 denied.append(reason)
         if role.kind == "Role" and model.namespace_selector is not None:
-            # Roles of this name in the namespaces the selector matches now, as last watched.
-            for (kind, namespace, name), reason in sorted(reconciler.privileged.items()):
-                labels = reconciler.namespaces.get(namespace)
-                if kind == "Role" and name == role.name and labels is not None and \
-                        selector_matches(model.namespace_selector, labels):
-                    denied.append(reason)
+            denied += reconciler.privileged_where_selected(role.name, model.namespace_selector)
     if missing:
         return False, "RoleNotFound", "; ".join(missing)
     if denied and not model.allow_privileged_roles:

@@ -54,11 +54,12 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
         reconciler.queue.resume()
-        overdue = await revoke_overdue(reconciler)
+        requests = await reconciler.kube.list_requests()  # one list for both passes below
+        overdue = await revoke_overdue(reconciler, requests)
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
-        await replay_audit_lines(reconciler, elector.previous_renewal)
+        replay_audit_lines(requests, elector.previous_renewal)
         if memo.get("started"):
             await resync_once(reconciler, config.retention)
 
@@ -161,16 +162,16 @@ def _connect(settings: kopf.OperatorSettings) -> Kube:
     return Kube.from_credentials(info.server, tls, authorization)
 
 
-async def revoke_overdue(reconciler: Reconciler) -> int:
+async def revoke_overdue(reconciler: Reconciler, requests: list[dict[str, Any]]) -> int:
     """Remove the binding of every Active request past its expiry, then record each Expired.
 
     Access goes first, all bindings at once (bounded); the status writes, history and audit
     lines follow through the ordinary reconcile, which finds the binding already gone.
-    Returns how many grants were overdue.
+    ``requests``: every AccessRequest, as just listed. Returns how many grants were overdue.
     """
     now = utcnow()
     overdue = []
-    for item in await reconciler.kube.list_requests():
+    for item in requests:
         status = item.get("status") or {}
         expires = parse_time(status.get("expiresAt"))
         if status.get("phase") == Phase.ACTIVE.value and expires is not None and expires <= now:
@@ -198,8 +199,8 @@ async def revoke_overdue(reconciler: Reconciler) -> int:
     return len(overdue)
 
 
-async def replay_audit_lines(
-    reconciler: Reconciler, previous_renewal: datetime.datetime | None
+def replay_audit_lines(
+    requests: list[dict[str, Any]], previous_renewal: datetime.datetime | None
 ) -> int:
     """Log again the JSON lines of transitions a previous leader may have died before logging.
 
@@ -213,7 +214,7 @@ async def replay_audit_lines(
         return 0
     since = previous_renewal - _REPLAY_WINDOW
     replayed = 0
-    for item in await reconciler.kube.list_requests():
+    for item in requests:
         try:
             request = AccessRequest.model_validate(item)
         except ValueError:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from kubepim import audit, metrics
 from kubepim.api import duration
+from kubepim.api.common import LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import (
     AccessRequest,
@@ -33,7 +34,7 @@ from kubepim.domain.admission import check_limits as limits_refusal
 from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
 from kubepim.domain.quorum import Case
-from kubepim.domain.review import RoleKey, role_key
+from kubepim.domain.review import RoleKey, role_key, selector_matches
 from kubepim.engine.queue import WorkQueue
 from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, NotLeading, parse_time
 
@@ -233,6 +234,16 @@ class Reconciler:
         else:
             self.privileged[key] = reason
         return True
+
+    def privileged_where_selected(self, role: str, selector: LabelSelector) -> list[str]:
+        """Why a Role named ``role`` is deny-listed in each namespace ``selector`` matches now.
+
+        From the role and namespace watches (no read per namespace: a broad selector stays
+        cheap); a Role made there later is judged again when it would be granted.
+        """
+        return [reason for (kind, namespace, name), reason in sorted(self.privileged.items())
+                if kind == "Role" and name == role and namespace in self.namespaces
+                and selector_matches(selector, self.namespaces[namespace])]
 
     def forget(self, name: str) -> None:
         """Drop the timers and version records of a deleted request.

@@ -10,8 +10,7 @@ from kubepim.api.common import GROUP
 from kubepim.domain import bindings
 
 from . import registry
-from .reconcile import Reconciler, binding_key
-from .sweep import owning_request
+from .reconcile import Reconciler, binding_key, owning_request
 
 
 @kopf.on.event(GROUP, "accessrequests", registry=registry)

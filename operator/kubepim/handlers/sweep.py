@@ -14,10 +14,7 @@ from kubepim.api import duration
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain.lifecycle import retention_over
 
-from .reconcile import Reconciler, is_live_grant, owning_request, utcnow
-
-__all__ = ["expire_retention", "is_live_grant", "owning_request", "resync_forever",
-           "resync_once", "sweep_orphans"]
+from .reconcile import Reconciler, is_live_grant, utcnow
 
 logger = logging.getLogger(__name__)
 
