@@ -166,3 +166,14 @@ def test_a_status_write_whose_answer_was_lost_still_gets_its_audit_lines(
     actions = [json.loads(r.getMessage())["action"] for r in caplog.records
                if r.name == "kubepim.audit"]
     assert actions == ["Requested", "Approved", "Activated"]
+
+
+def test_a_binding_claiming_an_owner_that_is_not_an_object_name_names_no_request() -> None:
+    from kubepim.handlers.reconcile import owning_request
+
+    def claiming(name: str) -> dict[str, Any]:
+        return {"metadata": {"ownerReferences": [{"kind": "AccessRequest", "name": name}]}}
+
+    assert owning_request(claiming("alice-debug-1")) == "alice-debug-1"
+    assert owning_request(claiming("../../../../api/v1/nodes/x")) is None
+    assert owning_request({"metadata": {"labels": {"pim.kubepim.dev/request": "a/b"}}}) is None

@@ -89,7 +89,7 @@ def test_an_elector_that_cannot_renew_stops_leading_at_its_deadline_and_resets()
         elector = LeaderElector(store, "ns", "lease", "me", 10.0, elected, lost,  # type: ignore[arg-type]
                                 clock=lambda: clock[0])
         await elector.tick()
-        await elector.takeover_done()
+        await elector.takeover_done(timeout=5)
         assert elector.leading() and events == ["elected"]
         store.fail = True
         clock[0] = 7.9

@@ -117,10 +117,10 @@ class LeaderElector:
             # The takeover runs beside the renewals, never inside one.
             self._takeover = asyncio.create_task(self._take_over(), name="takeover")
 
-    async def takeover_done(self) -> None:
-        """Wait for the takeover work started by the last election, if any."""
+    async def takeover_done(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the takeover work of the last election (it goes on)."""
         if self._takeover is not None:
-            await asyncio.gather(self._takeover, return_exceptions=True)
+            await asyncio.wait([self._takeover], timeout=timeout)
 
     async def _take_over(self) -> None:
         """The takeover work, tried again with backoff until it is done or the lease lost."""

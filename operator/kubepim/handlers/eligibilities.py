@@ -99,10 +99,15 @@ async def roleeligibility_event(
         await _report(reconciler, name, dict(body))
 
 
-async def _report(reconciler: Reconciler, name: str, body: dict[str, Any]) -> None:
-    """Readiness is a status only: a failed write is logged, the next event or resync redoes it."""
+async def _report(reconciler: Reconciler, name: str, body: dict[str, Any] | None) -> None:
+    """Readiness is a status only: a failed write is logged, the next event or resync redoes it.
+
+    ``body`` None: read the eligibility first.
+    """
     try:
-        await report_readiness(reconciler, name, body)
+        body = body if body is not None else await reconciler.kube.get_eligibility(name)
+        if body is not None:
+            await report_readiness(reconciler, name, body)
     except Exception as error:
         logger.warning("could not report the readiness of RoleEligibility %s (%s: %s)", name,
                        type(error).__name__, error)
@@ -120,15 +125,15 @@ async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, 
     # nobody watched is acted on as soon as it is seen.
     if not reconciler.observe_role(kind, namespace, name, rules):
         return
-    for eligibility, spec in sorted((await reconciler.eligibilities()).items()):
-        if not any(role.kind == kind and role.name == name for role in spec.roles):
-            continue
+    naming = [eligibility for eligibility, spec in sorted((await reconciler.eligibilities()
+                                                           ).items())
+              if any(role.kind == kind and role.name == name for role in spec.roles)]
+    for eligibility in naming:  # every request first, then the statuses
         for request in sorted(reconciler.governed.get(eligibility, set())):
             reconciler.enqueue(request)
+    for eligibility in naming:
         if reconciler.leading():
-            body = await reconciler.kube.get_eligibility(eligibility)
-            if body is not None:
-                await _report(reconciler, eligibility, body)
+            await _report(reconciler, eligibility, None)
 
 
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterroles", registry=registry)

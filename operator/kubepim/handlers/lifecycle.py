@@ -78,9 +78,15 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     memo.elector = elector
     await elector.tick()  # a replica that wins here revokes what is overdue before watching
     renewals = asyncio.create_task(elector.run(), name="leader-election")  # beside the takeover
-    await elector.takeover_done()
-    if config.webhook_port:
-        await _serve_webhooks(settings, config, kube, memo)
+    try:
+        # Overdue grants go before watching starts; a takeover that keeps failing goes on
+        # retrying in the background rather than hold up everything else.
+        await elector.takeover_done(timeout=30)
+        if config.webhook_port:
+            await _serve_webhooks(settings, config, kube, memo)
+    except BaseException:
+        renewals.cancel()  # kopf runs start-up again: no second elector beside a new one
+        raise
     memo.started = True
     logger.info("kubepim operator started as %s (%s)", config.identity,
                 "leader" if elector.leading() else "standby")

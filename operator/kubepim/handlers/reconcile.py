@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from kubepim import audit, metrics
 from kubepim.api import duration
-from kubepim.api.common import LabelSelector
+from kubepim.api.common import DNS_SUBDOMAIN, LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import (
     AccessRequest,
@@ -90,7 +91,9 @@ class Reconciler:
         self._posting: set[asyncio.Task[None]] = set()
         # Requests (by uid) whose status write failed without an answer, and the first history
         # index it carried: their lines are logged once the history shows the write landed.
-        self._unconfirmed: dict[str, int] = {}
+        self._unconfirmed: dict[str, tuple[int, str]] = {}
+        # The request uid each of our own binding writes was made for.
+        self._written_for: dict[str, str] = {}
         self._event_slots = asyncio.Semaphore(8)
         # resourceVersion of each binding as this replica last wrote it: the watch event of our
         # own write needs nothing, and the entry is dropped as soon as the watch reports another
@@ -330,6 +333,7 @@ class Reconciler:
         self.active.clear()
         self.governed.clear()
         self.in_namespace.clear()
+        self._unconfirmed.clear()  # the next leader's takeover replays those lines
 
     async def _process(self, key: str) -> None:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
@@ -418,9 +422,14 @@ class Reconciler:
             logger.error("AccessRequest %s is malformed and is left alone: %s", name, error)
             return
         spec, status = request.spec, request.status or AccessRequestStatus()
-        unconfirmed = self._unconfirmed.pop(str(body["metadata"]["uid"]), None)
-        if unconfirmed is not None and len(status.history) > unconfirmed:
-            audit.replay(body, request, from_index=unconfirmed)  # the write had landed
+        uid = str(body["metadata"]["uid"])
+        unconfirmed = self._unconfirmed.get(uid)
+        if unconfirmed is not None and body["metadata"].get("resourceVersion") != unconfirmed[1]:
+            # A version other than the one the unanswered write was based on: it landed or it
+            # never will. If it landed, the history holds its entries: log them now.
+            del self._unconfirmed[uid]
+            if len(status.history) > unconfirmed[0]:
+                audit.replay(body, request, from_index=unconfirmed[0])
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         place = await self.namespace(spec.namespace) if spec.namespace else ("", {})
         labels, namespace_uid = (place[1], place[0]) if place is not None else (None, None)
@@ -484,8 +493,8 @@ class Reconciler:
             except Exception:
                 # Written or not, nobody knows (a timeout, a reset connection): if it was, the
                 # next reconcile finds these entries in the history and logs their lines then.
-                uid = str(body["metadata"]["uid"])
-                self._unconfirmed.setdefault(uid, len(status.history))
+                self._unconfirmed.setdefault(uid, (len(status.history),
+                                                   str(body["metadata"]["resourceVersion"])))
                 raise
             self._seen(name, str(written["metadata"]["resourceVersion"]))
             done = utcnow()
@@ -617,6 +626,7 @@ class Reconciler:
         if key not in self.bindings:
             try:
                 self.own_writes[key] = await self.kube.create_binding(desired)
+                self._written_for[key] = uid
                 self.bindings.add(key)
                 return True
             except Conflict:
@@ -640,6 +650,7 @@ class Reconciler:
                                            uid=actual["metadata"].get("uid"))
         # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
         self.own_writes[key] = await self.kube.create_binding(desired)
+        self._written_for[key] = uid
         self.bindings.add(key)
         return True
 
@@ -654,7 +665,7 @@ class Reconciler:
         if (never_granted or ended) and key not in self.bindings:
             return False
         written = self.own_writes.get(key)
-        if written is not None:
+        if written is not None and uid is not None and self._written_for.get(key) == uid:
             # Exactly the version we wrote, as far as the watch has said: delete that version
             # without reading it first (an expiry is one round trip); changed since, and the
             # precondition fails: read it and judge it below.
@@ -714,6 +725,8 @@ class Reconciler:
         return patch if changed else {}
 
 
+_NAME = re.compile(DNS_SUBDOMAIN)
+
 # Queue keys besides request names (no request name holds a colon).
 _DELETED = "deleted:"  # a deleted request, by uid
 _BINDING = "binding:"  # a marked binding to check, by binding key
@@ -722,11 +735,13 @@ _BINDING = "binding:"  # a marked binding to check, by binding key
 def owning_request(binding: dict[str, Any]) -> str | None:
     """The AccessRequest a binding claims to belong to (owner reference, else label)."""
     metadata = binding.get("metadata", {})
-    for owner in metadata.get("ownerReferences") or []:
-        if owner.get("kind") == "AccessRequest":
-            return str(owner.get("name"))
-    label = (metadata.get("labels") or {}).get(bindings.REQUEST_LABEL)
-    return str(label) if label else None
+    claimed = next((str(owner.get("name")) for owner in metadata.get("ownerReferences") or []
+                    if owner.get("kind") == "AccessRequest"), None)
+    if claimed is None:
+        claimed = (metadata.get("labels") or {}).get(bindings.REQUEST_LABEL)
+    # Anyone who can write a binding writes these: only an object name is ever looked up
+    # (never a path such as ../../api/v1/nodes/x).
+    return str(claimed) if claimed and _NAME.fullmatch(str(claimed)) else None
 
 
 async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ from kubepim import audit
 from kubepim.api import duration
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain.lifecycle import retention_over
+from kubepim.k8s.client import NotLeading
 
 from .reconcile import Reconciler, is_live_grant, utcnow
 
@@ -25,11 +26,21 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
         return 0
     removed = 0
     for binding in await reconciler.kube.list_managed_bindings():
-        if await is_live_grant(reconciler, binding):
-            continue
         metadata = binding["metadata"]
-        if await reconciler.delete_binding(binding["kind"], metadata["name"],
-                                           metadata.get("namespace"), metadata.get("uid")):
+        try:
+            if await is_live_grant(reconciler, binding):
+                continue
+            deleted = await reconciler.delete_binding(
+                binding["kind"], metadata["name"], metadata.get("namespace"),
+                metadata.get("uid"))
+        except NotLeading:
+            raise
+        except Exception as error:  # one binding must not stop the sweep (or a takeover)
+            logger.warning("could not check %s %s/%s (%s: %s); the next sweep tries again",
+                           binding["kind"], metadata.get("namespace") or "", metadata["name"],
+                           type(error).__name__, error)
+            continue
+        if deleted:
             removed += 1
             logger.warning("removed %s %s/%s: it carries kubepim's marks but no live grant",
                            binding["kind"], metadata.get("namespace") or "", metadata["name"])
