@@ -4,6 +4,7 @@ forgotten whole (the real API server proves outcomes in tests/e2e; here a record
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from typing import Any
 
@@ -82,12 +83,13 @@ def test_a_deleted_active_request_leaves_no_grant_behind_in_the_gauges() -> None
         reconciler = Reconciler(kube)  # type: ignore[arg-type]
         reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
         await reconciler.reconcile("r", body("10", approved=True))
-        assert "r" in reconciler.active
+        assert reconciler.state.is_active("r")
         gone = body("102", approved=True)
         gone["status"].update(phase="Active", expiresAt="2000-01-01T00:00:00Z",
                               activatedAt="1999-12-31T23:00:00Z")
         await reconciler.request_deleted(gone)
-        assert "r" not in reconciler.active and reconciler._overdue() == 0
+        assert not reconciler.state.is_active("r")
+        assert reconciler.state.overdue(datetime.datetime.now(datetime.UTC)) == 0
         assert "r" not in reconciler.queue
 
     asyncio.run(scenario())
@@ -101,8 +103,9 @@ def test_losing_leadership_drops_queued_work_and_decisions() -> None:
         await reconciler.reconcile("r", body("10", approved=True))
         reconciler.enqueue("r", body("11"))
         reconciler.reset()
-        assert len(reconciler.queue) == 0 and not reconciler.versions
-        assert not reconciler.active and not reconciler.own_writes
+        assert len(reconciler.queue) == 0
+        sizes = reconciler.state.sizes()
+        assert sizes["versions"] == sizes["active"] == sizes["own_writes"] == 0
 
     asyncio.run(scenario())
 
@@ -120,12 +123,12 @@ def test_a_relist_never_undoes_a_newer_watch_event() -> None:
         reconciler = Reconciler(ListedAt(body("10")))  # type: ignore[arg-type]
         await reconciler.refresh_eligibilities()
         assert "e" in await reconciler.eligibilities()
-        reconciler.observe_eligibility("e", None, "25")  # deleted after the list was served
-        reconciler.observe_eligibility("new", ELIGIBILITY, "26")  # created after it
+        reconciler.state.observe_eligibility("e", None, "25")  # deleted after the list was served
+        reconciler.state.observe_eligibility("new", ELIGIBILITY, "26")  # created after it
         await reconciler.refresh_eligibilities()  # a resync's list, served at 20
         cached = await reconciler.eligibilities()
         assert "e" not in cached and "new" in cached
-        reconciler.observe_eligibility("new", None, "24")  # a late, older event: ignored
+        reconciler.state.observe_eligibility("new", None, "24")  # a late, older event: ignored
         assert "new" in await reconciler.eligibilities()
 
     asyncio.run(scenario())

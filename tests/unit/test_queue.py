@@ -131,6 +131,18 @@ def test_delayed_keys_fire_in_deadline_order_and_the_earliest_add_wins() -> None
     _run(scenario)
 
 
+def test_cancelled_timers_hold_no_memory_until_their_deadline() -> None:
+    queue = WorkQueue(lambda key: asyncio.sleep(0))
+    for n in range(1000):
+        queue.add_after(f"k{n}", 3600)
+    for n in range(990):
+        queue.cancel(f"k{n}")
+    assert len(queue) == 10
+    assert len(queue._delayed) <= 2 * 10 + 64 + 1  # rebuilt, not 1,000 stale entries
+    assert sorted(entry[2] for entry in queue._delayed if entry[2] in
+                  {f"k{n}" for n in range(990, 1000)}) == sorted(f"k{n}" for n in range(990, 1000))
+
+
 def test_keys_added_while_paused_are_kept_and_processed_on_resume() -> None:
     async def scenario() -> None:
         seen: list[str] = []

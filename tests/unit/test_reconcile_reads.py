@@ -11,7 +11,8 @@ import asyncio
 import datetime
 from typing import Any
 
-from kubepim.handlers.reconcile import Reconciler, binding_key
+from kubepim.engine.state import binding_key
+from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import Conflict
 
 ELIGIBILITY = {"subjects": [{"kind": "User", "name": "alice"}],
@@ -99,7 +100,8 @@ def reconciled(kube: RecordingKube, *events: dict[str, Any] | None,
         reconciler = Reconciler(kube)  # type: ignore[arg-type]
         if namespaces:
             reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
-        reconciler.bindings |= bindings or set()
+        for key in bindings or set():
+            reconciler.state.binding_seen(key, present=True)
         for event in events:
             await reconciler.reconcile("r", event)
         await asyncio.sleep(0)  # let the background Event posts run
@@ -132,7 +134,7 @@ def test_a_binding_we_wrote_is_not_read_until_the_watch_reports_another_version(
     kube.calls.clear()
     asyncio.run(reconciler.reconcile("r"))  # a resync
     assert "get_binding" not in kube.calls
-    reconciler.own_writes.pop(BINDING)  # what the binding watch does on a foreign version
+    reconciler.state.drop_write(BINDING)  # what the binding watch does on a foreign version
     asyncio.run(reconciler.reconcile("r"))
     assert "get_binding" in kube.calls
 

@@ -99,8 +99,17 @@ class WorkQueue:
         self.add_after(key, seconds + 0.005)  # a little after, not a little before
 
     def cancel(self, key: str) -> None:
-        """Drop a delayed add of ``key`` (its heap entry becomes stale and is skipped)."""
-        self._waiting.pop(key, None)
+        """Drop a delayed add of ``key``.
+
+        Its heap entry becomes stale and is skipped; once stale entries outnumber live ones the
+        heap is rebuilt, so cancelled timers (every request that finished early) hold no memory
+        until their deadline.
+        """
+        if self._waiting.pop(key, None) is not None and \
+                len(self._delayed) > 2 * len(self._waiting) + 64:
+            self._delayed = [entry for entry in self._delayed
+                             if self._waiting.get(entry[2]) == entry[0]]
+            heapq.heapify(self._delayed)
 
     def forget(self, key: str) -> None:
         """Reset ``key``'s backoff (it succeeded, or it is gone)."""

@@ -25,10 +25,11 @@ from kubepim.api.common import GROUP
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestSpec, AccessRequestStatus
 from kubepim.domain import admission, bindings
+from kubepim.engine.state import binding_key
 from kubepim.settings import Settings
 
 from . import registry
-from .reconcile import Reconciler, binding_key, utcnow
+from .reconcile import Reconciler, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +102,11 @@ async def _check_coverage_and_name(
 ) -> None:
     labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
     refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
-                                          utcnow(), reconciler.privileged)
+                                          utcnow(), reconciler.state.privileged)
     if refusal:
         raise _refuse(refusal)
     ref = bindings.binding_ref(name, spec)
-    if binding_key(ref.kind, ref.namespace, ref.name) not in reconciler.bindings:
+    if not reconciler.state.binding_exists(binding_key(ref.kind, ref.namespace, ref.name)):
         return  # the binding watch sees every binding named kubepim-*: none of this name
     existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
     if existing is not None and not bindings.made_by_kubepim(existing, None):
@@ -207,7 +208,7 @@ async def roleeligibility_admit(
                     raise _refuse(f"{reason}, which is on the deny-list: set "
                                   "spec.allowPrivilegedRoles: true to allow it explicitly")
             if role.kind == "Role" and spec.namespace_selector is not None:
-                reasons = reconciler.privileged_where_selected(role.name,
+                reasons = reconciler.state.privileged_where_selected(role.name,
                                                                spec.namespace_selector)
                 if reasons:
                     raise _refuse(f"{reasons[0]}, which is on the deny-list: set "

@@ -46,7 +46,8 @@ async def readiness(reconciler: Reconciler, spec: dict[str, Any]) -> tuple[bool,
             if reason:
                 denied.append(reason)
         if role.kind == "Role" and model.namespace_selector is not None:
-            denied += reconciler.privileged_where_selected(role.name, model.namespace_selector)
+            denied += reconciler.state.privileged_where_selected(role.name,
+                                                                 model.namespace_selector)
     if missing:
         return False, "RoleNotFound", "; ".join(missing)
     if denied and not model.allow_privileged_roles:
@@ -90,10 +91,10 @@ async def roleeligibility_event(
     """Report readiness, then reconcile every unfinished request (coverage may have changed)."""
     reconciler: Reconciler = memo.reconciler
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
-    reconciler.observe_eligibility(name, spec, body.metadata.get("resourceVersion"))
+    reconciler.state.observe_eligibility(name, spec, body.metadata.get("resourceVersion"))
     # First the requests it governs (a listing too: an edit missed while the watch was down);
     # enqueue keeps nothing on a standby, whose takeover reconciles everything.
-    for request in sorted(reconciler.governed.get(name, set())):
+    for request in reconciler.state.governed_by(name):
         reconciler.enqueue(request)
     if type != "DELETED" and reconciler.leading():
         await _report(reconciler, name, dict(body))
@@ -123,13 +124,13 @@ async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, 
     """
     # Listings too (start-up, a watch that lists again): a role that became privileged while
     # nobody watched is acted on as soon as it is seen.
-    if not reconciler.observe_role(kind, namespace, name, rules):
+    if not reconciler.state.observe_role(kind, namespace, name, rules):
         return
     naming = [eligibility for eligibility, spec in sorted((await reconciler.eligibilities()
                                                            ).items())
               if any(role.kind == kind and role.name == name for role in spec.roles)]
     for eligibility in naming:  # every request first, then the statuses
-        for request in sorted(reconciler.governed.get(eligibility, set())):
+        for request in reconciler.state.governed_by(eligibility):
             reconciler.enqueue(request)
     for eligibility in naming:
         if reconciler.leading():

@@ -9,7 +9,7 @@ retry from a fresh read instead of overwriting; the history is appended exactly 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kubepim import audit, metrics
 from kubepim.api import duration
-from kubepim.api.common import DNS_SUBDOMAIN, LabelSelector
+from kubepim.api.common import DNS_SUBDOMAIN
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import (
     AccessRequest,
@@ -35,8 +35,9 @@ from kubepim.domain.admission import check_limits as limits_refusal
 from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
 from kubepim.domain.quorum import Case
-from kubepim.domain.review import RoleKey, role_key, selector_matches
+from kubepim.domain.review import role_key
 from kubepim.engine.queue import WorkQueue
+from kubepim.engine.state import State, binding_key
 from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, NotLeading, parse_time
 
 from .limits import RequesterLimits
@@ -65,69 +66,26 @@ class Reconciler:
         # Open requests and unreviewed break-glass grants per requester, and their limits.
         self.limits = RequesterLimits(case)
         self.max_open, self.max_break_glass = max_open, max_break_glass
-        # Why each deny-listed Role and ClusterRole is, as the role watch last saw its rules:
-        # a role that gains privilege after its eligibility was written stops being granted.
-        self.privileged: dict[RoleKey, str] = {}
+        # Everything remembered between reconciles: one owner, a method per change.
+        self.state = State()
         # Every reconcile goes through the queue: it owns retries (backoff on failure) and the
         # expiry and pending-timeout timers (delayed keys).
         self.queue = WorkQueue(self._process, gate=lambda: self.leading(),
                                held=(NotLeading,))
-        self.scheduler = self.queue
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
         self._deleted: dict[str, dict[str, Any]] = {}
-        self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(
-            asyncio.Lock)
-        self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
-        # The resourceVersion at which each eligibility was last seen, and whether it existed;
-        # one relist at a time, never one older than the last applied.
-        self._eligibility_versions: dict[str, tuple[int, bool]] = {}
-        self._refreshing = asyncio.Lock()
-        self._listed_at = 0
-        # Unfinished requests by the eligibility that governs them: an eligibility's change
-        # re-decides only these.
-        self.governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
-        # Requests (by uid) whose status write failed without an answer, and the first history
-        # index it carried: their lines are logged once the history shows the write landed.
-        self._unconfirmed: dict[str, tuple[int, str]] = {}
-        # The request uid each of our own binding writes was made for.
-        self._written_for: dict[str, str] = {}
         self._event_slots = asyncio.Semaphore(8)
-        # resourceVersion of each binding as this replica last wrote it: the watch event of our
-        # own write needs nothing, and the entry is dropped as soon as the watch reports another
-        # version of it.
-        self.own_writes: dict[str, str] = {}
         # Whether this replica may act now (leader election sets it; alone, always), and
         # whether it believes it holds the lease (keys are kept while renewal is late).
         self.leading: Callable[[], bool] = lambda: True
         self.elected: Callable[[], bool] = lambda: True
-        # Active grants and their expiry, as last reconciled: the gauges read it.
-        self.active: dict[str, datetime.datetime] = {}
-        # Labels and uid of every namespace, kept by the namespace watch (a name not here is
-        # read); and the open requests in each namespace, decided again when it changes.
-        self.namespaces: dict[str, dict[str, str]] = {}
-        self.namespace_uids: dict[str, str] = {}
-        self.in_namespace: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
-        # Bindings that look like ours and exist, as the binding watch and our writes saw them:
-        # a binding not here is created without a read first, and a request never activated
-        # whose binding is not here has nothing to remove (a watch event would say otherwise).
-        self.bindings: set[str] = set()
-        # The newest resourceVersion of each request decided on or written: a watch event
-        # bringing no newer one (our own status write coming back, say) needs nothing.
-        self.versions: dict[str, str] = {}
         # A standby reports no grants: only the leader's view counts (and pages).
-        metrics.track(lambda: len(self.active) if self.elected() else 0,
-                      lambda: self._overdue() if self.elected() else 0)
-
-    def is_own_write(self, key: str, resource_version: str | None) -> bool:
-        """Whether the object at ``resource_version`` is the one this replica last wrote."""
-        return resource_version is not None and self.own_writes.get(key) == resource_version
-
-    def _overdue(self) -> int:
-        now = utcnow()
-        return sum(1 for expires in self.active.values() if expires <= now)
+        metrics.track(lambda: self.state.active_grants() if self.elected() else 0,
+                      lambda: self.state.overdue(utcnow()) if self.elected() else 0)
 
     async def eligibilities(self) -> dict[str, RoleEligibilitySpec]:
         """Every valid RoleEligibility by name (invalid ones are reported on their status).
@@ -135,138 +93,60 @@ class Reconciler:
         Served from a cache that the eligibility watch keeps current and each resync rebuilds
         (so a deletion missed while the watch restarted cannot linger); the first call lists.
         """
-        if self._eligibilities is None:
+        cached = self.state.eligibilities
+        if cached is None:
             await self.refresh_eligibilities()
-        assert self._eligibilities is not None
-        return self._eligibilities
+            cached = self.state.eligibilities
+        assert cached is not None
+        return cached
 
     async def refresh_eligibilities(self) -> None:
-        """Rebuild the eligibility cache from a list call, never undoing a newer watch event.
-
-        An eligibility the watch saw at a version newer than the list's (created, changed or
-        deleted after the list was served) keeps what the watch said.
-        """
+        """Rebuild the eligibility cache from a list call, never undoing a newer watch event."""
         async with self._refreshing:
-            await self._refresh_eligibilities()
+            self.state.apply_eligibility_list(*await self.kube.list_eligibilities_at())
 
-    async def _refresh_eligibilities(self) -> None:
-        items, listed_at = await self.kube.list_eligibilities_at()
-        if listed_at and listed_at < self._listed_at:
-            return  # an older list than the one applied
-        self._listed_at = listed_at
-        fresh: dict[str, RoleEligibilitySpec] = {}
-        versions: dict[str, tuple[int, bool]] = {}
-        for item in items:
-            name = item["metadata"]["name"]
-            versions[name] = (_int(item["metadata"].get("resourceVersion")), True)
-            parsed = _eligibility(item.get("spec"))
-            if parsed is not None:
-                fresh[name] = parsed
-        current = self._eligibilities or {}
-        for name, (seen, present) in self._eligibility_versions.items():
-            if seen > max(versions.get(name, (0, False))[0], listed_at):
-                versions[name] = (seen, present)
-                fresh.pop(name, None)
-                if present and name in current:
-                    fresh[name] = current[name]
-        self._eligibility_versions = versions
-        self._eligibilities = fresh
+    async def refresh_namespaces(self) -> None:
+        """Rebuild the namespace cache from a list call (a relisting watch reports no deletion).
 
-    def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
-                            version: str | None = None) -> None:
-        """Apply one watch event to the cache (``spec`` None: deleted) at ``version``."""
-        seen = _int(version)
-        if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
-            return  # older than what is held (a late event)
-        self._eligibility_versions[name] = (seen, spec is not None)
-        if self._eligibilities is None:
-            return  # the first use lists everything anyway
-        updated = dict(self._eligibilities)
-        parsed = _eligibility(spec) if spec is not None else None
-        if parsed is None:
-            updated.pop(name, None)
-        else:
-            updated[name] = parsed
-        self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
+        Requests in a namespace found changed or gone are decided again.
+        """
+        items, listed_at = await self.kube.list_namespaces_at()
+        changed = self.state.apply_namespace_list(
+            ((item["metadata"]["name"], None if _going(item) else
+              dict(item["metadata"].get("labels") or {}), str(item["metadata"].get("uid") or ""),
+              _int(item["metadata"].get("resourceVersion"))) for item in items), listed_at)
+        for request in changed:
+            self.enqueue(request)
+
+    def observe_namespace(self, name: str, labels: dict[str, str] | None, uid: str = "",
+                          version: str | None = None) -> None:
+        """Apply one namespace watch event (``labels`` None: deleted or being deleted).
+
+        Its open requests are decided again if that changed what they are decided on.
+        """
+        for request in self.state.observe_namespace(name, labels, uid, version):
+            self.enqueue(request)
 
     async def namespace(self, name: str) -> tuple[str, dict[str, str]] | None:
         """(uid, labels) of a namespace (None: gone or going), from the watch when it has it."""
-        cached = self.namespaces.get(name)
+        cached = self.state.namespace(name)
         if cached is not None:
-            return self.namespace_uids.get(name, ""), cached
+            return cached
         return await self.kube.namespace(name)
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """Labels of a namespace (None: it does not exist), from the watch when it has it."""
-        cached = self.namespaces.get(name)
-        if cached is not None:
-            return cached
-        return await self.kube.namespace_labels(name)
-
-    def observe_namespace(self, name: str, labels: dict[str, str] | None,
-                          uid: str = "") -> None:
-        """Apply one namespace watch event (``labels`` None: deleted or being deleted).
-
-        If that changes what a request there is decided on (labels a selector may match, the
-        namespace going or made again), its open requests are decided again.
-        """
-        before = (self.namespace_uids.get(name), self.namespaces.get(name))
-        if labels is None:
-            self.namespaces.pop(name, None)
-            self.namespace_uids.pop(name, None)
-        else:
-            self.namespaces[name] = labels
-            self.namespace_uids[name] = uid
-        if before != (self.namespace_uids.get(name), self.namespaces.get(name)):
-            for request in sorted(self.in_namespace.get(name, ())):
-                self.enqueue(request)
-
-    def observe_role(self, kind: str, namespace: str | None, name: str,
-                     rules: list[dict[str, Any]] | None) -> bool:
-        """Apply one role watch event (``rules`` None: deleted).
-
-        True if its deny-listing changed: the requests that could be granted it must be decided
-        again.
-        """
-        key: RoleKey = (kind, namespace or "", name)
-        reason = privileged(kind, name, rules, namespace) if rules is not None else None
-        if self.privileged.get(key) == reason:
-            return False
-        if reason is None:
-            del self.privileged[key]
-        else:
-            self.privileged[key] = reason
-        return True
-
-    def privileged_where_selected(self, role: str, selector: LabelSelector) -> list[str]:
-        """Why a Role named ``role`` is deny-listed in each namespace ``selector`` matches now.
-
-        From the role and namespace watches (no read per namespace: a broad selector stays
-        cheap); a Role made there later is judged again when it would be granted.
-        """
-        return [reason for (kind, namespace, name), reason in sorted(self.privileged.items())
-                if kind == "Role" and name == role and namespace in self.namespaces
-                and selector_matches(selector, self.namespaces[namespace])]
+        found = await self.namespace(name)
+        return found[1] if found is not None else None
 
     def forget(self, name: str) -> None:
-        """Drop the timers and version records of a deleted request.
+        """Everything remembered of a request that is gone: timers, records, gauges."""
+        self.queue.cancel(name)
+        self.state.forget(name)
 
-        Its lock is kept: a lock may have waiters that ``locked()`` does not show, and a new
-        lock beside it would let two reconciles of one request run at once.
-        """
-        self.scheduler.cancel(name)
-        self.versions.pop(name, None)
-
-    def _forget_request(self, name: str) -> None:
-        """Everything remembered of a request that is gone, gauges included."""
-        self.forget(name)
-        self.active.pop(name, None)
-        for members in [*self.governed.values(), *self.in_namespace.values()]:
-            members.discard(name)
-
-    def lock(self, name: str) -> asyncio.Lock:
-        """The lock held while one request is reconciled."""
-        return self._locks[name]
+    def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The lock held while one request is reconciled (``async with``)."""
+        return self.state.locks.hold(name)
 
     # Triggers: each only adds a key to the queue.
 
@@ -308,8 +188,10 @@ class Reconciler:
         Our record of having written it goes too; False if it was already gone.
         """
         key = binding_key(kind, namespace, name)
-        self.own_writes.pop(key, None)
-        return await self.kube.delete_binding(kind, name, namespace, uid=uid)
+        self.state.drop_write(key)
+        removed = await self.kube.delete_binding(kind, name, namespace, uid=uid)
+        self.state.binding_seen(key, present=False)
+        return removed
 
     async def _check_binding(self, key: str) -> None:
         kind, namespace, name = key.split("/", 2)
@@ -328,12 +210,7 @@ class Reconciler:
         self.queue.clear()
         self._bodies.clear()
         self._deleted.clear()
-        self.versions.clear()
-        self.own_writes.clear()
-        self.active.clear()
-        self.governed.clear()
-        self.in_namespace.clear()
-        self._unconfirmed.clear()  # the next leader's takeover replays those lines
+        self.state.reset()
 
     async def _process(self, key: str) -> None:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
@@ -346,7 +223,7 @@ class Reconciler:
             body = self._deleted.get(key.removeprefix(_DELETED))
             if body is not None:
                 name = body["metadata"]["name"]
-                async with self._locks[name]:
+                async with self.lock(name):
                     await self.request_deleted(body)
                 self._deleted.pop(key.removeprefix(_DELETED), None)
                 self.forget(name)
@@ -363,9 +240,10 @@ class Reconciler:
         """
         if not self.leading():
             raise NotLeading(f"{name} not reconciled: this replica is not leading")
-        async with self._locks[name]:
+        async with self.lock(name):
             if body is not None:
-                newer = self._newer_than_decided(name, body)
+                newer = self.state.newer_than_decided(
+                    name, body["metadata"].get("resourceVersion"))
                 if newer is False:
                     return  # any later change comes with its own, newer event
                 if newer is None:
@@ -375,7 +253,7 @@ class Reconciler:
                     body = await self.kube.get_request(name)
                 if body is None:
                     # Gone without a DELETED event (a watch that listed again): forget it.
-                    self._forget_request(name)
+                    self.forget(name)
                     return
                 try:
                     await self._reconcile(body, utcnow())
@@ -388,31 +266,11 @@ class Reconciler:
                     metrics.RECONCILE_ERRORS.inc()
                     raise
                 # Decided only once it succeeded: a failed version is decided again.
-                self._seen(name, body["metadata"].get("resourceVersion"))
+                if self.state.is_open(name):  # (a finished request keeps no record)
+                    self.state.decided(name, body["metadata"].get("resourceVersion"))
                 return
             metrics.RECONCILE_ERRORS.inc()
             raise Conflict(409, f"gave up on {name} after {_ATTEMPTS} conflicting writes")
-
-    def _newer_than_decided(self, name: str, body: dict[str, Any]) -> bool | None:
-        """Whether ``body`` is newer than every version of the request decided on or written.
-
-        resourceVersions are compared as the integers the API server issues; None when one is
-        not an integer (unequal versions that cannot be ordered).
-        """
-        seen = self.versions.get(name)
-        version = body["metadata"].get("resourceVersion")
-        if seen is None or version is None:
-            return True
-        if seen.isdigit() and version.isdigit():
-            return int(version) > int(seen)
-        return False if version == seen else None
-
-    def _seen(self, name: str, version: str | None) -> None:
-        if version is None:
-            return
-        seen = self.versions.get(name)
-        if seen is None or not (seen.isdigit() and version.isdigit()) or int(version) > int(seen):
-            self.versions[name] = version
 
     async def _reconcile(self, body: dict[str, Any], now: datetime.datetime) -> None:
         name = body["metadata"]["name"]
@@ -423,19 +281,18 @@ class Reconciler:
             return
         spec, status = request.spec, request.status or AccessRequestStatus()
         uid = str(body["metadata"]["uid"])
-        unconfirmed = self._unconfirmed.get(uid)
-        if unconfirmed is not None and body["metadata"].get("resourceVersion") != unconfirmed[1]:
+        unconfirmed = self.state.confirm(uid, body["metadata"].get("resourceVersion"))
+        if unconfirmed is not None and len(status.history) > unconfirmed:
             # A version other than the one the unanswered write was based on: it landed or it
             # never will. If it landed, the history holds its entries: log them now.
-            del self._unconfirmed[uid]
-            if len(status.history) > unconfirmed[0]:
-                audit.replay(body, request, from_index=unconfirmed[0])
+            audit.replay(body, request, from_index=unconfirmed)
         created = parse_time(body["metadata"].get("creationTimestamp")) or now
         place = await self.namespace(spec.namespace) if spec.namespace else ("", {})
         labels, namespace_uid = (place[1], place[0]) if place is not None else (None, None)
         eligibilities = await self.eligibilities()
         plan = decide(spec, status, created, eligibilities, labels, now,
-                      uid=body["metadata"]["uid"], privileged=self.privileged, case=self.case,
+                      uid=body["metadata"]["uid"], privileged=self.state.privileged,
+                      case=self.case,
                       namespace_uid=namespace_uid)
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
@@ -445,8 +302,8 @@ class Reconciler:
             key = role_key(spec.role, spec.namespace)
             where = spec.namespace if spec.role.kind == "Role" else None
             reason = privileged(spec.role.kind, spec.role.name, rules, where) if rules else None
-            if self.privileged.get(key) != reason:
-                fresh = {k: v for k, v in self.privileged.items() if k != key}
+            if self.state.privileged.get(key) != reason:
+                fresh = {k: v for k, v in self.state.privileged.items() if k != key}
                 if reason is not None:
                     fresh[key] = reason
                 plan = decide(spec, status, created, eligibilities, labels, now,
@@ -493,10 +350,10 @@ class Reconciler:
             except Exception:
                 # Written or not, nobody knows (a timeout, a reset connection): if it was, the
                 # next reconcile finds these entries in the history and logs their lines then.
-                self._unconfirmed.setdefault(uid, (len(status.history),
-                                                   str(body["metadata"]["resourceVersion"])))
+                self.state.unconfirmed_write(uid, len(status.history),
+                                             str(body["metadata"]["resourceVersion"]))
                 raise
-            self._seen(name, str(written["metadata"]["resourceVersion"]))
+            self.state.decided(name, str(written["metadata"]["resourceVersion"]))
             done = utcnow()
             first = len(status.history)
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
@@ -512,30 +369,21 @@ class Reconciler:
             raise NotLeading(f"{name}: leadership lost during its reconcile")
         phase = transitions[-1].phase if transitions else status.phase
         governing = plan.eligibility or status.eligibility
-        for members in self.governed.values():
-            members.discard(name)
-        if phase in (Phase.PENDING, Phase.ACTIVE) and governing:
-            self.governed[governing].add(name)
-        if spec.namespace:
-            if phase in (Phase.PENDING, Phase.ACTIVE):
-                self.in_namespace[spec.namespace].add(name)
-            else:
-                self.in_namespace[spec.namespace].discard(name)
+        self.state.place(name, phase, governing, spec.namespace,
+                         expires_at if phase == Phase.ACTIVE else None)
         if phase == Phase.ACTIVE and expires_at is not None:
-            self.active[name] = expires_at
-            self.scheduler.schedule(name, expires_at)
+            self.queue.schedule(name, expires_at)
         else:
-            self.active.pop(name, None)
             timeout = self._timeout(created, governing) if phase == Phase.PENDING else None
             if timeout is not None:
-                self.scheduler.schedule(name, timeout)  # TimedOut at the window's end
+                self.queue.schedule(name, timeout)  # TimedOut at the window's end
             else:
-                self.scheduler.cancel(name)
+                self.queue.cancel(name)
 
     def _timeout(
         self, created: datetime.datetime, governing: str | None
     ) -> datetime.datetime | None:
-        policy = (self._eligibilities or {}).get(governing or "")
+        policy = (self.state.eligibilities or {}).get(governing or "")
         if policy is None:
             return None
         return created + duration.parse(policy.pending_timeout)
@@ -594,7 +442,7 @@ class Reconciler:
         outlive it in the log.
         """
         name = body["metadata"]["name"]
-        self._forget_request(name)
+        self.forget(name)
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError:
@@ -619,15 +467,13 @@ class Reconciler:
         desired = bindings.desired_binding(name, uid, request.spec)
         ref = bindings.binding_ref(name, request.spec)
         key = binding_key(ref.kind, ref.namespace, ref.name)
-        if key in self.own_writes:
+        if self.state.own_write(key, uid) is not None:
             # The binding watch has reported no version but ours (a foreign change drops this
             # record and reconciles the request, which then reads and restores it).
             return False
-        if key not in self.bindings:
+        if not self.state.binding_exists(key):
             try:
-                self.own_writes[key] = await self.kube.create_binding(desired)
-                self._written_for[key] = uid
-                self.bindings.add(key)
+                self.state.wrote_binding(key, await self.kube.create_binding(desired), uid)
                 return True
             except Conflict:
                 pass  # it exists after all: compare it with what was approved
@@ -649,9 +495,7 @@ class Reconciler:
             await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
                                            uid=actual["metadata"].get("uid"))
         # Conflict (someone recreated it in between) propagates: reconcile again, fresh read.
-        self.own_writes[key] = await self.kube.create_binding(desired)
-        self._written_for[key] = uid
-        self.bindings.add(key)
+        self.state.wrote_binding(key, await self.kube.create_binding(desired), uid)
         return True
 
     async def _remove_binding(self, name: str, request: AccessRequest,
@@ -662,25 +506,27 @@ class Reconciler:
         never_granted = status.phase in (None, Phase.PENDING) and status.activated_at is None
         ended = status.phase is not None and status.phase.final
         key = binding_key(ref.kind, ref.namespace, ref.name)
-        if (never_granted or ended) and key not in self.bindings:
+        if (never_granted or ended) and not self.state.binding_exists(key):
             return False
-        written = self.own_writes.get(key)
-        if written is not None and uid is not None and self._written_for.get(key) == uid:
+        written = self.state.own_write(key, uid) if uid is not None else None
+        if written is not None:
             # Exactly the version we wrote, as far as the watch has said: delete that version
             # without reading it first (an expiry is one round trip); changed since, and the
             # precondition fails: read it and judge it below.
             try:
                 removed = await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
                                                          resource_version=written)
-                self.own_writes.pop(key, None)
+                self.state.binding_seen(key, present=False)
                 return removed
             except Conflict:
-                self.own_writes.pop(key, None)
+                self.state.drop_write(key)
         actual = await self.kube.get_binding(ref.kind, ref.name, ref.namespace)
         if actual is None or not bindings.made_by_kubepim(actual, uid):
             return False
-        return await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
-                                              uid=actual["metadata"].get("uid"))
+        removed = await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
+                                                 uid=actual["metadata"].get("uid"))
+        self.state.binding_seen(key, present=False)
+        return removed
 
     def _status_patch(
         self,
@@ -767,14 +613,15 @@ def _int(version: Any) -> int:
     return int(version) if version is not None and str(version).isdigit() else 0
 
 
+def _going(namespace: dict[str, Any]) -> bool:
+    """Whether a namespace is being deleted (it counts as gone)."""
+    return bool(namespace.get("metadata", {}).get("deletionTimestamp")) or \
+        (namespace.get("status") or {}).get("phase") == "Terminating"
+
+
 def _version(body: dict[str, Any]) -> str | None:
     version = body.get("metadata", {}).get("resourceVersion")
     return str(version) if version is not None and str(version).isdigit() else None
-
-
-def binding_key(kind: str, namespace: str | None, name: str) -> str:
-    """How the binding index and own-write records name a binding."""
-    return f"{kind}/{namespace or ''}/{name}"
 
 
 async def _in_order(posts: list[Coroutine[Any, Any, None]],
@@ -782,13 +629,6 @@ async def _in_order(posts: list[Coroutine[Any, Any, None]],
     async with slots:  # a bounded share of the connections: grants and renewals come first
         for post in posts:
             await post
-
-
-def _eligibility(spec: Any) -> RoleEligibilitySpec | None:
-    try:
-        return RoleEligibilitySpec.model_validate(spec or {})
-    except ValidationError:
-        return None
 
 
 def _not_granted(plan: Plan, message: str) -> Plan:

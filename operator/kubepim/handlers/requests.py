@@ -8,9 +8,10 @@ import kopf
 
 from kubepim.api.common import GROUP
 from kubepim.domain import bindings
+from kubepim.engine.state import binding_key
 
 from . import registry
-from .reconcile import Reconciler, binding_key, owning_request
+from .reconcile import Reconciler, owning_request
 
 
 @kopf.on.event(GROUP, "accessrequests", registry=registry)
@@ -37,7 +38,8 @@ async def namespace_event(
     going = type == "DELETED" or bool(body.metadata.get("deletionTimestamp")) or \
         (body.get("status") or {}).get("phase") == "Terminating"
     reconciler.observe_namespace(name, None if going else dict(labels),
-                                 str(body.metadata.get("uid") or ""))
+                                 str(body.metadata.get("uid") or ""),
+                                 body.metadata.get("resourceVersion"))
 
 
 def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
@@ -51,19 +53,19 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
     owner = owning_request(dict(body))
     if owner is None and body.metadata.name.startswith("kubepim-"):
         owner = body.metadata.name.removeprefix("kubepim-")
+    state = reconciler.state
     if event_type == "DELETED":
-        reconciler.own_writes.pop(key, None)
-        reconciler.bindings.discard(key)
+        state.binding_seen(key, present=False)
     else:
-        reconciler.bindings.add(key)
+        state.binding_seen(key, present=True)
         if owner is not None:
             # The watch can deliver our own create before the create call has returned: wait
             # for the reconcile that holds the request's lock to record what it wrote.
             async with reconciler.lock(owner):
                 pass
-        if reconciler.is_own_write(key, body.metadata.get("resourceVersion")):
+        if state.is_own_write(key, body.metadata.get("resourceVersion")):
             return  # the binding exactly as we created it
-        reconciler.own_writes.pop(key, None)  # changed by someone else: read it from now on
+        state.drop_write(key)  # changed by someone else: read it from now on
     if owner is not None:
         reconciler.enqueue(owner)  # restores the real binding if this was it
     if event_type == "DELETED":

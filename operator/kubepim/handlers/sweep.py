@@ -75,6 +75,7 @@ async def expire_retention(reconciler: Reconciler, retention: str) -> int:
 async def resync_once(reconciler: Reconciler, retention: str) -> None:
     """Sweep orphans, reconcile every unfinished request, apply the retention."""
     await reconciler.refresh_eligibilities()
+    await reconciler.refresh_namespaces()
     await sweep_orphans(reconciler)
     names = [
         item["metadata"]["name"] for item in await reconciler.kube.list_requests()

@@ -206,6 +206,10 @@ class Kube:
         """Every RoleEligibility, and the resourceVersion the list was served at."""
         return await self._list_at(f"{_CUSTOM}/roleeligibilities")
 
+    async def list_namespaces_at(self) -> tuple[list[dict[str, Any]], int]:
+        """Every namespace, and the resourceVersion the list was served at."""
+        return await self._list_at("/api/v1/namespaces")
+
     async def _list(self, path: str, params: dict[str, str] | None = None
                     ) -> list[dict[str, Any]]:
         """Every item, fetched in pages so a large list does not time out or balloon."""

@@ -1,0 +1,393 @@
+"""The engine's memory: everything the leader remembers between reconciles, in one owner.
+
+Every cache and record the reconcile path relies on lives here, and changes only through a
+method of :class:`State`: what the watches report (namespaces, roles, eligibilities, bindings),
+what this replica decided or wrote (resourceVersions, binding writes), and where each open
+request stands (live grants and their expiry, the governing eligibility, the namespace).
+``forget`` drops a request whole once it is gone; ``reset`` drops every decision made as leader
+when the lease is lost; caches fed by a watch compare resourceVersions, so neither a late event
+nor a relist can overwrite a newer event.
+
+Memory stays with live work: a request that reached a final phase keeps no entry here (its
+version record and placement go with its last reconcile), and a per-request lock exists only
+while someone holds or awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubepim.api.common import LabelSelector
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.request import Phase
+from kubepim.domain.admission import privileged
+from kubepim.domain.review import RoleKey, selector_matches
+
+
+def binding_key(kind: str, namespace: str | None, name: str) -> str:
+    """How the binding index and own-write records name a binding."""
+    return f"{kind}/{namespace or ''}/{name}"
+
+
+class Locks:
+    """One asyncio lock per request, existing only while held or awaited.
+
+    A count of holders and waiters is kept beside each lock; the last one out removes it, so
+    finished requests hold no lock, and two holders of one name never get different locks.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[Any]] = {}  # name -> [lock, holders and waiters]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        """Hold the request's lock for the ``async with`` block."""
+        entry = self._held.get(name)
+        if entry is None:
+            entry = self._held[name] = [asyncio.Lock(), 0]
+        entry[1] += 1  # counted before any await: a waiter keeps the lock alive
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0 and self._held.get(name) is entry:
+                del self._held[name]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class State:
+    """Live grants, versions seen or written, indexes and watch caches (leader's memory)."""
+
+    def __init__(self) -> None:
+        self.locks = Locks()
+        # The newest resourceVersion of each open request decided on or written: a watch event
+        # bringing no newer one (our own status write coming back, say) needs nothing.
+        self._versions: dict[str, str] = {}
+        # resourceVersion of each binding as this replica last wrote it, and the request uid it
+        # was written for: the watch event of our own write needs nothing, and the entry goes
+        # as soon as the watch reports another version.
+        self._own_writes: dict[str, tuple[str, str]] = {}
+        # Bindings that look like ours and exist, as the binding watch and our writes saw them.
+        self._bindings: set[str] = set()
+        # Active grants and their expiry, as last reconciled: the gauges read it.
+        self._active: dict[str, datetime.datetime] = {}
+        # Open requests by governing eligibility and by namespace (each re-decides only these).
+        self._governed: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        self._in_namespace: collections.defaultdict[str, set[str]] = \
+            collections.defaultdict(set)
+        self._placed: dict[str, tuple[str | None, str | None]] = {}
+        # Namespaces as the watch last saw them: labels, uid and resourceVersion.
+        self._namespaces: dict[str, tuple[dict[str, str], str, int]] = {}
+        self._namespace_versions: dict[str, int] = {}  # deletions remembered too
+        # Why each deny-listed Role and ClusterRole is, as the role watch last saw its rules.
+        self.privileged: dict[RoleKey, str] = {}
+        # Valid eligibilities (None until first listed) and the version each was last seen at.
+        self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
+        self._eligibility_versions: dict[str, tuple[int, bool]] = {}
+        self._listed_at = 0
+        # Requests (by uid) whose status write got no answer: (first history index it carried,
+        # the resourceVersion it was based on).
+        self._unconfirmed: dict[str, tuple[int, str]] = {}
+
+    # Requests: versions decided, placement, forgetting.
+
+    def newer_than_decided(self, name: str, version: str | None) -> bool | None:
+        """Whether ``version`` is newer than every one decided on or written for ``name``.
+
+        Compared as the integers the API server issues; None when unequal versions cannot be
+        ordered (not integers).
+        """
+        seen = self._versions.get(name)
+        if seen is None or version is None:
+            return True
+        if seen.isdigit() and version.isdigit():
+            return int(version) > int(seen)
+        return False if version == seen else None
+
+    def decided(self, name: str, version: str | None) -> None:
+        """``version`` of ``name`` was decided on or written (kept only if newer)."""
+        if version is None:
+            return
+        seen = self._versions.get(name)
+        if seen is None or not (seen.isdigit() and version.isdigit()) or int(version) > int(seen):
+            self._versions[name] = version
+
+    def place(self, name: str, phase: Phase | None, governing: str | None,
+              namespace: str | None, expires_at: datetime.datetime | None) -> None:
+        """Where a request stands after its reconcile; a final phase keeps nothing of it."""
+        self._unplace(name)
+        if phase not in (Phase.PENDING, Phase.ACTIVE):
+            self._versions.pop(name, None)  # any later change comes with a newer version
+            return
+        if governing:
+            self._governed[governing].add(name)
+        if namespace:
+            self._in_namespace[namespace].add(name)
+        self._placed[name] = (governing, namespace)
+        if phase == Phase.ACTIVE and expires_at is not None:
+            self._active[name] = expires_at
+
+    def _unplace(self, name: str) -> None:
+        self._active.pop(name, None)
+        governing, namespace = self._placed.pop(name, (None, None))
+        for index, key in ((self._governed, governing), (self._in_namespace, namespace)):
+            if key is not None and key in index:
+                index[key].discard(name)
+                if not index[key]:
+                    del index[key]
+
+    def forget(self, name: str) -> None:
+        """Everything remembered of a request that is gone (gauges included)."""
+        self._unplace(name)
+        self._versions.pop(name, None)
+
+    def governed_by(self, eligibility: str) -> list[str]:
+        """Open requests governed by ``eligibility``, sorted."""
+        return sorted(self._governed.get(eligibility, ()))
+
+    def in_namespace(self, namespace: str) -> list[str]:
+        """Open requests in ``namespace``, sorted."""
+        return sorted(self._in_namespace.get(namespace, ()))
+
+    def active_grants(self) -> int:
+        """How many grants are Active (the kubepim_active_grants gauge)."""
+        return len(self._active)
+
+    def overdue(self, now: datetime.datetime) -> int:
+        """Active grants past their expiry (the KubepimGrantOverdue page)."""
+        return sum(1 for expires in self._active.values() if expires <= now)
+
+    def is_open(self, name: str) -> bool:
+        """Whether ``name`` is held as Pending or Active (its last reconcile placed it)."""
+        return name in self._placed
+
+    def is_active(self, name: str) -> bool:
+        """Whether ``name`` is held as an Active grant."""
+        return name in self._active
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held per record (the memory benchmark and tests read it)."""
+        return {"versions": len(self._versions), "own_writes": len(self._own_writes),
+                "bindings": len(self._bindings), "active": len(self._active),
+                "placed": len(self._placed), "locks": len(self.locks),
+                "namespaces": len(self._namespaces),
+                "eligibilities": len(self._eligibilities or {}),
+                "unconfirmed": len(self._unconfirmed)}
+
+    # Status writes that got no answer.
+
+    def unconfirmed_write(self, uid: str, history_index: int, based_on: str) -> None:
+        """A status write got no answer: its lines wait until a newer version shows them."""
+        self._unconfirmed.setdefault(uid, (history_index, based_on))
+
+    def confirm(self, uid: str, version: str | None) -> int | None:
+        """The history index an unanswered write began at, or None if nothing waits.
+
+        Given once a version other than the one the write was based on is seen: it landed, or
+        it never will.
+        """
+        waiting = self._unconfirmed.get(uid)
+        if waiting is None or version == waiting[1]:
+            return None
+        del self._unconfirmed[uid]
+        return waiting[0]
+
+    # Bindings: which exist, which we wrote.
+
+    def binding_exists(self, key: str) -> bool:
+        """Whether the binding watch (or our own write) says ``key`` exists."""
+        return key in self._bindings
+
+    def wrote_binding(self, key: str, version: str, request_uid: str) -> None:
+        """Record our create of binding ``key`` (at ``version``, for ``request_uid``)."""
+        self._own_writes[key] = (version, request_uid)
+        self._bindings.add(key)
+
+    def own_write(self, key: str, request_uid: str | None = None) -> str | None:
+        """The version of ``key`` this replica wrote (for ``request_uid``, if given)."""
+        written = self._own_writes.get(key)
+        if written is None or (request_uid is not None and written[1] != request_uid):
+            return None
+        return written[0]
+
+    def is_own_write(self, key: str, version: str | None) -> bool:
+        """Whether the binding at ``version`` is the one this replica last wrote."""
+        return version is not None and self.own_write(key) == version
+
+    def drop_write(self, key: str) -> None:
+        """Our record of writing ``key`` no longer holds (deleted, or changed by someone)."""
+        self._own_writes.pop(key, None)
+
+    def binding_seen(self, key: str, present: bool) -> None:
+        """The binding watch saw ``key`` exist or go."""
+        if present:
+            self._bindings.add(key)
+        else:
+            self._bindings.discard(key)
+            self._own_writes.pop(key, None)
+
+    # Namespaces.
+
+    def namespace(self, name: str) -> tuple[str, dict[str, str]] | None:
+        """(uid, labels) of a namespace as the watch holds it; None if it holds none."""
+        held = self._namespaces.get(name)
+        return (held[1], held[0]) if held is not None else None
+
+    def namespaces(self) -> dict[str, dict[str, str]]:
+        """Labels of every namespace the watch holds."""
+        return {name: held[0] for name, held in self._namespaces.items()}
+
+    def observe_namespace(self, name: str, labels: dict[str, str] | None, uid: str = "",
+                          version: str | None = None) -> list[str]:
+        """Apply one namespace watch event (``labels`` None: deleted or being deleted).
+
+        Returns the open requests there if what they are decided on changed (labels a selector
+        may match, the namespace going or made again); a late, older event changes nothing.
+        """
+        seen = _int(version)
+        if seen and self._namespace_versions.get(name, 0) > seen:
+            return []
+        if seen:
+            self._namespace_versions[name] = seen
+        before = self._namespaces.get(name)
+        if labels is None:
+            self._namespaces.pop(name, None)
+        else:
+            self._namespaces[name] = (labels, uid, seen)
+        after = self._namespaces.get(name)
+        if (before and before[:2]) != (after and after[:2]):
+            return self.in_namespace(name)
+        return []
+
+    def apply_namespace_list(self, items: Iterable[tuple[str, dict[str, str] | None, str, int]],
+                             listed_at: int) -> list[str]:
+        """Apply a full list of namespaces served at ``listed_at``.
+
+        ``items``: (name, labels or None if going, uid, version). A namespace held but not
+        listed, and not seen after the list was served, is gone (a watch that relisted delivers
+        no DELETED). Returns the requests to decide again.
+        """
+        listed = set()
+        changed: list[str] = []
+        for name, labels, uid, version in items:
+            listed.add(name)
+            changed += self.observe_namespace(name, labels, uid, str(version))
+        for name in [n for n in self._namespaces if n not in listed]:
+            if self._namespace_versions.get(name, 0) <= listed_at:
+                changed += self.observe_namespace(name, None)
+        return sorted(set(changed))
+
+    # Roles on the deny-list.
+
+    def observe_role(self, kind: str, namespace: str | None, name: str,
+                     rules: list[dict[str, Any]] | None) -> bool:
+        """Apply one role watch event (``rules`` None: deleted).
+
+        True if its deny-listing changed: the requests that could be granted it must be decided
+        again.
+        """
+        key: RoleKey = (kind, namespace or "", name)
+        reason = privileged(kind, name, rules, namespace) if rules is not None else None
+        if self.privileged.get(key) == reason:
+            return False
+        if reason is None:
+            del self.privileged[key]
+        else:
+            self.privileged[key] = reason
+        return True
+
+    def privileged_where_selected(self, role: str, selector: LabelSelector) -> list[str]:
+        """Why a Role named ``role`` is deny-listed in each namespace ``selector`` matches now."""
+        return [reason for (kind, namespace, name), reason in sorted(self.privileged.items())
+                if kind == "Role" and name == role and namespace in self._namespaces
+                and selector_matches(selector, self._namespaces[namespace][0])]
+
+    # Eligibilities.
+
+    @property
+    def eligibilities(self) -> dict[str, RoleEligibilitySpec] | None:
+        """Every valid eligibility by name (None until first listed); a stable snapshot."""
+        return self._eligibilities
+
+    def apply_eligibility_list(self, items: list[dict[str, Any]], listed_at: int) -> None:
+        """Rebuild the cache from a list served at ``listed_at``, never undoing a newer event.
+
+        An eligibility the watch saw at a version newer than the list's (created, changed or
+        deleted after the list was served) keeps what the watch said; an older list than the
+        one applied is ignored.
+        """
+        if listed_at and listed_at < self._listed_at:
+            return
+        self._listed_at = listed_at
+        fresh: dict[str, RoleEligibilitySpec] = {}
+        versions: dict[str, tuple[int, bool]] = {}
+        for item in items:
+            name = item["metadata"]["name"]
+            versions[name] = (_int(item["metadata"].get("resourceVersion")), True)
+            parsed = _eligibility(item.get("spec"))
+            if parsed is not None:
+                fresh[name] = parsed
+        current = self._eligibilities or {}
+        for name, (seen, present) in self._eligibility_versions.items():
+            if seen > max(versions.get(name, (0, False))[0], listed_at):
+                versions[name] = (seen, present)
+                fresh.pop(name, None)
+                if present and name in current:
+                    fresh[name] = current[name]
+        self._eligibility_versions = versions
+        self._eligibilities = fresh
+
+    def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
+                            version: str | None = None) -> None:
+        """Apply one eligibility watch event (``spec`` None: deleted); older ones are ignored."""
+        seen = _int(version)
+        if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
+            return
+        self._eligibility_versions[name] = (seen, spec is not None)
+        if self._eligibilities is None:
+            return  # the first use lists everything anyway
+        updated = dict(self._eligibilities)
+        parsed = _eligibility(spec) if spec is not None else None
+        if parsed is None:
+            updated.pop(name, None)
+        else:
+            updated[name] = parsed
+        self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
+
+    # Leadership.
+
+    def reset(self) -> None:
+        """The lease was lost: drop every decision made as leader.
+
+        Watch caches (namespaces, roles, eligibilities, which bindings exist) stay: they are
+        facts the watches keep current on a standby too. The next leader's takeover replays
+        the lines of unanswered writes.
+        """
+        self._versions.clear()
+        self._own_writes.clear()
+        self._active.clear()
+        self._governed.clear()
+        self._in_namespace.clear()
+        self._placed.clear()
+        self._unconfirmed.clear()
+
+
+def _int(version: Any) -> int:
+    return int(version) if version is not None and str(version).isdigit() else 0
+
+
+def _eligibility(spec: Any) -> RoleEligibilitySpec | None:
+    try:
+        return RoleEligibilitySpec.model_validate(spec or {})
+    except ValidationError:
+        return None

@@ -1,0 +1,151 @@
+"""The engine's memory (kubepim.engine.state): one owner, nothing kept of finished work."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from kubepim.api.request import Phase
+from kubepim.engine.state import Locks, State
+
+NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
+
+
+def test_a_lock_exists_only_while_held_or_awaited() -> None:
+    async def scenario() -> None:
+        locks = Locks()
+        order: list[str] = []
+        first_in = asyncio.Event()
+
+        async def first() -> None:
+            async with locks.hold("r"):
+                first_in.set()
+                await asyncio.sleep(0.01)
+                order.append("first")
+
+        async def second() -> None:
+            await first_in.wait()
+            async with locks.hold("r"):
+                order.append("second")
+
+        await asyncio.gather(first(), second())
+        assert order == ["first", "second"]  # never at once
+        assert len(locks) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_cancelled_while_waiting_leaves_no_lock_behind() -> None:
+    async def scenario() -> None:
+        locks = Locks()
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with locks.hold("r"):
+                held.set()
+                await release.wait()
+
+        task = asyncio.create_task(holder())
+        await held.wait()
+
+        async def waiter() -> None:
+            async with locks.hold("r"):
+                raise AssertionError("must not get the lock while it is held")
+
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert len(locks) == 1  # the holder's
+        release.set()
+        await task
+        assert len(locks) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_request_keeps_no_record() -> None:
+    state = State()
+    state.decided("r", "10")
+    state.place("r", Phase.ACTIVE, "e", "payments", NOW)
+    assert state.is_active("r") and state.governed_by("e") == ["r"]
+    assert state.in_namespace("payments") == ["r"]
+    state.decided("r", "11")
+    state.place("r", Phase.EXPIRED, "e", "payments", None)
+    sizes = state.sizes()
+    assert sizes["versions"] == sizes["placed"] == sizes["active"] == 0
+    assert state.governed_by("e") == [] and state.in_namespace("payments") == []
+
+
+def test_moving_a_request_updates_both_indexes() -> None:
+    state = State()
+    state.place("r", Phase.PENDING, "old", "a", None)
+    state.place("r", Phase.PENDING, "new", "a", None)
+    assert state.governed_by("old") == [] and state.governed_by("new") == ["r"]
+    state.forget("r")
+    assert state.governed_by("new") == [] and state.in_namespace("a") == []
+
+
+def test_the_overdue_gauge_counts_only_grants_past_expiry() -> None:
+    state = State()
+    state.place("late", Phase.ACTIVE, "e", None, NOW - datetime.timedelta(seconds=1))
+    state.place("fine", Phase.ACTIVE, "e", None, NOW + datetime.timedelta(seconds=1))
+    assert state.overdue(NOW) == 1 and state.active_grants() == 2
+    state.forget("late")
+    assert state.overdue(NOW) == 0
+
+
+def test_a_namespace_missing_from_a_relist_is_gone_unless_seen_after_it() -> None:
+    state = State()
+    state.observe_namespace("gone", {"team": "a"}, "u1", "10")
+    state.observe_namespace("new", {"team": "b"}, "u2", "30")  # created after the list below
+    state.place("r", Phase.ACTIVE, "e", "gone", NOW)
+    changed = state.apply_namespace_list([], listed_at=20)
+    assert changed == ["r"]  # its requests are decided again
+    assert state.namespace("gone") is None
+    assert state.namespace("new") == ("u2", {"team": "b"})
+
+
+def test_a_late_namespace_event_never_overwrites_a_newer_one() -> None:
+    state = State()
+    state.place("r", Phase.PENDING, "e", "payments", None)
+    assert state.observe_namespace("payments", {"team": "a"}, "u1", "10") == ["r"]
+    assert state.observe_namespace("payments", None, "", "12") == ["r"]  # deleted
+    assert state.observe_namespace("payments", {"team": "a"}, "u1", "11") == []  # late
+    assert state.namespace("payments") is None
+
+
+def test_a_binding_write_is_ours_only_for_the_request_it_was_written_for() -> None:
+    state = State()
+    state.wrote_binding("RoleBinding/a/kubepim-r", "50", "uid-1")
+    assert state.own_write("RoleBinding/a/kubepim-r", "uid-1") == "50"
+    assert state.own_write("RoleBinding/a/kubepim-r", "uid-2") is None
+    assert state.is_own_write("RoleBinding/a/kubepim-r", "50")
+    state.binding_seen("RoleBinding/a/kubepim-r", present=False)
+    assert not state.binding_exists("RoleBinding/a/kubepim-r")
+    assert state.own_write("RoleBinding/a/kubepim-r") is None
+
+
+def test_reset_keeps_watch_facts_and_drops_leader_decisions() -> None:
+    state = State()
+    state.observe_namespace("payments", {"team": "a"}, "u1", "10")
+    state.binding_seen("RoleBinding/payments/kubepim-r", present=True)
+    state.decided("r", "10")
+    state.place("r", Phase.ACTIVE, "e", "payments", NOW)
+    state.wrote_binding("RoleBinding/payments/kubepim-r", "50", "uid")
+    state.unconfirmed_write("uid", 2, "10")
+    state.reset()
+    sizes = state.sizes()
+    assert sizes["versions"] == sizes["active"] == sizes["own_writes"] == 0
+    assert sizes["placed"] == sizes["unconfirmed"] == 0
+    assert state.namespace("payments") is not None
+    assert state.binding_exists("RoleBinding/payments/kubepim-r")
+
+
+def test_an_unanswered_write_is_confirmed_by_any_other_version() -> None:
+    state = State()
+    state.unconfirmed_write("uid", 3, "10")
+    assert state.confirm("uid", "10") is None  # the version it was based on: still unknown
+    assert state.confirm("uid", "12") == 3
+    assert state.confirm("uid", "13") is None  # confirmed once
