@@ -27,6 +27,7 @@ from kubepim.devcluster import binaries, cluster, install
 GROUP, VERSION = "pim.kubepim.dev", "v1alpha1"
 NAMESPACE = "bench"
 REQUESTERS = "bench-requesters"
+OPERATOR_NAMESPACE, LEASE = "kubepim", "kubepim-leader"  # the Settings defaults
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -163,14 +164,20 @@ class Bench:
                                if n in wanted) and wanted <= set(self.phases(prefix)),
                    timeout, f"{len(names)} requests {phase}", interval=0.5)
 
-    def submit_many(self, prefix: str, durations: list[str], workers: int = 16) -> list[str]:
-        """Create and approve one request per duration, ``workers`` at a time; their names."""
+    def submit_many(self, prefix: str, durations: list[str], workers: int = 16,
+                    approved: dict[str, float] | None = None) -> list[str]:
+        """Create and approve one request per duration, ``workers`` at a time; their names.
+
+        ``approved``, if given, receives when each approval was accepted (epoch seconds).
+        """
         names = [f"{prefix}-{i}" for i in range(len(durations))]
 
         def one(index: int) -> None:
             name = names[index]
             self.create_request(name, f"{prefix}-user-{index}", durations[index])
             self.approve(name)
+            if approved is not None:
+                approved[name] = time.time()
 
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(len(durations))))
@@ -191,6 +198,28 @@ class Bench:
                         "name": "pod-reader"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                           "name": user}]})
+
+    def hold_lease(self) -> None:
+        """Take the operator's Lease for an hour as another holder: the operator stands by.
+
+        It still serves admission (every replica does) but reconciles nothing: the floor that
+        goes through the same admission is measured against it.
+        """
+        stamp = now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.kubectl("patch", "lease", LEASE, "-n", OPERATOR_NAMESPACE, "--type=merge", "-p",
+                     json.dumps({"spec": {"holderIdentity": "bench-floor",
+                                          "leaseDurationSeconds": 3600,
+                                          "renewTime": stamp}}))
+        wait_until(lambda: "lost the lease to bench-floor" in self.operator.log_path.read_text(),
+                   30, "the operator standing by")
+
+    def release_lease(self) -> None:
+        """Give the Lease back: the operator is elected again and takes over."""
+        elected = self.operator.log_path.read_text().count("elected leader")
+        self.kubectl("patch", "lease", LEASE, "-n", OPERATOR_NAMESPACE, "--type=merge", "-p",
+                     json.dumps({"spec": {"holderIdentity": "", "leaseDurationSeconds": 1}}))
+        wait_until(lambda: self.operator.log_path.read_text().count("elected leader") > elected,
+                   30, "the operator elected again")
 
     def api_requests(self) -> Counter[str]:
         """The API server's requests so far (apiserver_request_total) by 'VERB resource[/sub]'."""

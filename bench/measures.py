@@ -118,15 +118,26 @@ def expiry(bench: Bench, count: int, window: int, rate: float) -> dict[str, Any]
 
 
 def burst(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
-    """``count`` requests created and approved at once until all are Active; floor alongside."""
+    """``count`` requests created and approved at once until all are Active; two floors.
+
+    The bare floor: ``count`` RoleBindings created. The client-side floor: what a grant needs
+    anyway, measured with the operator standing by (it serves admission, reconciles nothing):
+    each request created and approved through the same admission, plus a bare RoleBinding.
+    """
     before = bench.api_requests()
+    approved: dict[str, float] = {}
     start = time.perf_counter()
-    names = bench.submit_many("burst", ["1h"] * count, workers=workers)
+    names = bench.submit_many("burst", ["1h"] * count, workers=workers, approved=approved)
     submitted_s = time.perf_counter() - start
     bench.wait_activated(names, timeout=60 + count * 0.2)
     kubepim_s = time.perf_counter() - start
     peak = bench.rss_mib("VmHWM")
     made = bench.api_requests() - before
+    activated = {i["metadata"]["name"]: parse_time(i["status"]["activatedAt"]).timestamp()
+                 for i in bench.custom().list_cluster_custom_object(
+                     "pim.kubepim.dev", "v1alpha1", "accessrequests")["items"]
+                 if i["metadata"]["name"] in approved}
+    waits = [max(0.0, activated[n] - approved[n]) for n in names]
     # Requests that change or read single objects (the bench's own polling LISTs excluded).
     calls = {verb: sum(n for kind, n in made.items() if kind.startswith(verb + " ")) / count
              for verb in ("GET", "POST", "PATCH", "PUT", "DELETE")}
@@ -138,8 +149,30 @@ def burst(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(bare, range(count)))
     floor_s = time.perf_counter() - start
+
+    bench.hold_lease()
+    floor_names = [f"burst-client-{i}" for i in range(count)]
+
+    def client_side(i: int) -> None:
+        bench.create_request(floor_names[i], f"burst-client-user-{i}", "1h")
+        bench.approve(floor_names[i])
+        bench.create_floor_binding(f"burst-client-{i}", f"burst-client-user-{i}")
+
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(client_side, range(count)))
+        client_floor_s = time.perf_counter() - start
+        with ThreadPoolExecutor(workers) as pool:  # gone before the operator leads again
+            list(pool.map(lambda n: bench.custom().delete_cluster_custom_object(
+                "pim.kubepim.dev", "v1alpha1", "accessrequests", n), floor_names))
+    finally:
+        bench.release_lease()
     return {"requests": count, "kubepim_s": kubepim_s, "floor_s": floor_s,
-            "ratio": kubepim_s / floor_s, "operator_peak_rss_mib": peak,
+            "ratio": kubepim_s / floor_s, "client_floor_s": client_floor_s,
+            "client_floor_ratio": kubepim_s / client_floor_s,
+            "approval_to_active_s": summary(waits),
+            "operator_peak_rss_mib": peak,
             "submitted_s": submitted_s, "after_last_approval_s": kubepim_s - submitted_s,
             "api_calls_per_grant": calls}
 

@@ -65,6 +65,15 @@ ADMISSION_SECONDS = Histogram(
     ["webhook"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
     registry=REGISTRY)
 
+WATCH_EVENTS = Counter(
+    "kubepim_watch_events", "Watch events that reached the operator, by resource (the watches "
+    "are selected server-side: finished requests and foreign bindings never arrive).",
+    ["resource"], registry=REGISTRY)
+
+RESYNCS = Counter(
+    "kubepim_resyncs", "Periodic resyncs completed (each lists only requests not settled).",
+    registry=REGISTRY)
+
 RECONCILE_ERRORS = Counter(
     "kubepim_reconcile_errors", "Reconciles that failed with an error (they are retried).",
     registry=REGISTRY)

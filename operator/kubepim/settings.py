@@ -34,7 +34,13 @@ class Settings(BaseSettings):
     )
     resync_seconds: float = Field(
         default=300.0, gt=0,
-        description="Interval of the safety-net resync: orphan bindings, timeouts, drift.",
+        description="Interval of the safety-net resync: orphan bindings, timeouts, drift. "
+        "It reads only requests not settled.",
+    )
+    retention_check_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="Interval of the retention pass, which pages through settled requests "
+        "(the only periodic read of finished ones).",
     )
     namespace: str = Field(
         default="kubepim", description="Namespace of the operator (its leader-election Lease)."

@@ -65,17 +65,31 @@ def test_a_waiter_cancelled_while_waiting_leaves_no_lock_behind() -> None:
     asyncio.run(scenario())
 
 
-def test_a_finished_request_keeps_no_record() -> None:
+def test_a_finished_request_is_held_until_settled_and_seen_leaving() -> None:
     state = State()
     state.decided("r", "10")
     state.place("r", Phase.ACTIVE, "e", "payments", NOW)
     assert state.is_active("r") and state.governed_by("e") == ["r"]
     assert state.in_namespace("payments") == ["r"]
     state.decided("r", "11")
-    state.place("r", Phase.EXPIRED, "e", "payments", None)
-    sizes = state.sizes()
-    assert sizes["versions"] == sizes["placed"] == sizes["active"] == 0
+    state.place("r", Phase.EXPIRED, "e", "payments", None)  # final, lines not yet out
     assert state.governed_by("e") == [] and state.in_namespace("payments") == []
+    assert not state.is_active("r") and state.newer_than_decided("r", "11") is False
+    state.decided("r", "12")
+    state.place("r", Phase.EXPIRED, "e", "payments", None, settled=True, at=5.0)
+    assert state.newer_than_decided("r", "11") is False  # our own write coming back
+    assert state.left_selection("r")  # the watch's DELETED: it left, was not deleted
+    assert all(size == 0 for size in state.sizes().values())
+
+
+def test_a_settled_request_whose_leave_event_was_missed_is_dropped_by_the_resync() -> None:
+    state = State()
+    state.decided("r", "12")
+    state.place("r", Phase.DENIED, None, None, None, settled=True, at=5.0)
+    assert state.drop_settled_before(4.0) == 0
+    assert state.drop_settled_before(6.0) == 1
+    assert all(size == 0 for size in state.sizes().values())
+    assert not state.left_selection("r")  # a DELETED now would be read, not assumed
 
 
 def test_moving_a_request_updates_both_indexes() -> None:

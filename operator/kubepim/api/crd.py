@@ -113,6 +113,10 @@ KINDS: dict[type[Model], dict[str, Any]] = {
             {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
             {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
         ],
+        # Server-side field selectors (kubectl get ar --field-selector status.phase=Active): the
+        # operator watches and lists only status.settled!=true; the rest serve users.
+        "selectable": [".status.settled", ".status.phase", ".status.eligibility",
+                       ".spec.requester.username"],
     },
 }
 
@@ -141,6 +145,8 @@ def crd(model: type[Model]) -> dict[str, Any]:
                 "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": meta["columns"] + _COMMON_COLUMNS,
+                **({"selectableFields": [{"jsonPath": path} for path in meta["selectable"]]}
+                   if meta.get("selectable") else {}),
                 "schema": {"openAPIV3Schema": openapi_schema(model)},
             }],
         },

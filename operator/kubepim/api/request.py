@@ -183,6 +183,10 @@ class AccessRequestStatus(Model):
         default_factory=list, description="Append-only record of every transition."
     )
     message: str = Field(default="", description="Human-readable state, e.g. why rejected.")
+    settled: bool = Field(
+        default=False, description="The operator has nothing left to do: the request is final, "
+        "its binding gone, its audit lines logged and no break-glass review awaited. The "
+        "operator watches only requests not settled (a field selector on this field).")
 
 
 class AccessRequest(Model):

@@ -70,6 +70,16 @@ def overdue(status: AccessRequestStatus, now: datetime.datetime) -> bool:
             and status.expires_at <= now)
 
 
+def settled(status: AccessRequestStatus) -> bool:
+    """Whether nothing is left to decide on a request: final, and no break-glass review awaited.
+
+    (The operator records it in ``status.settled`` only after the final transition's audit lines
+    are out: until then the request stays in its watch, so a new leader finds and replays them.)
+    """
+    return status.phase is not None and status.phase.final and not (
+        status.review_required and status.reviewed_by is None)
+
+
 def retention_over(
     status: AccessRequestStatus, retention: datetime.timedelta, now: datetime.datetime
 ) -> bool:

@@ -8,9 +8,9 @@ request stands (live grants and their expiry, the governing eligibility, the nam
 when the lease is lost; caches fed by a watch compare resourceVersions, so neither a late event
 nor a relist can overwrite a newer event.
 
-Memory stays with live work: a request that reached a final phase keeps no entry here (its
-version record and placement go with its last reconcile), and a per-request lock exists only
-while someone holds or awaits it.
+Memory stays with live work: a settled request (final, nothing left to do) keeps only its
+version record, and only until the watch reports it leaving the selection of unsettled requests
+(or the next resync); a per-request lock exists only while someone holds or awaits it.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class State:
         self._in_namespace: collections.defaultdict[str, set[str]] = \
             collections.defaultdict(set)
         self._placed: dict[str, tuple[str | None, str | None]] = {}
+        # Requests this replica settled, until the watch reports them leaving its selection (a
+        # DELETED event that is not a deletion): when (monotonic) each was settled.
+        self._settled: dict[str, float] = {}
         # Namespaces as the watch last saw them: labels, uid and resourceVersion.
         self._namespaces: dict[str, tuple[dict[str, str], str, int]] = {}
         self._namespace_versions: dict[str, int] = {}  # deletions remembered too
@@ -123,11 +126,19 @@ class State:
             self._versions[name] = version
 
     def place(self, name: str, phase: Phase | None, governing: str | None,
-              namespace: str | None, expires_at: datetime.datetime | None) -> None:
-        """Where a request stands after its reconcile; a final phase keeps nothing of it."""
+              namespace: str | None, expires_at: datetime.datetime | None,
+              settled: bool = False, at: float = 0.0) -> None:
+        """Where a request stands after its reconcile.
+
+        A final request is held (its version record only) until settled; a settled one is kept
+        only as settled, until :meth:`left_selection` or :meth:`drop_settled_before`.
+        """
         self._unplace(name)
+        if settled:
+            self._settled[name] = at
+            return
         if phase not in (Phase.PENDING, Phase.ACTIVE):
-            self._versions.pop(name, None)  # any later change comes with a newer version
+            self._placed[name] = (None, None)  # final, not yet settled: keep its version
             return
         if governing:
             self._governed[governing].add(name)
@@ -150,6 +161,26 @@ class State:
         """Everything remembered of a request that is gone (gauges included)."""
         self._unplace(name)
         self._versions.pop(name, None)
+        self._settled.pop(name, None)
+
+    def left_selection(self, name: str) -> bool:
+        """Forget ``name`` after a DELETED event; True if this replica had settled it.
+
+        Then the event means it left the watch's selection, not that it was deleted.
+        """
+        settled = name in self._settled
+        self.forget(name)
+        return settled
+
+    def drop_settled_before(self, moment: float) -> int:
+        """Forget requests settled before ``moment``; returns how many.
+
+        (Their leave event was missed: a watch that relisted.)
+        """
+        old = [name for name, at in self._settled.items() if at < moment]
+        for name in old:
+            self.forget(name)
+        return len(old)
 
     def governed_by(self, eligibility: str) -> list[str]:
         """Open requests governed by ``eligibility``, sorted."""
@@ -167,9 +198,9 @@ class State:
         """Active grants past their expiry (the KubepimGrantOverdue page)."""
         return sum(1 for expires in self._active.values() if expires <= now)
 
-    def is_open(self, name: str) -> bool:
-        """Whether ``name`` is held as Pending or Active (its last reconcile placed it)."""
-        return name in self._placed
+    def is_held(self, name: str) -> bool:
+        """Whether ``name`` is held: not settled, or settled and not yet seen leaving."""
+        return name in self._placed or name in self._settled
 
     def is_active(self, name: str) -> bool:
         """Whether ``name`` is held as an Active grant."""
@@ -179,7 +210,8 @@ class State:
         """Entries held per record (the memory benchmark and tests read it)."""
         return {"versions": len(self._versions), "own_writes": len(self._own_writes),
                 "bindings": len(self._bindings), "active": len(self._active),
-                "placed": len(self._placed), "locks": len(self.locks),
+                "placed": len(self._placed), "settled": len(self._settled),
+                "locks": len(self.locks),
                 "namespaces": len(self._namespaces),
                 "eligibilities": len(self._eligibilities or {}),
                 "unconfirmed": len(self._unconfirmed)}
@@ -379,6 +411,7 @@ class State:
         self._governed.clear()
         self._in_namespace.clear()
         self._placed.clear()
+        self._settled.clear()
         self._unconfirmed.clear()
 
 

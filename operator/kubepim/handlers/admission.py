@@ -25,7 +25,6 @@ from kubepim.api.common import GROUP
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestSpec, AccessRequestStatus
 from kubepim.domain import admission, bindings
-from kubepim.engine.state import binding_key
 from kubepim.settings import Settings
 
 from . import registry
@@ -106,8 +105,7 @@ async def _check_coverage_and_name(
     if refusal:
         raise _refuse(refusal)
     ref = bindings.binding_ref(name, spec)
-    if not reconciler.state.binding_exists(binding_key(ref.kind, ref.namespace, ref.name)):
-        return  # the binding watch sees every binding named kubepim-*: none of this name
+    # Read, not looked up: the binding watch sees only bindings carrying kubepim's label.
     existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
     if existing is not None and not bindings.made_by_kubepim(existing, None):
         where = f" in namespace {ref.namespace}" if ref.namespace else ""

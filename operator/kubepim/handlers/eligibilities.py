@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from kubepim import metrics
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import admission
@@ -90,6 +91,7 @@ async def roleeligibility_event(
 ) -> None:
     """Report readiness, then reconcile every unfinished request (coverage may have changed)."""
     reconciler: Reconciler = memo.reconciler
+    metrics.WATCH_EVENTS.labels("roleeligibilities").inc()
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
     reconciler.state.observe_eligibility(name, spec, body.metadata.get("resourceVersion"))
     # First the requests it governs (a listing too: an edit missed while the watch was down);
@@ -124,6 +126,7 @@ async def _role_event(reconciler: Reconciler, kind: str, namespace: str | None, 
     """
     # Listings too (start-up, a watch that lists again): a role that became privileged while
     # nobody watched is acted on as soon as it is seen.
+    metrics.WATCH_EVENTS.labels(f"{kind.lower()}s").inc()
     if not reconciler.state.observe_role(kind, namespace, name, rules):
         return
     naming = [eligibility for eligibility, spec in sorted((await reconciler.eligibilities()

@@ -19,15 +19,16 @@ from typing import Any
 import kopf
 
 from kubepim import audit, memory, tls
+from kubepim.api.common import GROUP
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
 from kubepim.engine.leadership import LeaderElector
-from kubepim.k8s.client import Kube, NotLeading, parse_time
+from kubepim.k8s.client import MANAGED_SELECTOR, UNSETTLED, Kube, NotLeading, parse_time
 from kubepim.settings import Settings
 
 from . import admission, registry
 from .reconcile import Reconciler, utcnow
-from .sweep import resync_forever, resync_once, sweep_orphans
+from .sweep import resync_forever, resync_once, retention_forever, sweep_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     settings.posting.level = logging.INFO
     # List in pages: 10,000 requests listed at once held 80 MiB while kopf worked through them.
     settings.watching.chunk_size = 500
+    # Only what the operator still has work on: requests not settled (a server-side field
+    # selector on a CRD selectable field) and bindings it made (a label selector). Finished
+    # requests and foreign bindings never reach this process (docs/scale.md).
+    settings.watching.field_selectors[GROUP, "accessrequests"] = UNSETTLED
+    for plural in ("rolebindings", "clusterrolebindings"):
+        settings.watching.label_selectors["rbac.authorization.k8s.io", plural] = \
+            MANAGED_SELECTOR
     config: Settings = memo.settings
     kube = _connect(settings)
     reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
@@ -54,14 +62,16 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
         reconciler.queue.resume()
-        requests = await reconciler.kube.list_requests()  # one list for both passes below
+        # One list of unsettled requests for both passes below (a final transition's lines are
+        # logged before its request is settled: what a kill lost is among these).
+        requests = await reconciler.kube.list_requests(unsettled=True)
         overdue = await revoke_overdue(reconciler, requests)
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
         replay_audit_lines(requests, elector.previous_renewal)
         if memo.get("started"):
-            await resync_once(reconciler, config.retention)
+            await resync_once(reconciler)
 
     async def lose() -> None:
         reconciler.queue.pause()
@@ -93,8 +103,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     memo.background = [
         renewals,
         asyncio.create_task(reconciler.queue.run(), name="work-queue"),
-        asyncio.create_task(resync_forever(reconciler, config.resync_seconds, config.retention),
-                            name="resync"),
+        asyncio.create_task(resync_forever(reconciler, config.resync_seconds), name="resync"),
+        asyncio.create_task(retention_forever(reconciler, config.retention_check_seconds,
+                                              config.retention), name="retention"),
         asyncio.create_task(memory.trim_forever(30), name="memory-trim"),
     ]
 

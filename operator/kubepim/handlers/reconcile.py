@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -33,7 +34,7 @@ from kubepim.api.request import (
 from kubepim.domain import bindings
 from kubepim.domain.admission import check_limits as limits_refusal
 from kubepim.domain.admission import privileged
-from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide
+from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide, settled
 from kubepim.domain.quorum import Case
 from kubepim.domain.review import role_key
 from kubepim.engine.queue import WorkQueue
@@ -224,11 +225,26 @@ class Reconciler:
             if body is not None:
                 name = body["metadata"]["name"]
                 async with self.lock(name):
-                    await self.request_deleted(body)
+                    await self._deleted_or_settled(body)
                 self._deleted.pop(key.removeprefix(_DELETED), None)
                 self.forget(name)
             return
         await self.reconcile(key, self._bodies.pop(key, None))
+
+    async def _deleted_or_settled(self, body: dict[str, Any]) -> None:
+        """A DELETED event: the request was deleted, or it left the watch's selection (settled).
+
+        The event carries the object as it last matched, so it cannot tell which: a request this
+        replica settled left the selection; any other is read.
+        """
+        name = body["metadata"]["name"]
+        if self.state.left_selection(name):
+            return
+        current = await self.kube.get_request(name)
+        if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
+            await self.request_deleted(body)
+        elif not (current.get("status") or {}).get("settled"):
+            self.enqueue(name, current)  # still ours to finish
 
     async def reconcile(self, name: str, body: dict[str, Any] | None = None) -> None:
         """Reconcile one request by name now, retrying on conflicting writes.
@@ -266,7 +282,7 @@ class Reconciler:
                     metrics.RECONCILE_ERRORS.inc()
                     raise
                 # Decided only once it succeeded: a failed version is decided again.
-                if self.state.is_open(name):  # (a finished request keeps no record)
+                if self.state.is_held(name):  # (a forgotten request keeps no record)
                     self.state.decided(name, body["metadata"].get("resourceVersion"))
                 return
             metrics.RECONCILE_ERRORS.inc()
@@ -363,6 +379,11 @@ class Reconciler:
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done)
+            settled = bool((written.get("status") or {}).get("settled"))
+            if not settled and transitions and transitions[-1].phase.final:
+                settled = await self._settle(name, written)
+        else:
+            settled = status.settled
 
         if not self.leading():
             # Lost the lease while this reconcile ran: the state was reset; do not refill it.
@@ -370,7 +391,8 @@ class Reconciler:
         phase = transitions[-1].phase if transitions else status.phase
         governing = plan.eligibility or status.eligibility
         self.state.place(name, phase, governing, spec.namespace,
-                         expires_at if phase == Phase.ACTIVE else None)
+                         expires_at if phase == Phase.ACTIVE else None, settled=settled,
+                         at=time.monotonic())
         if phase == Phase.ACTIVE and expires_at is not None:
             self.queue.schedule(name, expires_at)
         else:
@@ -379,6 +401,28 @@ class Reconciler:
                 self.queue.schedule(name, timeout)  # TimedOut at the window's end
             else:
                 self.queue.cancel(name)
+
+    async def _settle(self, name: str, written: dict[str, Any]) -> bool:
+        """Record that nothing is left to do, once the final transition's lines are out.
+
+        A separate write, after the lines: until it lands the request stays in the operator's
+        watch and in every takeover's listing, which replays lines a kill may have lost. True if
+        written; a failure is retried by the queue (the next reconcile writes it).
+        """
+        if not settled(AccessRequestStatus.model_validate(written.get("status") or {})):
+            return False  # a break-glass review is awaited
+        try:
+            answer = await self.kube.patch_request_status(
+                name, {"settled": True}, str(written["metadata"]["resourceVersion"]))
+        except NotLeading:
+            raise
+        except Exception as error:
+            logger.info("%s: settling it failed (%s: %s); its next reconcile settles it", name,
+                        type(error).__name__, error)
+            self.queue.add(name)
+            return False
+        self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
+        return True
 
     def _timeout(
         self, created: datetime.datetime, governing: str | None
@@ -562,6 +606,8 @@ class Reconciler:
             patch["reviewRequired"] = plan.review_required
         if plan.reviewed_by is not None:
             patch["reviewedBy"] = plan.reviewed_by
+        if not transitions and settled(status):
+            patch["settled"] = True  # (after a final transition: a write of its own, see _settle)
         if transitions:
             history = list(current.get("history") or [])
             history += [HistoryEntry(time=now, action=t.action, actor=t.actor,

@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 
+from kubepim import metrics
 from kubepim.api.common import GROUP
 from kubepim.domain import bindings
 from kubepim.engine.state import binding_key
@@ -18,8 +19,12 @@ from .reconcile import Reconciler, owning_request
 async def accessrequest_event(
     name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Any change of a request (creation, approval) → reconcile; not our own status writes."""
+    """Any change of a request (creation, approval) → reconcile; not our own status writes.
+
+    The watch is field-selected to requests not settled: DELETED also means one was settled.
+    """
     reconciler: Reconciler = memo.reconciler
+    metrics.WATCH_EVENTS.labels("accessrequests").inc()
     if type == "DELETED":
         reconciler.limits.forget(name)
         reconciler.enqueue_deletion(dict(body))
@@ -35,6 +40,7 @@ async def namespace_event(
 ) -> None:
     """Keep every namespace's labels and uid; one being deleted counts as gone."""
     reconciler: Reconciler = memo.reconciler
+    metrics.WATCH_EVENTS.labels("namespaces").inc()
     going = type == "DELETED" or bool(body.metadata.get("deletionTimestamp")) or \
         (body.get("status") or {}).get("phase") == "Terminating"
     reconciler.observe_namespace(name, None if going else dict(labels),
@@ -42,13 +48,9 @@ async def namespace_event(
                                  body.metadata.get("resourceVersion"))
 
 
-def _looks_like_ours(name: str, labels: kopf.Labels, **_: Any) -> bool:
-    # By name too: a binding whose labels were stripped must still be noticed.
-    return name.startswith("kubepim-") or labels.get(bindings.MANAGED_BY_LABEL) == "kubepim"
-
-
 async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Memo) -> None:
     reconciler: Reconciler = memo.reconciler
+    metrics.WATCH_EVENTS.labels(f"{str(body.get('kind')).lower()}s").inc()
     key = binding_key(str(body.get("kind")), body.metadata.namespace, str(body.metadata.name))
     owner = owning_request(dict(body))
     if owner is None and body.metadata.name.startswith("kubepim-"):
@@ -74,8 +76,10 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
         reconciler.enqueue_binding_check(key)  # removed unless a live grant stands behind it
 
 
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", when=_looks_like_ours,
-               registry=registry)
+# Both binding watches are label-selected server-side (handlers/lifecycle.py): only bindings
+# carrying kubepim's label reach the operator. One whose label is stripped leaves the selection:
+# the watch reports it DELETED, and its request's reconcile reads it and restores it.
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", registry=registry)
 async def rolebinding_event(
     body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -83,8 +87,7 @@ async def rolebinding_event(
     await _binding_event(body, type, memo)
 
 
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterrolebindings", when=_looks_like_ours,
-               registry=registry)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterrolebindings", registry=registry)
 async def clusterrolebinding_event(
     body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:

@@ -7,11 +7,15 @@ unfinished request (timeouts, missed events, altered bindings).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from kubepim import audit
+from kubepim import audit, metrics
 from kubepim.api import duration
-from kubepim.api.request import AccessRequest, Phase
+from kubepim.api.request import AccessRequest
 from kubepim.domain.lifecycle import retention_over
 from kubepim.k8s.client import NotLeading
 
@@ -48,13 +52,25 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
 
 
 async def expire_retention(reconciler: Reconciler, retention: str) -> int:
-    """Delete finished requests kept past ``retention``, each with a final audit line."""
+    """Delete settled requests kept past ``retention``, each with a final audit line.
+
+    Pages through settled requests (500 at a time, none held longer than its page): the only
+    periodic read of finished requests, on its own, slower interval.
+    """
     if not reconciler.leading():
         return 0
     keep = duration.parse(retention)
     now = utcnow()
     deleted = 0
-    for item in await reconciler.kube.list_requests():
+    async for page in reconciler.kube.settled_request_pages():
+        deleted += await _expire_page(reconciler, page, retention, keep, now)
+    return deleted
+
+
+async def _expire_page(reconciler: Reconciler, page: list[dict[str, Any]], retention: str,
+                       keep: datetime.timedelta, now: datetime.datetime) -> int:
+    deleted = 0
+    for item in page:
         try:
             request = AccessRequest.model_validate(item)
         except ValueError:
@@ -72,26 +88,40 @@ async def expire_retention(reconciler: Reconciler, retention: str) -> int:
     return deleted
 
 
-async def resync_once(reconciler: Reconciler, retention: str) -> None:
-    """Sweep orphans, reconcile every unfinished request, apply the retention."""
+async def resync_once(reconciler: Reconciler) -> None:
+    """Relist the watch caches, sweep orphans, reconcile every request not settled.
+
+    Reads only what the operator is not done with: its own bindings (label selector) and the
+    requests not settled (field selector), each paged; its cost does not grow with finished
+    requests.
+    """
+    started = time.monotonic()
     await reconciler.refresh_eligibilities()
     await reconciler.refresh_namespaces()
     await sweep_orphans(reconciler)
-    names = [
-        item["metadata"]["name"] for item in await reconciler.kube.list_requests()
-        if (item.get("status") or {}).get("phase") in (None, Phase.PENDING.value,
-                                                        Phase.ACTIVE.value)
-    ]
-    for name in names:
-        reconciler.enqueue(name)
-    await expire_retention(reconciler, retention)
+    for item in await reconciler.kube.list_requests(unsettled=True):
+        # With the listed copy: one whose version was decided already needs no read.
+        reconciler.enqueue(item["metadata"]["name"], item)
+    # Settled before this list and still remembered: their leave event was missed.
+    reconciler.state.drop_settled_before(started)
+    metrics.RESYNCS.inc()
 
 
-async def resync_forever(reconciler: Reconciler, interval: float, retention: str) -> None:
+async def resync_forever(reconciler: Reconciler, interval: float) -> None:
     """Run :func:`resync_once` every ``interval`` seconds until cancelled."""
+    await _every(interval, "periodic resync", lambda: resync_once(reconciler))
+
+
+async def retention_forever(reconciler: Reconciler, interval: float, retention: str) -> None:
+    """Run :func:`expire_retention` every ``interval`` seconds until cancelled."""
+    await _every(interval, "retention pass", lambda: expire_retention(reconciler, retention))
+
+
+async def _every(interval: float, what: str,
+                 work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await resync_once(reconciler, retention)
+            await work()
         except Exception:
-            logger.exception("periodic resync failed; retrying in %.0f s", interval)
+            logger.exception("%s failed; retrying in %.0f s", what, interval)

@@ -17,7 +17,7 @@ import datetime
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ import aiohttp
 from kubepim.api.common import GROUP, VERSION
 
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubepim"
+# The requests the operator watches and lists: those not settled (a CRD selectable field).
+UNSETTLED = "status.settled!=true"
 _CUSTOM = f"/apis/{GROUP}/{VERSION}"
 _RBAC = "/apis/rbac.authorization.k8s.io/v1"
 _MERGE = "application/merge-patch+json"
@@ -185,9 +187,21 @@ class Kube:
             return None
         return obj
 
-    async def list_requests(self) -> list[dict[str, Any]]:
-        """Every AccessRequest."""
-        return await self._list(f"{_CUSTOM}/accessrequests")
+    async def list_requests(self, unsettled: bool = False) -> list[dict[str, Any]]:
+        """Every AccessRequest; with ``unsettled``, only those the operator is not done with."""
+        return await self._list(f"{_CUSTOM}/accessrequests",
+                                {"fieldSelector": UNSETTLED} if unsettled else None)
+
+    async def settled_request_pages(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Settled AccessRequests, one page (500) at a time: none is held longer than its page."""
+        query = {"fieldSelector": "status.settled=true", "limit": "500"}
+        while True:
+            page = await self._request("GET", f"{_CUSTOM}/accessrequests", params=query)
+            yield page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            query["continue"] = token
 
     async def get_eligibility(self, name: str) -> dict[str, Any] | None:
         """The RoleEligibility, or None."""

@@ -1,0 +1,272 @@
+"""``python -m bench --only scale``: kubepim in a whole organisation's cluster (issue 13).
+
+A fresh control plane seeded with 45,000 finished AccessRequests (full history, as the operator
+writes them), 1,000 RoleEligibilities, 2,000 namespaces and 50,000 RoleBindings kubepim did not
+make, then 5,000 live grants made through the operator. Reported: the operator's idle RSS (and,
+on a second fresh control plane, its RSS with only the 5,000 live grants), the takeover time to a
+fully reconciled state, the API requests of one periodic resync, the expiry lag of the 5,000
+live grants, and the bytes etcd stores per finished request.
+
+Seeding (docs/scale.md): straight to the API over aiohttp, 64 requests in flight, with the
+operator stopped: namespaces, bindings, eligibilities and requests are created as the admin;
+each finished request's status is then written as the operator's ServiceAccount (the only
+identity the status policy lets write a phase), copied from a request the operator itself
+finished in this run, so each seeded request is byte-for-byte what the operator stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubepim.devcluster import cluster
+from kubepim.k8s.client import ApiError, Kube
+
+from . import harness
+from .harness import Bench, percentile, summary, wait_until
+from .measures import BindingWatcher
+
+_CUSTOM = "/apis/pim.kubepim.dev/v1alpha1"
+_RBAC = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def _metric(bench: Bench, name: str) -> float:
+    """One unlabelled sample of the operator's /metrics."""
+    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
+                     concurrency: int = 64) -> None:
+    """Run ``job(i)`` for every i < count, ``concurrency`` at a time, retrying load shedding."""
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        for i in numbers:
+            for attempt in range(8):
+                try:
+                    await job(i)
+                    break
+                except ApiError as error:
+                    if error.status == 409:
+                        break  # made by an attempt whose answer was lost
+                    if (error.status != 429 and error.status < 500) or attempt == 7:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def _seed(admin: Kube, operator: Kube, template: dict[str, Any], sizes: dict[str, int]
+                ) -> dict[str, float]:
+    """Create the organisation's cluster; seconds per kind."""
+    post = admin._request
+    took: dict[str, float] = {}
+    namespaces = sizes["namespaces"]
+
+    async def namespace(i: int) -> None:
+        await post("POST", "/api/v1/namespaces", {"metadata": {"name": f"org-{i}"}})
+
+    async def binding(i: int) -> None:
+        await post("POST", f"{_RBAC}/namespaces/org-{i % namespaces}/rolebindings", {
+                       "metadata": {"name": f"team-{i}"},
+                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                   "kind": "ClusterRole", "name": "view"},
+                       "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                                     "name": f"engineer-{i % 3000}"}]})
+
+    async def eligibility(i: int) -> None:
+        await post("POST", f"{_CUSTOM}/roleeligibilities", {
+            "apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "RoleEligibility",
+            "metadata": {"name": f"org-{i}"},
+            "spec": {"subjects": [{"kind": "User", "name": f"engineer-{i}"}],
+                     "roles": [{"kind": "Role", "name": "pod-reader"}],
+                     "namespaces": [f"org-{i % namespaces}"],
+                     "approval": {"users": ["bob"]}}})
+
+    status = {k: v for k, v in template["status"].items() if k != "kopf"}
+
+    async def finished(i: int) -> None:
+        name = f"old-{i}"
+        created = await post("POST", f"{_CUSTOM}/accessrequests", {
+            "apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": name}, "spec": template["spec"]})
+        await operator.patch_request_status(name, status,
+                                            created["metadata"]["resourceVersion"])
+
+    for kind, count, job in (("namespaces", namespaces, namespace),
+                             ("rolebindings", sizes["rolebindings"], binding),
+                             ("eligibilities", sizes["eligibilities"], eligibility),
+                             ("finished_requests", sizes["finished"], finished)):
+        started = time.perf_counter()
+        await _in_flight(count, job)
+        took[kind] = time.perf_counter() - started
+    return took
+
+
+def _stored_bytes(bench: Bench, names: list[str]) -> dict[str, Any]:
+    """Median bytes of a finished request as stored (JSON, managedFields included), by part."""
+    sizes: dict[str, list[float]] = {"total": [], "history": [], "conditions": [],
+                                     "managedFields": [], "approvals": [], "spec": []}
+    for name in names:
+        body = bench.kubectl("get", "accessrequest", name, "-o", "json",
+                             "--show-managed-fields").stdout
+        item = json.loads(body)
+        compact = len(json.dumps(item, separators=(",", ":")))
+        sizes["total"].append(compact)
+        status = item.get("status") or {}
+        for part, value in (("history", status.get("history")),
+                            ("conditions", status.get("conditions")),
+                            ("approvals", status.get("approvals")),
+                            ("managedFields", item["metadata"].get("managedFields")),
+                            ("spec", item.get("spec"))):
+            sizes[part].append(len(json.dumps(value, separators=(",", ":"))))
+    return {part: percentile(values, 0.5) for part, values in sizes.items()}
+
+
+def _storage_bytes(bench: Bench) -> float:
+    """The API server's view of etcd's database size (apiserver_storage_size_bytes)."""
+    for line in bench.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if line.startswith("apiserver_storage_size_bytes"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _idle_rss(bench: Bench, seconds: int = 60) -> dict[str, float]:
+    samples = []
+    for _ in range(seconds):
+        samples.append(bench.rss_mib())
+        time.sleep(1)
+    return {"median_mib": percentile(samples, 0.5), "max_mib": max(samples)}
+
+
+def _live_grants(bench: Bench, count: int, expire_in: float, window: float) -> list[str]:
+    """``count`` grants made through the operator; they expire ``expire_in`` s from now on.
+
+    Spread across ``window`` seconds.
+    """
+    target = time.time() + expire_in
+    names = [f"live-{i}" for i in range(count)]
+
+    def one(i: int) -> None:
+        left = int(target + i * window / count - time.time())
+        bench.create_request(names[i], f"live-user-{i}", f"{max(left, 60)}s")
+        bench.approve(names[i])
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(count)))
+    bench.wait_activated(names, timeout=120 + count * 0.2)
+    return names
+
+
+def _reconciled(bench: Bench, live: int) -> bool:
+    return (_metric(bench, "kubepim_active_grants") >= live
+            and _metric(bench, "kubepim_workqueue_depth") == 0)
+
+
+def _one_resync(bench: Bench) -> dict[str, Any]:
+    """API requests made from the end of one resync to the end of the next.
+
+    Lease traffic is left out (renewals, not resync work).
+    """
+    seen = _metric(bench, "kubepim_resyncs_total")
+    wait_until(lambda: _metric(bench, "kubepim_resyncs_total") > seen, 200, "a resync")
+    before = bench.api_requests()
+    seen = _metric(bench, "kubepim_resyncs_total")
+    wait_until(lambda: _metric(bench, "kubepim_resyncs_total") > seen, 200, "the next resync")
+    made = bench.api_requests() - before
+    calls = {kind: n for kind, n in made.items() if "leases" not in kind and n}
+    return {"requests": sum(calls.values()), "by_kind": dict(sorted(calls.items()))}
+
+
+def scale(workdir: Path, sizes: dict[str, int]) -> dict[str, Any]:
+    """The whole measure (two fresh control planes); see the module docstring."""
+    result: dict[str, Any] = {"sizes": sizes}
+    live = sizes["live"]
+    bench, started = harness.start(workdir / "org", resync="60")
+    try:
+        # A few requests the operator itself takes through their whole life: their stored
+        # form is the template of the seeded ones, and what etcd holds per finished request.
+        sample = bench.grant_many("sample", ["3s"] * 20)
+        wait_until(lambda: all((bench.request(n).get("status") or {}).get("settled")
+                               for n in sample), 60, "the sample settled")
+        result["stored_bytes_per_finished_request"] = _stored_bytes(bench, sample)
+        template = bench.request(sample[0])
+        bench.operator.stop()
+        # Its admission webhook would refuse creates while it is down: the seed goes around it
+        # (the operator writes the configuration again when it starts).
+        for config in bench.kubectl("get", "validatingwebhookconfigurations",
+                                    "-o", "name").stdout.split():
+            if "kubepim" in config:
+                bench.kubectl("delete", config)
+
+        storage_before = _storage_bytes(bench)
+        admin = Kube.connect(bench.kubeconfig)
+        operator = Kube.connect(bench.operator.kubeconfig)
+
+        async def seed() -> dict[str, float]:
+            try:
+                return await _seed(admin, operator, template, sizes)
+            finally:
+                await admin.close()
+                await operator.close()
+
+        result["seed_seconds"] = asyncio.run(seed())
+        result["etcd_bytes_added_by_seed"] = _storage_bytes(bench) - storage_before
+
+        start = time.perf_counter()
+        bench.operator.start(timeout=300)
+        wait_until(lambda: _reconciled(bench, 0), 300, "reconciled", interval=0.2)
+        result["takeover_without_live_s"] = time.perf_counter() - start
+
+        names = _live_grants(bench, live, expire_in=360, window=60)
+        wait_until(lambda: _reconciled(bench, live), 120, "reconciled", interval=0.5)
+        result["idle_rss"] = _idle_rss(bench)
+        result["resync"] = _one_resync(bench)
+
+        bench.operator.stop()
+        start = time.perf_counter()
+        bench.operator.start(timeout=300)
+        wait_until(lambda: _reconciled(bench, live), 300, "every live grant reconciled",
+                   interval=0.2)
+        result["takeover_s"] = time.perf_counter() - start
+
+        measured = time.time()
+        watcher = BindingWatcher(bench)
+        expires = {n: harness.parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
+                   for n in names}
+        last = max(expires.values())
+        wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
+                   max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
+        watcher.stop()
+        result["expiry_lag_s"] = summary(
+            [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names])
+        result["expired_before_measures_ended"] = sum(
+            1 for n in names if expires[n] < measured)
+    finally:
+        bench.operator.stop()
+        cluster.stop(started)
+
+    # The same operator with only the live grants: the baseline its RSS is compared with.
+    bench, started = harness.start(workdir / "baseline", resync="60")
+    try:
+        bench.grant_many("base", ["8h"] * live)
+        wait_until(lambda: _reconciled(bench, live), 120, "reconciled", interval=0.5)
+        result["baseline_idle_rss"] = _idle_rss(bench)
+    finally:
+        bench.operator.stop()
+        cluster.stop(started)
+    result["rss_over_baseline"] = (result["idle_rss"]["median_mib"]
+                                   / result["baseline_idle_rss"]["median_mib"])
+    return result
+
