@@ -150,7 +150,6 @@ def burst(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
         list(pool.map(bare, range(count)))
     floor_s = time.perf_counter() - start
 
-    bench.hold_lease()
     floor_names = [f"burst-client-{i}" for i in range(count)]
 
     def client_side(i: int) -> None:
@@ -159,6 +158,7 @@ def burst(bench: Bench, count: int, workers: int = 16) -> dict[str, Any]:
         bench.create_floor_binding(f"burst-client-{i}", f"burst-client-user-{i}")
 
     try:
+        bench.hold_lease()
         start = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(client_side, range(count)))

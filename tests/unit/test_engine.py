@@ -180,3 +180,51 @@ def test_a_binding_claiming_an_owner_that_is_not_an_object_name_names_no_request
     assert owning_request(claiming("alice-debug-1")) == "alice-debug-1"
     assert owning_request(claiming("../../../../api/v1/nodes/x")) is None
     assert owning_request({"metadata": {"labels": {"pim.kubepim.dev/request": "a/b"}}}) is None
+
+
+class SettleFailsOnce(RecordingKube):
+    """Stores every status write; the first settle write fails as a 503 would."""
+
+    def __init__(self, stored: dict[str, Any]) -> None:
+        super().__init__(stored)
+        self.settles = 0
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        if status.get("settled"):
+            self.settles += 1
+            if self.settles == 1:
+                raise ApiError(503, "unavailable")
+        written = await super().patch_request_status(name, status, resource_version)
+        self.stored = {**self.stored, "status": {**self.stored["status"], **status},
+                       "metadata": {**self.stored["metadata"],
+                                    "resourceVersion": written["metadata"]["resourceVersion"]}}
+        return self.stored
+
+
+def test_a_failed_settle_write_is_retried_until_the_request_is_settled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    over = body("10", approved=True, status={
+        "phase": "Active", "eligibility": "e", "namespaceUid": "ns-uid",
+        "activatedAt": "2000-01-01T00:00:00Z", "expiresAt": "2000-01-01T01:00:00Z",
+        "history": [{"time": "2000-01-01T00:00:00Z", "action": "Activated",
+                     "actor": "kubepim", "reason": "approved"}]})
+
+    async def scenario() -> SettleFailsOnce:
+        kube = SettleFailsOnce(over)
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        with pytest.raises(ApiError):  # Expired written, its line logged, the settle refused
+            await reconciler.reconcile("r", over)
+        assert not reconciler.state.is_active("r")  # the gauges already say so
+        echo = kube.stored  # the watch event of our own Expired write: read and settled
+        await reconciler.reconcile("r", {**echo, "metadata": {**echo["metadata"]}})
+        return kube
+
+    with caplog.at_level("INFO", logger="kubepim.audit"):
+        kube = asyncio.run(scenario())
+    assert kube.stored["status"]["phase"] == "Expired" and kube.stored["status"]["settled"]
+    assert kube.settles == 2
+    ids = [json.loads(r.getMessage())["id"] for r in caplog.records if r.name == "kubepim.audit"]
+    assert set(ids) == {"u-1/1"}  # the Expired line, logged again before settling (same id)

@@ -74,22 +74,46 @@ def test_a_finished_request_is_held_until_settled_and_seen_leaving() -> None:
     state.decided("r", "11")
     state.place("r", Phase.EXPIRED, "e", "payments", None)  # final, lines not yet out
     assert state.governed_by("e") == [] and state.in_namespace("payments") == []
-    assert not state.is_active("r") and state.newer_than_decided("r", "11") is False
-    state.decided("r", "12")
-    state.place("r", Phase.EXPIRED, "e", "payments", None, settled=True, at=5.0)
-    assert state.newer_than_decided("r", "11") is False  # our own write coming back
-    assert state.left_selection("r")  # the watch's DELETED: it left, was not deleted
+    assert not state.is_active("r")
+    assert state.newer_than_decided("r", "11") is None  # not settled yet: always read again
+    state.decided("r", "13")
+    state.place("r", Phase.EXPIRED, "e", "payments", None, settled=True, at=5.0, uid="u1")
+    assert state.newer_than_decided("r", "12") is False  # our own write coming back
+    assert state.left_selection("r", "u1")  # the watch's DELETED: it left, was not deleted
     assert all(size == 0 for size in state.sizes().values())
 
 
 def test_a_settled_request_whose_leave_event_was_missed_is_dropped_by_the_resync() -> None:
     state = State()
     state.decided("r", "12")
-    state.place("r", Phase.DENIED, None, None, None, settled=True, at=5.0)
+    state.place("r", Phase.DENIED, None, None, None, settled=True, at=5.0, uid="u1")
     assert state.drop_settled_before(4.0) == 0
     assert state.drop_settled_before(6.0) == 1
     assert all(size == 0 for size in state.sizes().values())
-    assert not state.left_selection("r")  # a DELETED now would be read, not assumed
+    assert not state.left_selection("r", "u1")  # a DELETED now would be read, not assumed
+
+
+def test_a_request_made_again_under_a_settled_name_is_not_taken_for_the_settled_one() -> None:
+    state = State()
+    state.place("r", Phase.EXPIRED, None, None, None, settled=True, at=5.0, uid="old")
+    state.place("r", Phase.ACTIVE, "e", None, NOW, uid="new")  # a new request named r
+    assert not state.left_selection("r", "new")  # its DELETED is a deletion: read it
+    state.place("r", Phase.EXPIRED, None, None, None, settled=True, at=5.0, uid="old")
+    assert not state.left_selection("r", "new")  # another uid's event, whatever is held
+
+
+def test_a_relisted_eligibility_that_changed_is_reported() -> None:
+    state = State()
+    spec = {"subjects": [{"kind": "User", "name": "alice"}],
+            "roles": [{"kind": "Role", "name": "db-reader"}], "namespaces": ["payments"],
+            "approval": {"users": ["bob"]}}
+    assert state.apply_eligibility_list(
+        [{"metadata": {"name": "e", "resourceVersion": "5"}, "spec": spec},
+         {"metadata": {"name": "f", "resourceVersion": "6"}, "spec": spec}], 10) == []
+    # e deleted and f changed while the watch was down: the next list says so
+    changed = {**spec, "maxDuration": "2h"}
+    assert state.apply_eligibility_list(
+        [{"metadata": {"name": "f", "resourceVersion": "12"}, "spec": changed}], 20) == ["e", "f"]
 
 
 def test_moving_a_request_updates_both_indexes() -> None:

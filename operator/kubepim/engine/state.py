@@ -88,7 +88,9 @@ class State:
         self._placed: dict[str, tuple[str | None, str | None]] = {}
         # Requests this replica settled, until the watch reports them leaving its selection (a
         # DELETED event that is not a deletion): when (monotonic) each was settled.
-        self._settled: dict[str, float] = {}
+        self._settled: dict[str, tuple[str, float]] = {}  # name -> (uid, when)
+        # Final requests not yet settled (the settle write failed): always decided again.
+        self._finishing: set[str] = set()
         # Namespaces as the watch last saw them: labels, uid and resourceVersion.
         self._namespaces: dict[str, tuple[dict[str, str], str, int]] = {}
         self._namespace_versions: dict[str, int] = {}  # deletions remembered too
@@ -110,12 +112,18 @@ class State:
         Compared as the integers the API server issues; None when unequal versions cannot be
         ordered (not integers).
         """
+        if name in self._finishing:
+            return None  # final, its settle write still to land: read it and settle it
         seen = self._versions.get(name)
         if seen is None or version is None:
             return True
         if seen.isdigit() and version.isdigit():
             return int(version) > int(seen)
         return False if version == seen else None
+
+    def is_decided(self, name: str, version: str | None) -> bool:
+        """Whether ``version`` is exactly the newest one decided on or written for ``name``."""
+        return version is not None and self._versions.get(name) == version
 
     def decided(self, name: str, version: str | None) -> None:
         """``version`` of ``name`` was decided on or written (kept only if newer)."""
@@ -127,7 +135,7 @@ class State:
 
     def place(self, name: str, phase: Phase | None, governing: str | None,
               namespace: str | None, expires_at: datetime.datetime | None,
-              settled: bool = False, at: float = 0.0) -> None:
+              settled: bool = False, at: float = 0.0, uid: str = "") -> None:
         """Where a request stands after its reconcile.
 
         A final request is held (its version record only) until settled; a settled one is kept
@@ -135,10 +143,12 @@ class State:
         """
         self._unplace(name)
         if settled:
-            self._settled[name] = at
+            self._settled[name] = (uid, at)
             return
+        self._settled.pop(name, None)  # a request made again under the name of a settled one
         if phase not in (Phase.PENDING, Phase.ACTIVE):
             self._placed[name] = (None, None)  # final, not yet settled: keep its version
+            self._finishing.add(name)
             return
         if governing:
             self._governed[governing].add(name)
@@ -150,6 +160,7 @@ class State:
 
     def _unplace(self, name: str) -> None:
         self._active.pop(name, None)
+        self._finishing.discard(name)
         governing, namespace = self._placed.pop(name, (None, None))
         for index, key in ((self._governed, governing), (self._in_namespace, namespace)):
             if key is not None and key in index:
@@ -163,12 +174,12 @@ class State:
         self._versions.pop(name, None)
         self._settled.pop(name, None)
 
-    def left_selection(self, name: str) -> bool:
+    def left_selection(self, name: str, uid: str) -> bool:
         """Forget ``name`` after a DELETED event; True if this replica had settled it.
 
         Then the event means it left the watch's selection, not that it was deleted.
         """
-        settled = name in self._settled
+        settled = self._settled.get(name, ("", 0.0))[0] == uid != ""
         self.forget(name)
         return settled
 
@@ -177,7 +188,7 @@ class State:
 
         (Their leave event was missed: a watch that relisted.)
         """
-        old = [name for name, at in self._settled.items() if at < moment]
+        old = [name for name, (_, at) in self._settled.items() if at < moment]
         for name in old:
             self.forget(name)
         return len(old)
@@ -221,6 +232,10 @@ class State:
     def unconfirmed_write(self, uid: str, history_index: int, based_on: str) -> None:
         """A status write got no answer: its lines wait until a newer version shows them."""
         self._unconfirmed.setdefault(uid, (history_index, based_on))
+
+    def drop_unconfirmed(self, uid: str) -> None:
+        """The request with ``uid`` is gone: no line waits for its write any more."""
+        self._unconfirmed.pop(uid, None)
 
     def confirm(self, uid: str, version: str | None) -> int | None:
         """The history index an unanswered write began at, or None if nothing waits.
@@ -317,6 +332,9 @@ class State:
         for name in [n for n in self._namespaces if n not in listed]:
             if self._namespace_versions.get(name, 0) <= listed_at:
                 changed += self.observe_namespace(name, None)
+        for name in [n for n in self._namespace_versions if n not in listed
+                     and n not in self._namespaces and self._namespace_versions[n] <= listed_at]:
+            del self._namespace_versions[name]  # gone before the list: nothing to compare
         return sorted(set(changed))
 
     # Roles on the deny-list.
@@ -351,15 +369,16 @@ class State:
         """Every valid eligibility by name (None until first listed); a stable snapshot."""
         return self._eligibilities
 
-    def apply_eligibility_list(self, items: list[dict[str, Any]], listed_at: int) -> None:
+    def apply_eligibility_list(self, items: list[dict[str, Any]], listed_at: int) -> list[str]:
         """Rebuild the cache from a list served at ``listed_at``, never undoing a newer event.
 
         An eligibility the watch saw at a version newer than the list's (created, changed or
         deleted after the list was served) keeps what the watch said; an older list than the
-        one applied is ignored.
+        one applied is ignored. Returns the eligibilities the list changed (an event the watch
+        missed): the requests they govern are decided again.
         """
         if listed_at and listed_at < self._listed_at:
-            return
+            return []
         self._listed_at = listed_at
         fresh: dict[str, RoleEligibilitySpec] = {}
         versions: dict[str, tuple[int, bool]] = {}
@@ -378,6 +397,10 @@ class State:
                     fresh[name] = current[name]
         self._eligibility_versions = versions
         self._eligibilities = fresh
+        if not current:
+            return []  # the first list: nothing was decided on the cache before it
+        return sorted(name for name in set(current) | set(fresh)
+                      if current.get(name) != fresh.get(name))
 
     def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
                             version: str | None = None) -> None:
@@ -412,6 +435,7 @@ class State:
         self._in_namespace.clear()
         self._placed.clear()
         self._settled.clear()
+        self._finishing.clear()
         self._unconfirmed.clear()
 
 

@@ -23,7 +23,14 @@ from kubepim.api.common import GROUP
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
 from kubepim.engine.leadership import LeaderElector
-from kubepim.k8s.client import MANAGED_SELECTOR, UNSETTLED, Kube, NotLeading, parse_time
+from kubepim.k8s.client import (
+    MANAGED_SELECTOR,
+    UNSETTLED,
+    BadRequest,
+    Kube,
+    NotLeading,
+    parse_time,
+)
 from kubepim.settings import Settings
 
 from . import admission, registry
@@ -55,13 +62,21 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
             MANAGED_SELECTOR
     config: Settings = memo.settings
     kube = _connect(settings)
+    try:
+        await kube.check_selectable_fields()
+    except BadRequest as error:
+        await kube.close()
+        raise kopf.PermanentError(
+            "the AccessRequest CRD in the cluster is older than this operator (no selectable "
+            f"field status.settled: {error}); apply the CRDs of this version first: kubectl "
+            "apply --server-side -f crds/ (Helm installs crds/ but never upgrades them)"
+        ) from error
     reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
                             config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
-        reconciler.queue.resume()
         # One list of unsettled requests for both passes below (a final transition's lines are
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
@@ -70,6 +85,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
         replay_audit_lines(requests, elector.previous_renewal)
+        # Only now: a reconcile that settled one of those requests first would take it out of
+        # a retried takeover's list before its lines were replayed.
+        reconciler.queue.resume()
         if memo.get("started"):
             await resync_once(reconciler)
 

@@ -77,6 +77,7 @@ class Reconciler:
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
         self._deleted: dict[str, dict[str, Any]] = {}
+        self._again: set[str] = set()
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
@@ -104,7 +105,10 @@ class Reconciler:
     async def refresh_eligibilities(self) -> None:
         """Rebuild the eligibility cache from a list call, never undoing a newer watch event."""
         async with self._refreshing:
-            self.state.apply_eligibility_list(*await self.kube.list_eligibilities_at())
+            changed = self.state.apply_eligibility_list(*await self.kube.list_eligibilities_at())
+        for eligibility in changed:
+            for request in self.state.governed_by(eligibility):
+                self.enqueue(request)
 
     async def refresh_namespaces(self) -> None:
         """Rebuild the namespace cache from a list call (a relisting watch reports no deletion).
@@ -151,14 +155,18 @@ class Reconciler:
 
     # Triggers: each only adds a key to the queue.
 
-    def enqueue(self, name: str, body: dict[str, Any] | None = None) -> None:
+    def enqueue(self, name: str, body: dict[str, Any] | None = None, again: bool = False) -> None:
         """Ask for a reconcile of ``name``; ``body`` as a watch event delivered it, if any.
 
-        A standby keeps nothing (its takeover reads everything); a leader whose renewal is late
-        keeps the key until it leads again or loses the lease.
+        ``again``: decide even if this very version was decided before (the resync: an event
+        the request does not carry, such as a binding deleted while the watch was down, may
+        have been missed). A standby keeps nothing (its takeover reads everything); a leader
+        whose renewal is late keeps the key until it leads again or loses the lease.
         """
         if not self.elected():
             return
+        if again:
+            self._again.add(name)
         if body is not None:
             held = self._bodies.get(name)
             if held is None or _version(body) is None or _version(held) is None or \
@@ -211,6 +219,7 @@ class Reconciler:
         self.queue.clear()
         self._bodies.clear()
         self._deleted.clear()
+        self._again.clear()
         self.state.reset()
 
     async def _process(self, key: str) -> None:
@@ -229,7 +238,9 @@ class Reconciler:
                 self._deleted.pop(key.removeprefix(_DELETED), None)
                 self.forget(name)
             return
-        await self.reconcile(key, self._bodies.pop(key, None))
+        again = key in self._again
+        self._again.discard(key)
+        await self.reconcile(key, self._bodies.pop(key, None), again=again)
 
     async def _deleted_or_settled(self, body: dict[str, Any]) -> None:
         """A DELETED event: the request was deleted, or it left the watch's selection (settled).
@@ -238,7 +249,7 @@ class Reconciler:
         replica settled left the selection; any other is read.
         """
         name = body["metadata"]["name"]
-        if self.state.left_selection(name):
+        if self.state.left_selection(name, str(body["metadata"].get("uid") or "")):
             return
         current = await self.kube.get_request(name)
         if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
@@ -246,20 +257,24 @@ class Reconciler:
         elif not (current.get("status") or {}).get("settled"):
             self.enqueue(name, current)  # still ours to finish
 
-    async def reconcile(self, name: str, body: dict[str, Any] | None = None) -> None:
+    async def reconcile(self, name: str, body: dict[str, Any] | None = None,
+                        again: bool = False) -> None:
         """Reconcile one request by name now, retrying on conflicting writes.
 
         ``body`` is the object as a watch event delivered it: decided on as delivered (saves a
         read) unless a version at least as new was already decided on or written, in which case
-        there is nothing to do. Without a body (timers, resyncs) the request is read. Raises on
-        failure (the queue retries); :class:`NotLeading` when this replica may not write.
+        there is nothing to do (``again``: unless it is exactly the version decided, which is
+        decided again). Without a body (timers) the request is read. Raises on failure (the
+        queue retries); :class:`NotLeading` when this replica may not write.
         """
         if not self.leading():
             raise NotLeading(f"{name} not reconciled: this replica is not leading")
         async with self.lock(name):
             if body is not None:
-                newer = self.state.newer_than_decided(
-                    name, body["metadata"].get("resourceVersion"))
+                version = body["metadata"].get("resourceVersion")
+                newer = self.state.newer_than_decided(name, version)
+                if newer is False and again and self.state.is_decided(name, version):
+                    newer = True  # (an older copy: a newer version was decided just now)
                 if newer is False:
                     return  # any later change comes with its own, newer event
                 if newer is None:
@@ -353,6 +368,14 @@ class Reconciler:
 
         patch = self._status_patch(body, status, plan, transitions, now)
         expires_at = plan.expires_at or status.expires_at
+        unsettled: Exception | None = None
+        if patch.get("settled") and not transitions:
+            # Settling a request whose final write this replica did not follow through (a kill
+            # in between, a failed settle): its last write's lines once more first (same ids).
+            last = status.history[-1].time if status.history else None
+            first = next((i for i, entry in enumerate(status.history) if entry.time == last),
+                         len(status.history))
+            audit.replay(body, request, from_index=first)
         if patch:
             try:
                 written = await self.kube.patch_request_status(
@@ -381,7 +404,7 @@ class Reconciler:
             self._observe(status, created, plan, transitions, done)
             settled = bool((written.get("status") or {}).get("settled"))
             if not settled and transitions and transitions[-1].phase.final:
-                settled = await self._settle(name, written)
+                settled, unsettled = await self._settle(name, written)
         else:
             settled = status.settled
 
@@ -392,7 +415,7 @@ class Reconciler:
         governing = plan.eligibility or status.eligibility
         self.state.place(name, phase, governing, spec.namespace,
                          expires_at if phase == Phase.ACTIVE else None, settled=settled,
-                         at=time.monotonic())
+                         at=time.monotonic(), uid=uid)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.queue.schedule(name, expires_at)
         else:
@@ -401,28 +424,29 @@ class Reconciler:
                 self.queue.schedule(name, timeout)  # TimedOut at the window's end
             else:
                 self.queue.cancel(name)
+        if unsettled is not None:
+            raise unsettled  # the queue retries (with backoff); the next reconcile settles it
 
-    async def _settle(self, name: str, written: dict[str, Any]) -> bool:
+    async def _settle(self, name: str, written: dict[str, Any]
+                      ) -> tuple[bool, Exception | None]:
         """Record that nothing is left to do, once the final transition's lines are out.
 
         A separate write, after the lines: until it lands the request stays in the operator's
-        watch and in every takeover's listing, which replays lines a kill may have lost. True if
-        written; a failure is retried by the queue (the next reconcile writes it).
+        watch and in every takeover's listing, which replays lines a kill may have lost.
+        (written, error): the error of a failed write, raised once the reconcile has recorded
+        where the request stands, so the queue retries it.
         """
         if not settled(AccessRequestStatus.model_validate(written.get("status") or {})):
-            return False  # a break-glass review is awaited
+            return False, None  # a break-glass review is awaited
         try:
             answer = await self.kube.patch_request_status(
                 name, {"settled": True}, str(written["metadata"]["resourceVersion"]))
         except NotLeading:
             raise
         except Exception as error:
-            logger.info("%s: settling it failed (%s: %s); its next reconcile settles it", name,
-                        type(error).__name__, error)
-            self.queue.add(name)
-            return False
+            return False, error
         self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
-        return True
+        return True, None
 
     def _timeout(
         self, created: datetime.datetime, governing: str | None
@@ -487,6 +511,7 @@ class Reconciler:
         """
         name = body["metadata"]["name"]
         self.forget(name)
+        self.state.drop_unconfirmed(str(body["metadata"].get("uid") or ""))
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError:

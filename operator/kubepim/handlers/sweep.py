@@ -17,7 +17,7 @@ from kubepim import audit, metrics
 from kubepim.api import duration
 from kubepim.api.request import AccessRequest
 from kubepim.domain.lifecycle import retention_over
-from kubepim.k8s.client import NotLeading
+from kubepim.k8s.client import Gone, NotLeading
 
 from .reconcile import Reconciler, is_live_grant, utcnow
 
@@ -62,8 +62,15 @@ async def expire_retention(reconciler: Reconciler, retention: str) -> int:
     keep = duration.parse(retention)
     now = utcnow()
     deleted = 0
-    async for page in reconciler.kube.settled_request_pages():
-        deleted += await _expire_page(reconciler, page, retention, keep, now)
+    for _ in range(3):
+        try:
+            async for page in reconciler.kube.settled_request_pages():
+                deleted += await _expire_page(reconciler, page, retention, keep, now)
+            return deleted
+        except Gone:
+            # The pass outlived its continue token (etcd compacted): list again from the start
+            # (what was deleted is gone from the list).
+            logger.info("retention pass: the listing expired; listing again")
     return deleted
 
 
@@ -101,7 +108,7 @@ async def resync_once(reconciler: Reconciler) -> None:
     await sweep_orphans(reconciler)
     for item in await reconciler.kube.list_requests(unsettled=True):
         # With the listed copy: one whose version was decided already needs no read.
-        reconciler.enqueue(item["metadata"]["name"], item)
+        reconciler.enqueue(item["metadata"]["name"], item, again=True)
     # Settled before this list and still remembered: their leave event was missed.
     reconciler.state.drop_settled_before(started)
     metrics.RESYNCS.inc()
@@ -113,14 +120,21 @@ async def resync_forever(reconciler: Reconciler, interval: float) -> None:
 
 
 async def retention_forever(reconciler: Reconciler, interval: float, retention: str) -> None:
-    """Run :func:`expire_retention` every ``interval`` seconds until cancelled."""
-    await _every(interval, "retention pass", lambda: expire_retention(reconciler, retention))
+    """Run :func:`expire_retention` a minute after start, then every ``interval`` seconds.
+
+    (The first pass soon: a leader that restarts more often than ``interval`` still runs it.)
+    """
+    await _every(interval, "retention pass", lambda: expire_retention(reconciler, retention),
+                 first=min(interval, 60.0))
 
 
 async def _every(interval: float, what: str,
-                 work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+                 work: Callable[[], Coroutine[Any, Any, Any]], first: float | None = None
+                 ) -> None:
+    wait = interval if first is None else first
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(wait)
+        wait = interval
         try:
             await work()
         except Exception:

@@ -56,11 +56,20 @@ class Forbidden(ApiError):
     """The operator's own RBAC does not allow the call (403)."""
 
 
+class Gone(ApiError):
+    """A list's continue token or a watch's resourceVersion is too old (410): list again."""
+
+
+class BadRequest(ApiError):
+    """The API server refused the call as malformed (400), e.g. an unknown field selector."""
+
+
 class NotLeading(Exception):
     """A write was stopped before it was sent: this replica's lease may have passed."""
 
 
-_ERRORS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict}
+_ERRORS: dict[int, type[ApiError]] = {400: BadRequest, 403: Forbidden, 404: NotFound,
+                                      409: Conflict, 410: Gone}
 _READS_BY_POST = ("subjectaccessreviews", "selfsubjectaccessreviews")
 
 
@@ -191,6 +200,14 @@ class Kube:
         """Every AccessRequest; with ``unsettled``, only those the operator is not done with."""
         return await self._list(f"{_CUSTOM}/accessrequests",
                                 {"fieldSelector": UNSETTLED} if unsettled else None)
+
+    async def check_selectable_fields(self) -> None:
+        """Raise :class:`BadRequest` unless ``status.settled`` is a selectable field.
+
+        (A CRD older than this operator: Helm installs crds/ but never upgrades them.)
+        """
+        await self._request("GET", f"{_CUSTOM}/accessrequests",
+                            params={"fieldSelector": UNSETTLED, "limit": "1"})
 
     async def settled_request_pages(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Settled AccessRequests, one page (500) at a time: none is held longer than its page."""
