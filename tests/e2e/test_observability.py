@@ -185,9 +185,9 @@ def test_finished_requests_are_deleted_after_the_retention_with_a_final_audit_li
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
     operator.stop()
-    # Retention is applied by the periodic resync: this test is about it, so it runs it often.
+    # Retention is applied by its own periodic pass: this test is about it, so it runs it often.
     operator.settings["KUBEPIM_RETENTION"] = "3s"
-    operator.settings["KUBEPIM_RESYNC_SECONDS"] = "2"
+    operator.settings["KUBEPIM_RETENTION_CHECK_SECONDS"] = "2"
     operator.start()
     try:
         kubectl("create", "role", "pod-reader", "--verb=get", "--resource=pods", "-n", namespace)
@@ -210,4 +210,4 @@ def test_finished_requests_are_deleted_after_the_retention_with_a_final_audit_li
     finally:
         operator.stop()
         del operator.settings["KUBEPIM_RETENTION"]
-        del operator.settings["KUBEPIM_RESYNC_SECONDS"]
+        del operator.settings["KUBEPIM_RETENTION_CHECK_SECONDS"]
