@@ -125,25 +125,47 @@ def auto_approves(spec: RoleEligibilitySpec, role: RoleRef, at: datetime.datetim
     return inside and _DAYS[moment.weekday()] in window.days
 
 
+@dataclass(frozen=True)
+class Option:
+    """What one eligibility lets a requester ask for (``lacking``: not yet, and why)."""
+
+    eligibility: str
+    spec: RoleEligibilitySpec
+    lacking: str | None
+
+    def places(self, name: str) -> list[str]:
+        """Where it grants, in words (``name``: the eligibility, for a selector)."""
+        places = []
+        if self.spec.namespaces:
+            places.append("in namespaces [" + ", ".join(self.spec.namespaces) + "]")
+        if self.spec.namespace_selector is not None:
+            places.append("in namespaces matching the selector of " + name)
+        if self.spec.cluster_wide:
+            places.append("cluster-wide")
+        return places
+
+
+def options(requester: Requester, eligibilities: Mapping[str, RoleEligibilitySpec]
+            ) -> list[Option]:
+    """Every eligibility naming this requester, in the order admission tries them.
+
+    The one answer to "what may I request": admission's refusal message and ``kubectl pim
+    eligible`` are both built from it.
+    """
+    return [Option(name, eligibilities[name], unmet_conditions(eligibilities[name], requester))
+            for name in sorted(eligibilities) if covers_subject(eligibilities[name], requester)]
+
+
 def summary(requester: Requester, eligibilities: Mapping[str, RoleEligibilitySpec]) -> str:
     """What this requester may ask for, for messages: roles and where, per eligibility."""
     parts = []
-    for name in sorted(eligibilities):
-        spec = eligibilities[name]
-        if not covers_subject(spec, requester):
+    for option in options(requester, eligibilities):
+        name, spec = option.eligibility, option.spec
+        if option.lacking:
+            parts.append(f"{_roles(spec.roles)} under {name} once the identity carries "
+                         f"{option.lacking}")
             continue
-        lacking = unmet_conditions(spec, requester)
-        if lacking:
-            parts.append(f"{_roles(spec.roles)} under {name} once the identity carries {lacking}")
-            continue
-        places = []
-        if spec.namespaces:
-            places.append("in namespaces [" + ", ".join(spec.namespaces) + "]")
-        if spec.namespace_selector is not None:
-            places.append("in namespaces matching the selector of " + name)
-        if spec.cluster_wide:
-            places.append("cluster-wide")
-        parts.append(f"{_roles(spec.roles)} {' or '.join(places)} for up to "
+        parts.append(f"{_roles(spec.roles)} {' or '.join(option.places(name))} for up to "
                      f"{spec.max_duration} ({name})")
     if not parts:
         return f"{requester.username} may request nothing: no RoleEligibility names them"

@@ -1,0 +1,1 @@
+"""``kubectl pim``: the kubectl plugin (request, approve and follow access as yourself)."""

@@ -1,0 +1,184 @@
+"""Connect as kubectl would: the kubeconfig's current (or named) context, its credentials.
+
+Read with the standard library and PyYAML only: the official client's models (35 MiB, most of a
+second to import) would make every ``kubectl pim`` slower than ``kubectl`` itself. Supported
+like kubectl: several files in $KUBECONFIG (the first definition of a name wins), client
+certificates and keys (files or data), bearer tokens (inline or tokenFile), basic auth, exec
+credential plugins (client.authentication.k8s.io v1 and v1beta1: OIDC helpers such as kubelogin,
+cloud CLIs) and the legacy oidc auth-provider's id-token; CA bundles, insecure-skip-tls-verify
+and tls-server-name; the context's namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The kubeconfig cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class Connection:
+    """Where the API server is and how to authenticate to it."""
+
+    server: str
+    context: ssl.SSLContext | None
+    headers: dict[str, str] = field(default_factory=dict)
+    namespace: str = "default"
+    server_name: str | None = None
+
+
+def _paths(explicit: str | None) -> list[Path]:
+    if explicit:
+        return [Path(explicit).expanduser()]
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [Path.home() / ".kube" / "config"]
+
+
+def _merged(paths: list[Path]) -> tuple[dict[str, Any], Path]:
+    merged: dict[str, Any] = {"clusters": {}, "users": {}, "contexts": {},
+                              "current-context": None}
+    base: Path | None = None
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            # The C safe loader when PyYAML has it (a kubeconfig can be large): still safe.
+            loaded = yaml.load(path.read_text(), Loader=getattr(  # noqa: S506
+                yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read kubeconfig {path}: {error}") from error
+        base = base or path
+        for kind in ("clusters", "users", "contexts"):
+            for entry in loaded.get(kind) or []:
+                if isinstance(entry, dict) and entry.get("name") not in merged[kind]:
+                    merged[kind][entry.get("name")] = (entry.get(kind[:-1]) or {}, path.parent)
+        merged["current-context"] = merged["current-context"] or loaded.get("current-context")
+    if base is None:
+        raise ConfigError("no kubeconfig found (" + ", ".join(str(p) for p in paths)
+                          + "): pass --kubeconfig or set KUBECONFIG")
+    return merged, base
+
+
+def _file(value: str, relative_to: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else relative_to / path
+
+
+def load(kubeconfig: str | None = None, context: str | None = None) -> Connection:
+    """The connection of ``context`` (default: the current context)."""
+    merged, _ = _merged(_paths(kubeconfig))
+    name = context or merged["current-context"]
+    if not name:
+        raise ConfigError("the kubeconfig has no current context: pass --context")
+    if name not in merged["contexts"]:
+        raise ConfigError(f"context {name} is not in the kubeconfig (contexts: "
+                          + ", ".join(sorted(map(str, merged["contexts"]))) + ")")
+    ctx, _ = merged["contexts"][name]
+    cluster, cluster_dir = merged["clusters"].get(ctx.get("cluster"), (None, None))
+    if cluster is None or not cluster.get("server"):
+        raise ConfigError(f"context {name} names cluster {ctx.get('cluster')}, which has no "
+                          "server in the kubeconfig")
+    user, user_dir = merged["users"].get(ctx.get("user"), ({}, cluster_dir))
+    server = str(cluster["server"]).rstrip("/")
+    tls = None
+    if server.startswith("https://"):
+        tls = ssl.create_default_context()
+        if cluster.get("insecure-skip-tls-verify"):
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+        elif cluster.get("certificate-authority-data"):
+            tls.load_verify_locations(cadata=base64.b64decode(
+                cluster["certificate-authority-data"]).decode())
+        elif cluster.get("certificate-authority"):
+            tls.load_verify_locations(str(_file(cluster["certificate-authority"], cluster_dir)))
+    connection = Connection(server=server, context=tls, namespace=ctx.get("namespace")
+                            or "default", server_name=cluster.get("tls-server-name"))
+    _authenticate(connection, user or {}, user_dir or cluster_dir, cluster)
+    return connection
+
+
+def _authenticate(connection: Connection, user: dict[str, Any], directory: Path,
+                  cluster: dict[str, Any]) -> None:
+    cert = user.get("client-certificate-data"), user.get("client-key-data")
+    if user.get("client-certificate") and user.get("client-key"):
+        _client_cert(connection, _file(user["client-certificate"], directory).read_bytes(),
+                     _file(user["client-key"], directory).read_bytes())
+    elif cert[0] and cert[1]:
+        _client_cert(connection, base64.b64decode(cert[0]), base64.b64decode(cert[1]))
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = _file(user["tokenFile"], directory).read_text().strip()
+    if not token and user.get("exec"):
+        token = _exec(connection, user["exec"], cluster)
+    provider = user.get("auth-provider") or {}
+    if not token and provider.get("name") == "oidc":
+        token = (provider.get("config") or {}).get("id-token")
+        if not token:
+            raise ConfigError("the oidc auth-provider has no id-token yet: run kubectl once "
+                              "(or use an exec plugin such as kubelogin)")
+    if token:
+        connection.headers["Authorization"] = f"Bearer {token}"
+    elif user.get("username") and user.get("password"):
+        pair = f"{user['username']}:{user['password']}".encode()
+        connection.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+
+
+def _client_cert(connection: Connection, cert: bytes, key: bytes) -> None:
+    if connection.context is None:
+        return
+    # ssl loads a chain only from files: written to a private directory, removed at once.
+    with tempfile.TemporaryDirectory(prefix="kubectl-pim-") as scratch:
+        cert_file, key_file = Path(scratch) / "cert", Path(scratch) / "key"
+        for path, data in ((cert_file, cert), (key_file, key)):
+            path.touch(mode=0o600)
+            path.write_bytes(data)
+        connection.context.load_cert_chain(str(cert_file), str(key_file))
+
+
+def _exec(connection: Connection, spec: dict[str, Any], cluster: dict[str, Any]) -> str | None:
+    """Run an exec credential plugin, as kubectl does; its token (or client certificate)."""
+    api_version = spec.get("apiVersion") or "client.authentication.k8s.io/v1"
+    info: dict[str, Any] = {"apiVersion": api_version, "kind": "ExecCredential",
+                            "spec": {"interactive": False}}
+    if spec.get("provideClusterInfo"):
+        info["spec"]["cluster"] = {"server": cluster.get("server"),
+                                   "certificate-authority-data":
+                                   cluster.get("certificate-authority-data")}
+    env = dict(os.environ, KUBERNETES_EXEC_INFO=json.dumps(info))
+    for pair in spec.get("env") or []:
+        env[str(pair.get("name"))] = str(pair.get("value"))
+    command = [str(spec.get("command")), *map(str, spec.get("args") or [])]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
+                              check=False)
+    except OSError as error:
+        hint = f" ({spec['installHint'].strip()})" if spec.get("installHint") else ""
+        raise ConfigError(f"cannot run the credential plugin {command[0]}: {error}{hint}"
+                          ) from error
+    if done.returncode != 0:
+        raise ConfigError(f"the credential plugin {command[0]} failed: "
+                          + (done.stderr.strip().splitlines() or ["no message"])[-1])
+    try:
+        status = json.loads(done.stdout).get("status") or {}
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"the credential plugin {command[0]} printed no ExecCredential"
+                          ) from error
+    if status.get("clientCertificateData") and status.get("clientKeyData"):
+        _client_cert(connection, status["clientCertificateData"].encode(),
+                     status["clientKeyData"].encode())
+    token = status.get("token")
+    return str(token) if token else None

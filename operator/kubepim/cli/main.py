@@ -1,0 +1,592 @@
+"""``kubectl pim``: request, approve and follow access from the terminal, as yourself.
+
+Installed as the executable ``kubectl-pim``, so kubectl finds it on PATH. It acts as the user of
+the kubeconfig's current context (kubectl's --kubeconfig, --context, -n, --as, --as-group) and
+makes only the API calls that user could make with kubectl; identity stays the API server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from kubepim.api import duration
+
+from .api import GROUP_PATH, Api, ApiError, Unreachable
+from .kubeconfig import ConfigError, load
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_DENIED, EXIT_TIMED_OUT, EXIT_REJECTED, EXIT_ENDED, EXIT_WAIT_TIMEOUT = 3, 4, 5, 6, 7
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  done (request --wait: the grant is Active)
+  {EXIT_ERROR}  refused or failed: the message says why (admission's refusal as it is)
+  {EXIT_USAGE}  bad command line
+  {EXIT_DENIED}  request --wait: Denied by an approver
+  {EXIT_TIMED_OUT}  request --wait: TimedOut (no decision within the eligibility's pendingTimeout)
+  {EXIT_REJECTED}  request --wait: Rejected (no eligibility covers it, or a limit was reached)
+  {EXIT_ENDED}  request --wait: ended otherwise (Withdrawn, Revoked, Expired) before Active
+  {EXIT_WAIT_TIMEOUT}  request --wait: still Pending when --timeout passed (the request stays)
+"""
+_FINAL_CODES = {"Denied": EXIT_DENIED, "TimedOut": EXIT_TIMED_OUT, "Rejected": EXIT_REJECTED,
+                "Withdrawn": EXIT_ENDED, "Revoked": EXIT_ENDED, "Expired": EXIT_ENDED}
+
+
+class Failure(Exception):
+    """One clear line for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Output
+
+
+def _age(moment: str | None, now: datetime.datetime) -> str:
+    """Relative durations as kubectl shows them: 45s, 12m, 3h5m, 2d4h."""
+    if not moment:
+        return "-"
+    then = datetime.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return _span(abs((now - then).total_seconds()))
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes}m" if minutes and hours < 8 else f"{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours}h" if hours and days < 8 else f"{days}d"
+
+
+def _table(rows: list[list[str]], out: Any) -> None:
+    if len(rows) <= 1:
+        print("No resources found.", file=sys.stderr)
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+                         ).rstrip(), file=out)
+
+
+def _dump(value: Any, output: str, out: Any) -> None:
+    if output == "json":
+        print(json.dumps(value, indent=2, sort_keys=True), file=out)
+    else:
+        import yaml  # only when asked for
+        print(yaml.safe_dump(value, sort_keys=True).rstrip(), file=out)
+
+
+# The model of a request, as the commands show it.
+
+
+def _role(item: dict[str, Any]) -> str:
+    role = (item.get("spec") or {}).get("role") or {}
+    return f"{role.get('kind', '?')}/{role.get('name', '?')}"
+
+
+def _decisions(item: dict[str, Any], decision: str) -> list[str]:
+    approvals = (item.get("status") or {}).get("approvals") or {}
+    return sorted(u for u, entry in approvals.items() if entry.get("decision") == decision)
+
+
+def _required(item: dict[str, Any], policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    name = (item.get("status") or {}).get("eligibility") or (item.get("spec") or {}).get(
+        "eligibility")
+    return dict(((policies.get(name or "") or {}).get("spec") or {}).get("approval") or {})
+
+
+def _approvals(item: dict[str, Any], policies: dict[str, dict[str, Any]]) -> str:
+    approval = _required(item, policies)
+    required = approval.get("required", 1) if approval else "?"
+    return f"{len(_decisions(item, 'Approve'))}/{required}"
+
+
+def _left(item: dict[str, Any], now: datetime.datetime) -> str:
+    status = item.get("status") or {}
+    if status.get("phase") != "Active" or not status.get("expiresAt"):
+        return "-"
+    expires = datetime.datetime.fromisoformat(status["expiresAt"].replace("Z", "+00:00"))
+    return _span(max(0.0, (expires - now).total_seconds()))
+
+
+def _waiting_for(item: dict[str, Any], policies: dict[str, dict[str, Any]]) -> str:
+    """Who may still approve, in words."""
+    approval = _required(item, policies)
+    if not approval:
+        return "the approvers of its eligibility"
+    decided = set((item.get("status") or {}).get("approvals") or {})
+    users = [u for u in approval.get("users") or [] if u not in decided]
+    groups = [f"group {g}" for g in approval.get("groups") or []]
+    if approval.get("requiredFromGroup"):
+        groups.append(f"one of group {approval['requiredFromGroup']}")
+    return ", ".join(users + groups) or "nobody left"
+
+
+def _progress(item: dict[str, Any], policies: dict[str, dict[str, Any]]) -> str:
+    status = item.get("status") or {}
+    phase = status.get("phase") or "Submitted"
+    if phase == "Pending":
+        return (f"Pending: {_approvals(item, policies).replace('/', ' of ')} approvals; "
+                f"may still approve: {_waiting_for(item, policies)}")
+    if phase == "Active":
+        return f"Active until {status.get('expiresAt')} ({status.get('binding', {}).get('kind')}" \
+               f" {status.get('binding', {}).get('name')})"
+    return f"{phase}: {status.get('message') or ''}".rstrip(": ")
+
+
+# Commands
+
+
+def _me(api: Api) -> dict[str, Any]:
+    return api.whoami()
+
+
+def cmd_eligible(api: Api, args: argparse.Namespace) -> int:
+    """What the caller may request, from the same domain function admission uses."""
+    from kubepim.api.eligibility import RoleEligibilitySpec
+    from kubepim.api.request import Requester
+    from kubepim.domain.review import options
+
+    user = _me(api)
+    requester = Requester(username=str(user.get("username") or ""),
+                          uid=str(user.get("uid") or ""), groups=list(user.get("groups") or []),
+                          extra={k: list(v) for k, v in (user.get("extra") or {}).items()})
+    specs = {}
+    for item in api.eligibilities():
+        try:
+            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
+                item.get("spec") or {})
+        except ValueError:
+            continue  # invalid: admission ignores it too
+    found = options(requester, specs)
+    if args.output in ("json", "yaml"):
+        _dump([{"eligibility": o.eligibility, "roles": [str(r) for r in o.spec.roles],
+                "where": o.places(o.eligibility), "namespaces": o.spec.namespaces,
+                "clusterWide": o.spec.cluster_wide,
+                "defaultDuration": duration.format_duration(o.spec.effective_default()),
+                "maxDuration": o.spec.max_duration,
+                "approval": o.spec.approval.model_dump(by_alias=True, exclude_none=True),
+                "breakGlass": o.spec.break_glass.max_duration if o.spec.break_glass else None,
+                "lacking": o.lacking} for o in found], args.output, sys.stdout)
+        return EXIT_OK
+    if not found:
+        print(f"{requester.username} may request nothing: no RoleEligibility names them",
+              file=sys.stderr)
+        return EXIT_OK
+    rows = [["ELIGIBILITY", "ROLES", "WHERE", "DEFAULT", "MAX", "APPROVAL", "BREAK-GLASS"]]
+    for o in found:
+        approval = o.spec.approval
+        who = ", ".join([*approval.users, *(f"group {g}" for g in approval.groups)])
+        rows.append([o.eligibility, ", ".join(str(r) for r in o.spec.roles),
+                     " or ".join(o.places(o.eligibility)).removeprefix("in ")
+                     if not o.lacking else f"(once your identity carries {o.lacking})",
+                     duration.format_duration(o.spec.effective_default()), o.spec.max_duration,
+                     f"{approval.required} of {who or 'nobody'}",
+                     o.spec.break_glass.max_duration if o.spec.break_glass else "-"])
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def _resolve_role(api: Api, text: str, cluster_wide: bool) -> dict[str, str]:
+    """ROLE as kind/name, or a bare name looked up among the roles the caller may request."""
+    if "/" in text:
+        kind, _, name = text.partition("/")
+        kinds = {"role": "Role", "clusterrole": "ClusterRole"}
+        if kind.lower() not in kinds or not name:
+            raise Failure(f"role {text!r}: write NAME, Role/NAME or ClusterRole/NAME")
+        return {"kind": kinds[kind.lower()], "name": name}
+    found = {str(role.get("kind")) for item in api.eligibilities()
+             for role in (item.get("spec") or {}).get("roles") or [] if role.get("name") == text}
+    if len(found) == 1:
+        return {"kind": found.pop(), "name": text}
+    # Both kinds, or unknown to every eligibility (admission refuses it and says what is
+    # allowed): a ClusterRole cluster-wide, else a Role.
+    return {"kind": "ClusterRole" if cluster_wide else "Role", "name": text}
+
+
+def _generate_prefix(user: str, role: str) -> str:
+    raw = f"{user.split(':')[-1]}-{role}".lower()
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:50].strip("-")
+    return (cleaned or "request") + "-"
+
+
+def cmd_request(api: Api, args: argparse.Namespace) -> int:
+    """Create an AccessRequest (a generated name, printed); with --wait, follow it."""
+    timeout = duration.parse(args.timeout).total_seconds() if args.wait else None
+    role = _resolve_role(api, args.role, args.cluster_wide)
+    spec: dict[str, Any] = {"role": role, "justification": args.reason or ""}
+    if not args.cluster_wide:
+        spec["namespace"] = args.namespace or api.connection.namespace
+    for key, value in (("duration", args.for_), ("ticket", args.ticket),
+                       ("eligibility", args.eligibility)):
+        if value:
+            spec[key] = value
+    if args.break_glass:
+        spec["breakGlass"] = True
+    user = _me(api)
+    body = {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"generateName": _generate_prefix(str(user.get("username") or ""),
+                                                          role["name"])},
+            "spec": spec}
+    created = api.create(body, dry_run=args.dry_run == "server")
+    name = created["metadata"]["name"]
+    if args.dry_run == "server":
+        print(f"accessrequest/{name} would be created (server dry run: admission accepted it;"
+              " nothing was created)")
+        return EXIT_OK
+    print(f"accessrequest/{name} created")
+    if not args.wait:
+        return EXIT_OK
+    return _wait(api, name, created["metadata"].get("resourceVersion"), timeout or 600)
+
+
+def _wait(api: Api, name: str, version: str | None, timeout: float) -> int:
+    """Follow one request through a watch until it is Active or final, or ``timeout`` passes."""
+    import time
+    deadline = time.monotonic() + timeout
+    policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
+    shown = None
+    item = api.request(name)
+    version = item["metadata"].get("resourceVersion") or version
+    while True:
+        line = _progress(item, policies)
+        if line != shown:
+            stamp = datetime.datetime.now().strftime("%H:%M:%S")
+            print(f"{stamp}  {line}", flush=True)
+            shown = line
+        phase = (item.get("status") or {}).get("phase")
+        if phase == "Active":
+            return EXIT_OK
+        if phase in _FINAL_CODES:
+            return _FINAL_CODES[phase]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(f"still {phase or 'submitted'} after the --timeout; the request stays "
+                  f"(kubectl pim show {name})", file=sys.stderr)
+            return EXIT_WAIT_TIMEOUT
+        params = {"fieldSelector": f"metadata.name={name}", "timeoutSeconds":
+                  str(max(1, int(left))), "allowWatchBookmarks": "true"}
+        if version:
+            params["resourceVersion"] = version
+        try:
+            for event in api.watch(f"{GROUP_PATH}/accessrequests", params):
+                obj = event.get("object") or {}
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    item = obj
+                    break
+                if event.get("type") == "DELETED":
+                    raise Failure(f"accessrequest/{name} was deleted")
+                if event.get("type") == "ERROR":
+                    version = None  # too old: start from a fresh read
+                    item = api.request(name)
+                    break
+        except ApiError as error:
+            if error.status != 410:
+                raise
+            version = None
+            item = api.request(name)
+
+
+def cmd_ls(api: Api, args: argparse.Namespace) -> int:
+    """List requests: all, the caller's (--mine), or those the caller may decide (--to-approve)."""
+    selectors = []
+    user: dict[str, Any] = {}
+    if args.mine or args.to_approve:
+        user = _me(api)
+    if args.mine:
+        selectors.append(f"spec.requester.username={user.get('username')}")
+    if args.phase:
+        selectors.append(f"status.phase={args.phase}")
+    if args.to_approve:
+        selectors.append("status.phase=Pending")
+    items = api.requests(",".join(selectors) or None)
+    policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
+    if args.to_approve:
+        items = _to_approve(items, policies, user)
+    items.sort(key=lambda i: i["metadata"].get("creationTimestamp") or "")
+    return _show_list(items, policies, args.output)
+
+
+def _to_approve(items: list[dict[str, Any]], policies: dict[str, dict[str, Any]],
+                user: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pending requests the caller may still decide.
+
+    An approver under the governing eligibility (the domain's rule), not the requester, no
+    decision given yet.
+    """
+    from kubepim.api.eligibility import Approvers
+    from kubepim.domain.quorum import is_approver, person
+
+    me, groups = str(user.get("username") or ""), list(user.get("groups") or [])
+    mine = []
+    for item in items:
+        approval = _required(item, policies)
+        requester = ((item.get("spec") or {}).get("requester") or {}).get("username", "")
+        decided = (item.get("status") or {}).get("approvals") or {}
+        if not approval or person(requester) == person(me) or me in decided:
+            continue
+        if is_approver(Approvers.model_validate(approval), me, groups):
+            mine.append(item)
+    return mine
+
+
+def _show_list(items: list[dict[str, Any]], policies: dict[str, dict[str, Any]],
+               output: str | None) -> int:
+    if output in ("json", "yaml"):
+        _dump({"apiVersion": "v1", "kind": "List", "items": items}, output, sys.stdout)
+        return EXIT_OK
+    if output == "name":
+        for item in items:
+            print(f"accessrequest.pim.kubepim.dev/{item['metadata']['name']}")
+        return EXIT_OK
+    now = datetime.datetime.now(datetime.UTC)
+    wide = output == "wide"
+    rows = [["NAME", "REQUESTER", "ROLE", "NAMESPACE", "PHASE", "APPROVALS", "LEFT", "AGE"]
+            + (["ELIGIBILITY", "REASON"] if wide else [])]
+    for item in items:
+        spec, status = item.get("spec") or {}, item.get("status") or {}
+        rows.append([item["metadata"]["name"], (spec.get("requester") or {}).get("username", "-"),
+                     _role(item), spec.get("namespace") or "(cluster)",
+                     status.get("phase") or "-", _approvals(item, policies), _left(item, now),
+                     _age(item["metadata"].get("creationTimestamp"), now)]
+                    + ([status.get("eligibility") or "-", spec.get("justification") or ""]
+                       if wide else []))
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_show(api: Api, args: argparse.Namespace) -> int:
+    """One request: a readable timeline, approvals, who may still approve, time left."""
+    item = api.request(args.name)
+    if args.output in ("json", "yaml"):
+        _dump(item, args.output, sys.stdout)
+        return EXIT_OK
+    policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
+    now = datetime.datetime.now(datetime.UTC)
+    spec, status = item.get("spec") or {}, item.get("status") or {}
+    where = f"in namespace {spec['namespace']}" if spec.get("namespace") else "cluster-wide"
+    print(f"Name:        {item['metadata']['name']}")
+    print(f"Requester:   {(spec.get('requester') or {}).get('username', '-')}")
+    print(f"Role:        {_role(item)} {where}")
+    print(f"Duration:    {spec.get('duration') or '(the eligibility default)'}"
+          + ("   BREAK-GLASS" if spec.get("breakGlass") else ""))
+    print(f"Reason:      {spec.get('justification') or '-'}"
+          + (f"   (ticket {spec['ticket']})" if spec.get("ticket") else ""))
+    print(f"Phase:       {_progress(item, policies)}")
+    if status.get("phase") == "Active":
+        print(f"Time left:   {_left(item, now)}")
+    if status.get("binding"):
+        binding = status["binding"]
+        print(f"Binding:     {binding.get('kind')} {binding.get('name')}"
+              + (f" in {binding['namespace']}" if binding.get("namespace") else ""))
+    approvals = status.get("approvals") or {}
+    if approvals:
+        print("Decisions:")
+        for who in sorted(approvals):
+            entry = approvals[who]
+            comment = f": {entry['comment']}" if entry.get("comment") else ""
+            print(f"  {entry.get('decision')} by {who}{comment}")
+    if status.get("history"):
+        print("Timeline:")
+        for entry in status["history"]:
+            stamp = entry.get("time", "")
+            print(f"  {stamp}  {entry.get('action'):<16} {entry.get('actor', '')}: "
+                  f"{entry.get('reason', '')}".rstrip(": "))
+    return EXIT_OK
+
+
+def _decide(decision: str) -> Callable[[Api, argparse.Namespace], int]:
+    def command(api: Api, args: argparse.Namespace) -> int:
+        me = str(_me(api).get("username") or "")
+        entry: dict[str, Any] = {"decision": decision}
+        text = getattr(args, "reason", None) or getattr(args, "comment", None)
+        if text:
+            entry["comment"] = text
+        api.patch_status(args.name, {"approvals": {me: entry}})
+        print(f"accessrequest/{args.name}: {decision} recorded as {me}")
+        return EXIT_OK
+    return command
+
+
+def _act(action: str) -> Callable[[Api, argparse.Namespace], int]:
+    def command(api: Api, args: argparse.Namespace) -> int:
+        me = str(_me(api).get("username") or "")
+        entry = {"action": action, "reason": getattr(args, "reason", None) or ""}
+        api.patch_status(args.name, {"actions": {me: entry}})
+        print(f"accessrequest/{args.name}: {action} recorded as {me}")
+        return EXIT_OK
+    return command
+
+
+def cmd_watch(api: Api, args: argparse.Namespace) -> int:
+    """A live stream of changes (a watch, not polling) until interrupted."""
+    user = _me(api) if args.mine or args.to_approve else {}
+    selector = f"spec.requester.username={user.get('username')}" if args.mine else None
+    policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
+    params = {"allowWatchBookmarks": "true", **({"fieldSelector": selector} if selector else {})}
+    while True:
+        for event in api.watch(f"{GROUP_PATH}/accessrequests", params):
+            obj = event.get("object") or {}
+            params["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion", "")
+            if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+                continue
+            if args.to_approve and not _to_approve([obj], policies, user):
+                continue
+            stamp = datetime.datetime.now().strftime("%H:%M:%S")
+            what = "deleted" if event["type"] == "DELETED" else _progress(obj, policies)
+            print(f"{stamp}  {obj['metadata']['name']}  {_role(obj)}  {what}", flush=True)
+
+
+# The command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", help="path to the kubeconfig (default: $KUBECONFIG)")
+    common.add_argument("--context", help="the kubeconfig context to use")
+    common.add_argument("-n", "--namespace", help="namespace of the role (request)")
+    common.add_argument("--as", dest="as_user", help="act as this user (impersonation)")
+    common.add_argument("--as-group", dest="as_groups", action="append", default=[],
+                        help="act with this group (repeatable)")
+    common.add_argument("--request-timeout", default="30s",
+                        help="timeout of each API call (default 30s)")
+    parser = argparse.ArgumentParser(
+        prog="kubectl pim", description=__doc__.split("\n\n", 1)[0],
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[Api, argparse.Namespace], int], text: str,
+            output: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text,
+                                  epilog=EXIT_CODES,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        if output:
+            sub.add_argument("-o", "--output", choices=list(output),
+                             help="output format (default: a table)")
+        return sub
+
+    add("eligible", cmd_eligible, "what you may request: roles, where, durations, approvers",
+        ("json", "yaml"))
+    sub = add("request", cmd_request, "ask for a role; prints the generated request name")
+    sub.add_argument("role", metavar="ROLE", help="NAME, Role/NAME or ClusterRole/NAME")
+    sub.add_argument("--cluster-wide", action="store_true",
+                     help="a ClusterRole everywhere (no namespace)")
+    sub.add_argument("--for", dest="for_", metavar="DURATION",
+                     help="how long, e.g. 30m (default: the eligibility's default)")
+    sub.add_argument("--reason", required=True, help="why (the justification, recorded)")
+    sub.add_argument("--ticket", help="ticket reference, if the eligibility asks for one")
+    sub.add_argument("--eligibility", help="request under this RoleEligibility")
+    sub.add_argument("--break-glass", action="store_true",
+                     help="activate at once without approval (reviewed afterwards)")
+    sub.add_argument("--wait", action="store_true",
+                     help="follow it until Active or final (exit codes below)")
+    sub.add_argument("--timeout", default="10m", help="with --wait: give up after (default 10m)")
+    sub.add_argument("--dry-run", choices=["none", "server"], default="none",
+                     help="server: admission decides, nothing is created")
+    for name, text in (("ls", "list requests (all you may see by default)"),
+                       ("watch", "a live stream of changes (a watch)")):
+        sub = add(name, cmd_ls if name == "ls" else cmd_watch, text,
+                  ("wide", "json", "yaml", "name") if name == "ls" else ())
+        sub.add_argument("--mine", action="store_true", help="only your requests")
+        sub.add_argument("--to-approve", action="store_true",
+                         help="only Pending requests you may still decide")
+        if name == "ls":
+            sub.add_argument("--phase", help="only requests in this phase (e.g. Active)")
+    sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
+              ("json", "yaml"))
+    sub.add_argument("name", metavar="NAME")
+    for name, decision, text in (("approve", "Approve", "approve a request, as yourself"),
+                                 ("deny", "Deny", "deny a request (final), as yourself"),
+                                 ("ack", "Acknowledge", "acknowledge (review) a break-glass "
+                                  "grant")):
+        sub = add(name, _decide(decision), text)
+        sub.add_argument("name", metavar="NAME")
+        if name == "deny":
+            sub.add_argument("--reason", required=True, help="why (recorded)")
+        else:
+            sub.add_argument("--comment", help="a comment (recorded)")
+    for name, action, text, reason in (
+            ("withdraw", "Withdraw", "withdraw your own pending request", False),
+            ("end", "End", "end your own active grant early", False),
+            ("revoke", "Revoke", "revoke a grant (approvers, or RBAC verb revoke)", True)):
+        sub = add(name, _act(action), text)
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument("--reason", required=reason, help="why (recorded)")
+    return parser
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+_VALUED = {"--kubeconfig", "--context", "-n", "--namespace", "--as", "--as-group",
+           "--request-timeout"}
+
+
+def _commands_first(argv: list[str], commands: set[str]) -> list[str]:
+    """Kubectl's flags may come before the command (``kubectl pim --as bob approve X``)."""
+    before: list[str] = []
+    rest = list(argv)
+    while rest and rest[0] not in commands:
+        flag = rest.pop(0)
+        before.append(flag)
+        if flag in _VALUED and rest:
+            before.append(rest.pop(0))
+    if not rest:
+        return argv
+    return [rest[0], *before, *rest[1:]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The plugin's entry point (``kubectl-pim``)."""
+    parser = _parser()
+    commands = {"eligible", "request", "ls", "watch", "show", "approve", "deny", "ack",
+                "withdraw", "end", "revoke"}
+    args = parser.parse_args(_commands_first(list(sys.argv[1:] if argv is None else argv),
+                                             commands))
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    # Durations are checked before anything is read or sent.
+    for flag, attribute in (("--request-timeout", "request_timeout"), ("--for", "for_"),
+                            ("--timeout", "timeout")):
+        value = getattr(args, attribute, None)
+        if value is not None:
+            try:
+                duration.parse(value)
+            except ValueError as error:
+                _fail(f"{flag} {error}", EXIT_ERROR)
+    timeout = duration.parse(args.request_timeout).total_seconds()
+    try:
+        connection = load(args.kubeconfig, args.context)
+        api = Api(connection, args.as_user, args.as_groups, timeout=timeout)
+        code: int = args.handler(api, args)
+        return code
+    except Failure as failure:
+        _fail(str(failure), failure.code)
+    except ApiError as error:
+        _fail(error.message, EXIT_ERROR)
+    except (ConfigError, Unreachable) as error:
+        _fail(str(error), EXIT_ERROR)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as error:
+        _fail(str(error), EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
