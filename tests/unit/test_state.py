@@ -72,10 +72,12 @@ def test_a_finished_request_is_held_until_settled_and_seen_leaving() -> None:
     assert state.is_active("r") and state.governed_by("e") == ["r"]
     assert state.in_namespace("payments") == ["r"]
     state.decided("r", "11")
-    state.place("r", Phase.EXPIRED, "e", "payments", None)  # final, lines not yet out
+    state.place("r", Phase.EXPIRED, "e", "payments", None)  # final, awaiting a review
     assert state.governed_by("e") == [] and state.in_namespace("payments") == []
     assert not state.is_active("r")
-    assert state.newer_than_decided("r", "11") is None  # not settled yet: always read again
+    assert state.newer_than_decided("r", "11") is False  # held: its own write comes back
+    state.place("r", Phase.EXPIRED, "e", "payments", None, finishing=True)  # settle failed
+    assert state.newer_than_decided("r", "11") is None  # read again until settled
     state.decided("r", "13")
     state.place("r", Phase.EXPIRED, "e", "payments", None, settled=True, at=5.0, uid="u1")
     assert state.newer_than_decided("r", "12") is False  # our own write coming back

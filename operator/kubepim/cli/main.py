@@ -1,4 +1,4 @@
-"""``kubectl pim``: request, approve and follow access from the terminal, as yourself.
+"""kubectl pim: request, approve and follow access from the terminal, as yourself.
 
 Installed as the executable ``kubectl-pim``, so kubectl finds it on PATH. It acts as the user of
 the kubeconfig's current context (kubectl's --kubeconfig, --context, -n, --as, --as-group) and

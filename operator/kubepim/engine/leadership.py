@@ -130,7 +130,12 @@ class LeaderElector:
                 await self.on_elected()
                 return
             except NotLeading:
-                return  # the lease passed: the next election takes over again
+                if not self.elected():
+                    return  # the lease passed: the next election takes over again
+                # Fenced while a late renewal was in flight, and it landed: still leader.
+                logger.warning("takeover work fenced; trying again in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except Exception as error:
                 logger.warning("takeover work failed (%s: %s); trying again in %.1f s",
                                type(error).__name__, error, delay)

@@ -89,7 +89,7 @@ class State:
         # Requests this replica settled, until the watch reports them leaving its selection (a
         # DELETED event that is not a deletion): when (monotonic) each was settled.
         self._settled: dict[str, tuple[str, float]] = {}  # name -> (uid, when)
-        # Final requests not yet settled (the settle write failed): always decided again.
+        # Final requests whose settle write failed: every event of them is read and decided.
         self._finishing: set[str] = set()
         # Namespaces as the watch last saw them: labels, uid and resourceVersion.
         self._namespaces: dict[str, tuple[dict[str, str], str, int]] = {}
@@ -135,11 +135,13 @@ class State:
 
     def place(self, name: str, phase: Phase | None, governing: str | None,
               namespace: str | None, expires_at: datetime.datetime | None,
-              settled: bool = False, at: float = 0.0, uid: str = "") -> None:
+              settled: bool = False, at: float = 0.0, uid: str = "",
+              finishing: bool = False) -> None:
         """Where a request stands after its reconcile.
 
         A final request is held (its version record only) until settled; a settled one is kept
         only as settled, until :meth:`left_selection` or :meth:`drop_settled_before`.
+        ``finishing``: final, its settle write failed: every event of it is read and decided.
         """
         self._unplace(name)
         if settled:
@@ -148,7 +150,8 @@ class State:
         self._settled.pop(name, None)  # a request made again under the name of a settled one
         if phase not in (Phase.PENDING, Phase.ACTIVE):
             self._placed[name] = (None, None)  # final, not yet settled: keep its version
-            self._finishing.add(name)
+            if finishing:
+                self._finishing.add(name)
             return
         if governing:
             self._governed[governing].add(name)
@@ -388,6 +391,7 @@ class State:
             parsed = _eligibility(item.get("spec"))
             if parsed is not None:
                 fresh[name] = parsed
+        first = self._eligibilities is None
         current = self._eligibilities or {}
         for name, (seen, present) in self._eligibility_versions.items():
             if seen > max(versions.get(name, (0, False))[0], listed_at):
@@ -397,7 +401,7 @@ class State:
                     fresh[name] = current[name]
         self._eligibility_versions = versions
         self._eligibilities = fresh
-        if not current:
+        if first:
             return []  # the first list: nothing was decided on the cache before it
         return sorted(name for name in set(current) | set(fresh)
                       if current.get(name) != fresh.get(name))

@@ -67,10 +67,14 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     except BadRequest as error:
         await kube.close()
         raise kopf.PermanentError(
-            "the AccessRequest CRD in the cluster is older than this operator (no selectable "
-            f"field status.settled: {error}); apply the CRDs of this version first: kubectl "
-            "apply --server-side -f crds/ (Helm installs crds/ but never upgrades them)"
+            "the API server refuses the field selector status.settled on AccessRequests "
+            f"({error}): the CRD in the cluster is older than this operator (apply the CRDs "
+            "of this version first: kubectl apply --server-side -f crds/; Helm installs crds/ "
+            "but never upgrades them), or Kubernetes is older than 1.32 (CRD selectableFields)"
         ) from error
+    except BaseException:
+        await kube.close()
+        raise
     reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
                             config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
@@ -80,14 +84,15 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # One list of unsettled requests for both passes below (a final transition's lines are
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
+        # Lines first, then the queue: a reconcile that settled one of these requests before
+        # its lines were replayed would take it out of a retried takeover's list. (A read and
+        # local logging: neither can be fenced, so the queue is never left paused.)
+        replay_audit_lines(requests, elector.previous_renewal)
+        reconciler.queue.resume()
         overdue = await revoke_overdue(reconciler, requests)
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
-        replay_audit_lines(requests, elector.previous_renewal)
-        # Only now: a reconcile that settled one of those requests first would take it out of
-        # a retried takeover's list before its lines were replayed.
-        reconciler.queue.resume()
         if memo.get("started"):
             await resync_once(reconciler)
 

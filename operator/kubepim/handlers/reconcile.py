@@ -369,7 +369,7 @@ class Reconciler:
         patch = self._status_patch(body, status, plan, transitions, now)
         expires_at = plan.expires_at or status.expires_at
         unsettled: Exception | None = None
-        if patch.get("settled") and not transitions:
+        if patch.get("settled") and not transitions and not status.settled:
             # Settling a request whose final write this replica did not follow through (a kill
             # in between, a failed settle): its last write's lines once more first (same ids).
             last = status.history[-1].time if status.history else None
@@ -415,7 +415,7 @@ class Reconciler:
         governing = plan.eligibility or status.eligibility
         self.state.place(name, phase, governing, spec.namespace,
                          expires_at if phase == Phase.ACTIVE else None, settled=settled,
-                         at=time.monotonic(), uid=uid)
+                         at=time.monotonic(), uid=uid, finishing=unsettled is not None)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.queue.schedule(name, expires_at)
         else:

@@ -71,6 +71,7 @@ async def expire_retention(reconciler: Reconciler, retention: str) -> int:
             # The pass outlived its continue token (etcd compacted): list again from the start
             # (what was deleted is gone from the list).
             logger.info("retention pass: the listing expired; listing again")
+    logger.warning("retention pass: the listing expired three times; the next pass goes on")
     return deleted
 
 
@@ -107,8 +108,12 @@ async def resync_once(reconciler: Reconciler) -> None:
     await reconciler.refresh_namespaces()
     await sweep_orphans(reconciler)
     for item in await reconciler.kube.list_requests(unsettled=True):
-        # With the listed copy: one whose version was decided already needs no read.
-        reconciler.enqueue(item["metadata"]["name"], item, again=True)
+        # Decided again, on the listed copy only if this replica holds the request (a copy
+        # older than a version decided since is never decided on); one forgotten meanwhile
+        # (ended, settled) is read: a stale copy of it must not grant again.
+        name = item["metadata"]["name"]
+        held = reconciler.state.is_held(name)
+        reconciler.enqueue(name, item if held else None, again=True)
     # Settled before this list and still remembered: their leave event was missed.
     reconciler.state.drop_settled_before(started)
     metrics.RESYNCS.inc()
