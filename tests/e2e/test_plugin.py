@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_ls_show_withdraw_and_end(
 @pytest.mark.parametrize("args, says", [
     (["request", "pod-reader", "--for", "1e9h", "--reason", "x"], "--for '1e9h' is not"),
     (["request", "pod-reader", "--for", "10m"], "the following arguments are required: --reason"),
-    (["show"], "the following arguments are required: NAME"),
+    (["show"], "NAME is required: kubectl pim show NAME"),
 ])
 def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(
     kubectl: Kubectl, args: list[str], says: str
@@ -222,3 +223,36 @@ def test_an_unreachable_api_server_and_a_refused_token_get_one_line(
     result = plugin(kubectl, "ls", kubeconfig=expired)
     assert result.returncode == 1
     assert "Unauthorized" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian package tmux)")
+def test_an_approver_picks_the_request_from_a_list_on_a_real_terminal(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    _eligible(kubectl, namespace)
+    name = _pending(kubectl, namespace)
+    session = f"kubepim-{namespace[-8:]}"
+    bin_dir = Path(sys.executable).parent
+    script = tmp_path / "approve.sh"
+    script.write_text(f"export PATH={bin_dir}:$PATH\n"
+                      f"{kubectl.binary} pim approve --comment picked "
+                      f"--kubeconfig={kubectl.kubeconfig} --as=bob\n"
+                      "echo EXIT=$?\nsleep 600\n")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50",
+                    f"bash {script}"], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                  capture_output=True, text=True, check=True).stdout
+
+        shown = poll(lambda: screen() if "approve which one?" in screen() else None,
+                     timeout=20, what="the pick list on the terminal")
+        line = next(row for row in shown.splitlines() if name in row)
+        number = line.split()[0]
+        subprocess.run(["tmux", "send-keys", "-t", session, number, "Enter"], check=True)
+        poll(lambda: "EXIT=0" in screen(), timeout=20, what="the approval recorded")
+        assert f"accessrequest/{name}: Approve recorded as bob" in screen()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    pim.wait_phase(kubectl, name, "Active")
+    assert pim.get_request(kubectl, name)["status"]["approvals"]["bob"]["comment"] == "picked"

@@ -105,3 +105,16 @@ def test_a_bad_duration_is_refused_before_any_call(capsys: pytest.CaptureFixture
     assert exit_.value.code == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "1e9h" in err and "Traceback" not in err
+
+
+def test_completion_offers_commands_and_flags_in_cobras_format(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cli.complete(["a"])
+    assert capsys.readouterr().out.splitlines() == ["ack", "approve", ":4"]
+    cli.complete(["request", "--for", "10m", "--b"])
+    assert capsys.readouterr().out.splitlines() == ["--break-glass", ":4"]
+    # Names come from the API server; with none reachable, nothing but the directive.
+    cli.complete(["approve", "--kubeconfig", str(tmp_path / "missing"), ""])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [":4"] and captured.err == ""

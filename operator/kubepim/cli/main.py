@@ -369,7 +369,7 @@ def _show_list(items: list[dict[str, Any]], policies: dict[str, dict[str, Any]],
 
 def cmd_show(api: Api, args: argparse.Namespace) -> int:
     """One request: a readable timeline, approvals, who may still approve, time left."""
-    item = api.request(args.name)
+    item = api.request(_pick(api, args, "show"))
     if args.output in ("json", "yaml"):
         _dump(item, args.output, sys.stdout)
         return EXIT_OK
@@ -407,8 +407,68 @@ def cmd_show(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _decide(decision: str) -> Callable[[Api, argparse.Namespace], int]:
+def _candidates(api: Api, verb: str, user: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the caller may act on with ``verb`` (for the pick list)."""
+    me = str(user.get("username") or "")
+    policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
+    if verb in ("approve", "deny"):
+        return _to_approve(api.requests("status.phase=Pending"), policies, user)
+    if verb == "withdraw":
+        return api.requests(f"spec.requester.username={me},status.phase=Pending")
+    if verb == "end":
+        return api.requests(f"spec.requester.username={me},status.phase=Active")
+    if verb == "ack":
+        waiting = [i for i in api.requests() if (i.get("status") or {}).get("reviewRequired")
+                   and not (i.get("status") or {}).get("reviewedBy")]
+        return [i for i in waiting if _approver_of(i, policies, user)]
+    if verb == "revoke":
+        return [i for i in api.requests("status.phase=Active")
+                if _approver_of(i, policies, user)]
+    return api.requests(f"spec.requester.username={me}")  # show
+
+
+def _approver_of(item: dict[str, Any], policies: dict[str, dict[str, Any]],
+                 user: dict[str, Any]) -> bool:
+    from kubepim.api.eligibility import Approvers
+    from kubepim.domain.quorum import is_approver
+
+    approval = _required(item, policies)
+    return bool(approval) and is_approver(Approvers.model_validate(approval),
+                                          str(user.get("username") or ""),
+                                          list(user.get("groups") or []))
+
+
+def _pick(api: Api, args: argparse.Namespace, verb: str) -> str:
+    """NAME as given, or chosen from a numbered list on an interactive terminal."""
+    if args.name:
+        return str(args.name)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise Failure(f"NAME is required: kubectl pim {verb} NAME (a list to pick from is "
+                      "offered only on an interactive terminal)", EXIT_USAGE)
+    items = _candidates(api, verb, _me(api))
+    if not items:
+        raise Failure(f"nothing to {verb}: no request you may {verb} right now")
+    now = datetime.datetime.now(datetime.UTC)
+    rows = [["#", "NAME", "REQUESTER", "ROLE", "NAMESPACE", "PHASE", "AGE"]]
+    for number, item in enumerate(items, start=1):
+        spec = item.get("spec") or {}
+        rows.append([str(number), item["metadata"]["name"],
+                     (spec.get("requester") or {}).get("username", "-"), _role(item),
+                     spec.get("namespace") or "(cluster)",
+                     (item.get("status") or {}).get("phase") or "-",
+                     _age(item["metadata"].get("creationTimestamp"), now)])
+    _table(rows, sys.stdout)
+    answer = input(f"{verb} which one? [1-{len(items)}, Enter to cancel] ").strip()
+    if not answer:
+        raise Failure("cancelled: nothing was changed")
+    if not answer.isdigit() or not 1 <= int(answer) <= len(items):
+        raise Failure(f"{answer!r} is not a number from 1 to {len(items)}: nothing was changed")
+    return str(items[int(answer) - 1]["metadata"]["name"])
+
+
+def _decide(decision: str, verb: str) -> Callable[[Api, argparse.Namespace], int]:
     def command(api: Api, args: argparse.Namespace) -> int:
+        args.name = _pick(api, args, verb)
         me = str(_me(api).get("username") or "")
         entry: dict[str, Any] = {"decision": decision}
         text = getattr(args, "reason", None) or getattr(args, "comment", None)
@@ -420,8 +480,9 @@ def _decide(decision: str) -> Callable[[Api, argparse.Namespace], int]:
     return command
 
 
-def _act(action: str) -> Callable[[Api, argparse.Namespace], int]:
+def _act(action: str, verb: str) -> Callable[[Api, argparse.Namespace], int]:
     def command(api: Api, args: argparse.Namespace) -> int:
+        args.name = _pick(api, args, verb)
         me = str(_me(api).get("username") or "")
         entry = {"action": action, "reason": getattr(args, "reason", None) or ""}
         api.patch_status(args.name, {"actions": {me: entry}})
@@ -507,13 +568,15 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--phase", help="only requests in this phase (e.g. Active)")
     sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
               ("json", "yaml"))
-    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("name", metavar="NAME", nargs="?",
+                     help="the request (omitted on a terminal: pick from a list)")
     for name, decision, text in (("approve", "Approve", "approve a request, as yourself"),
                                  ("deny", "Deny", "deny a request (final), as yourself"),
                                  ("ack", "Acknowledge", "acknowledge (review) a break-glass "
                                   "grant")):
-        sub = add(name, _decide(decision), text)
-        sub.add_argument("name", metavar="NAME")
+        sub = add(name, _decide(decision, name), text)
+        sub.add_argument("name", metavar="NAME", nargs="?",
+                         help="the request (omitted on a terminal: pick from a list)")
         if name == "deny":
             sub.add_argument("--reason", required=True, help="why (recorded)")
         else:
@@ -522,8 +585,9 @@ def _parser() -> argparse.ArgumentParser:
             ("withdraw", "Withdraw", "withdraw your own pending request", False),
             ("end", "End", "end your own active grant early", False),
             ("revoke", "Revoke", "revoke a grant (approvers, or RBAC verb revoke)", True)):
-        sub = add(name, _act(action), text)
-        sub.add_argument("name", metavar="NAME")
+        sub = add(name, _act(action, name), text)
+        sub.add_argument("name", metavar="NAME", nargs="?",
+                         help="the request (omitted on a terminal: pick from a list)")
         sub.add_argument("--reason", required=reason, help="why (recorded)")
     return parser
 
@@ -554,10 +618,8 @@ def _commands_first(argv: list[str], commands: set[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """The plugin's entry point (``kubectl-pim``)."""
     parser = _parser()
-    commands = {"eligible", "request", "ls", "watch", "show", "approve", "deny", "ack",
-                "withdraw", "end", "revoke"}
     args = parser.parse_args(_commands_first(list(sys.argv[1:] if argv is None else argv),
-                                             commands))
+                                             set(_COMMANDS)))
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -590,3 +652,62 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_COMMANDS = ("eligible", "request", "ls", "watch", "show", "approve", "deny", "ack",
+             "withdraw", "end", "revoke")
+_NAMED = ("show", "approve", "deny", "ack", "withdraw", "end", "revoke")
+
+
+def complete(argv: list[str] | None = None) -> int:
+    """Shell completion, as kubectl asks a plugin for it (``kubectl_complete-pim``).
+
+    kubectl's own bash and zsh completion (``source <(kubectl completion bash)``) runs this
+    executable with the words after ``kubectl pim``, the last being the one to complete; it
+    prints one candidate per line, then cobra's directive line (``:4``: no file names).
+    Completes commands, flags, request names and the role names of RoleEligibilities.
+    """
+    words = list(sys.argv[1:] if argv is None else argv) or [""]
+    partial, before = words[-1], words[:-1]
+    positional = [w for w in before if not w.startswith("-")]
+    candidates: list[str] = []
+    if partial.startswith("-"):
+        parser = _parser()
+        command = positional[0] if positional else None
+        for action in (_subparser(parser, command) or parser)._actions:
+            candidates += [o for o in action.option_strings if o.startswith("--")]
+    elif not positional:
+        candidates = list(_COMMANDS)
+    elif len(positional) == 1 and positional[0] in (*_NAMED, "request"):
+        candidates = _remote_candidates(positional[0], before)
+    print("\n".join(sorted({c for c in candidates if c.startswith(partial)})))
+    print(":4")
+    return EXIT_OK
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None
+               ) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            chosen: argparse.ArgumentParser = action.choices[command]
+            return chosen
+    return None
+
+
+def _remote_candidates(command: str, words: list[str]) -> list[str]:
+    """Request names or eligible role names, as the caller (no error ever printed)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    for flag in ("--kubeconfig", "--context", "--as", "-n", "--namespace"):
+        flags.add_argument(flag)
+    flags.add_argument("--as-group", action="append", default=[])
+    known, _ = flags.parse_known_args(words)
+    try:
+        api = Api(load(known.kubeconfig, known.context), getattr(known, "as"),
+                  known.as_group, timeout=5)
+        if command == "request":
+            return sorted({str(role.get("name")) for item in api.eligibilities()
+                           for role in (item.get("spec") or {}).get("roles") or []})
+        return [str(item["metadata"]["name"]) for item in api.requests(
+            None if command == "show" else "status.settled!=true")]
+    except (ConfigError, ApiError, Unreachable, OSError, ValueError):
+        return []
