@@ -680,7 +680,8 @@ def complete(argv: list[str] | None = None) -> int:
         candidates = list(_COMMANDS)
     elif len(positional) == 1 and positional[0] in (*_NAMED, "request"):
         candidates = _remote_candidates(positional[0], before)
-    print("\n".join(sorted({c for c in candidates if c.startswith(partial)})))
+    for candidate in sorted({c for c in candidates if c.startswith(partial)}):
+        print(candidate)
     print(":4")
     return EXIT_OK
 
