@@ -131,6 +131,34 @@ def test_delayed_keys_fire_in_deadline_order_and_the_earliest_add_wins() -> None
     _run(scenario)
 
 
+def test_slow_keys_wait_until_no_other_key_does() -> None:
+    async def scenario() -> None:
+        seen: list[str] = []
+        release = asyncio.Event()
+
+        async def process(key: str) -> None:
+            if key == "first":
+                await release.wait()
+            seen.append(key)
+
+        queue = WorkQueue(process, workers=1)
+        runner = asyncio.create_task(queue.run())
+        queue.add("first")
+        await _until(lambda: "first" in queue._processing)
+        for n in range(3):
+            queue.add(f"resync-{n}", slow=True)
+        queue.add("expiry")  # a timer firing after the resync filled its lane
+        queue.add("resync-2")  # a watch event for a key waiting in the slow lane: moved up
+        assert len(queue) == 4
+        release.set()
+        await _until(lambda: len(seen) == 5)
+        assert seen == ["first", "expiry", "resync-2", "resync-0", "resync-1"]
+        assert len(queue) == 0
+        runner.cancel()
+
+    _run(scenario)
+
+
 def test_cancelled_timers_hold_no_memory_until_their_deadline() -> None:
     queue = WorkQueue(lambda key: asyncio.sleep(0))
     for n in range(1000):

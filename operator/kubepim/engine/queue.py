@@ -7,7 +7,9 @@ being processed runs again afterwards, never concurrently); a key whose processi
 added again after a per-key exponential backoff with jitter (milliseconds at first, capped at
 ``cap`` seconds, 1 by default), so a failed expiry is retried at once and not at the next
 resync; timers are delayed adds. While the queue is paused (leadership in doubt) keys are kept,
-not dropped, and no worker takes one.
+not dropped, and no worker takes one. Keys added ``slow`` (the periodic resync's thousands) wait
+in a second lane that workers take from only when the first is empty: an expiry timer or a watch
+event never waits behind a resync.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class WorkQueue:
         self._base, self._cap = base, cap
         self._clock = clock
         self._queue: deque[str] = deque()
+        self._slow: deque[str] = deque()
+        self._slow_keys: set[str] = set()  # keys waiting in the slow lane (and only there)
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._added_at: dict[str, float] = {}
@@ -61,20 +65,31 @@ class WorkQueue:
         self._timer = asyncio.Event()
         self._open = asyncio.Event()
         self._open.set()
-        metrics.track_queue(lambda: len(self._queue) + len(self._waiting))
+        metrics.track_queue(lambda: len(self))
 
     # Adding keys
 
-    def add(self, key: str) -> None:
-        """Reconcile ``key`` as soon as a worker is free (once, however often it is added)."""
+    def add(self, key: str, slow: bool = False) -> None:
+        """Reconcile ``key`` as soon as a worker is free (once, however often it is added).
+
+        ``slow``: only once no other key waits (a key in the slow lane added again without
+        ``slow`` moves to the first lane).
+        """
         metrics.QUEUE_ADDS.inc()
         if key in self._dirty:
+            if not slow and key in self._slow_keys:
+                self._slow_keys.discard(key)  # its slow-lane entry is skipped when reached
+                if key not in self._processing:
+                    self._queue.append(key)
+                    self._notify()
             return
         self._dirty.add(key)
         self._added_at.setdefault(key, self._clock())
+        if slow:
+            self._slow_keys.add(key)
         if key in self._processing:
             return  # requeued when its worker is done
-        self._queue.append(key)
+        (self._slow if slow else self._queue).append(key)
         self._notify()
 
     def add_after(self, key: str, seconds: float) -> None:
@@ -139,6 +154,8 @@ class WorkQueue:
     def clear(self) -> None:
         """Drop every key, waiting or delayed, and every backoff (leadership was lost)."""
         self._queue.clear()
+        self._slow.clear()
+        self._slow_keys.clear()
         self._dirty.clear()
         self._added_at.clear()
         self._failures.clear()
@@ -151,7 +168,7 @@ class WorkQueue:
         return not self._open.is_set()
 
     def __len__(self) -> int:
-        return len(self._queue) + len(self._waiting)
+        return len(self._queue) + len(self._slow_keys) + len(self._waiting)
 
     def __contains__(self, key: str) -> bool:
         return key in self._dirty or key in self._waiting or key in self._processing
@@ -172,7 +189,7 @@ class WorkQueue:
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is queued or processing (tests and benchmarks); False on timeout."""
         deadline = self._clock() + timeout
-        while self._queue or self._processing:
+        while self._queue or self._slow_keys or self._processing:
             if self._clock() >= deadline:
                 return False
             await asyncio.sleep(0.005)
@@ -187,8 +204,15 @@ class WorkQueue:
             if not self._gate():
                 await asyncio.sleep(0.05)  # leadership in doubt: keys wait, workers idle
                 continue
+            key = None
             if self._queue:
                 key = self._queue.popleft()
+            while key is None and self._slow:
+                candidate = self._slow.popleft()
+                if candidate in self._slow_keys:  # else: moved to the first lane, or taken
+                    self._slow_keys.discard(candidate)
+                    key = candidate
+            if key is not None:
                 self._processing.add(key)
                 self._dirty.discard(key)
                 added = self._added_at.pop(key, None)
@@ -201,7 +225,7 @@ class WorkQueue:
     def _done(self, key: str) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._queue.append(key)
+            (self._slow if key in self._slow_keys else self._queue).append(key)
             self._notify()
 
     async def _worker(self) -> None:

@@ -172,7 +172,7 @@ class Reconciler:
             if held is None or _version(body) is None or _version(held) is None or \
                     int(_version(body) or 0) > int(_version(held) or 0):
                 self._bodies[name] = body
-        self.queue.add(name)
+        self.queue.add(name, slow=again)  # a resync's keys never hold up timers and events
 
     def enqueue_deletion(self, body: dict[str, Any]) -> None:
         """A request is gone: remove its binding and log its final line (through the queue)."""
