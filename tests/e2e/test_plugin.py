@@ -57,7 +57,7 @@ def test_eligible_lists_exactly_what_admission_accepts(
     assert mine == [{
         "eligibility": namespace, "roles": ["Role/pod-reader"],
         "where": [f"in namespaces [{namespace}]"], "namespaces": [namespace],
-        "clusterWide": False, "defaultDuration": "1h", "maxDuration": "1h",
+        "clusterWide": False, "defaultDuration": "1h", "maxDuration": "8h",
         "approval": {"users": ["bob", "carol"], "groups": [], "required": 1},
         "breakGlass": None, "lacking": None}]
     table = plugin(kubectl, "eligible", as_user="alice").stdout
