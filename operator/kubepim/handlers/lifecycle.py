@@ -84,12 +84,13 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # One list of unsettled requests for both passes below (a final transition's lines are
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
-        # Lines first, then the queue: a reconcile that settled one of these requests before
-        # its lines were replayed would take it out of a retried takeover's list. (A read and
-        # local logging: neither can be fenced, so the queue is never left paused.)
+        # Access first: every overdue binding goes before anything else competes for the API
+        # server (a fenced delete raises NotLeading: the takeover is tried again while elected).
+        overdue = await revoke_overdue(reconciler, requests)
+        # Lines before the queue: a reconcile that settled one of these requests before its
+        # lines were replayed would take it out of a retried takeover's list.
         replay_audit_lines(requests, elector.previous_renewal)
         reconciler.queue.resume()
-        overdue = await revoke_overdue(reconciler, requests)
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
