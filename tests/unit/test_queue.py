@@ -196,3 +196,16 @@ def test_keys_added_while_paused_are_kept_and_processed_on_resume() -> None:
         runner.cancel()
 
     _run(scenario)
+
+
+def test_a_producer_can_wait_for_the_slow_lane_to_drain() -> None:
+    async def scenario() -> None:
+        queue = WorkQueue(lambda key: asyncio.sleep(0.001), workers=2)
+        for n in range(50):
+            queue.add(f"k{n}", slow=True)
+        assert not await queue.slow_below(10, timeout=0.05)  # no worker yet: still 50
+        runner = asyncio.create_task(queue.run())
+        assert await queue.slow_below(10, timeout=5)
+        runner.cancel()
+
+    _run(scenario)

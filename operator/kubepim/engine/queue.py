@@ -195,6 +195,15 @@ class WorkQueue:
             await asyncio.sleep(0.005)
         return True
 
+    async def slow_below(self, count: int, timeout: float) -> bool:
+        """Wait until fewer than ``count`` keys wait in the slow lane; False on timeout."""
+        deadline = self._clock() + timeout
+        while len(self._slow_keys) >= count:
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     def _notify(self) -> None:
         self._work.set()
 

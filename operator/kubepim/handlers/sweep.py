@@ -107,16 +107,22 @@ async def resync_once(reconciler: Reconciler) -> None:
     await reconciler.refresh_eligibilities()
     await reconciler.refresh_namespaces()
     await sweep_orphans(reconciler)
-    for item in await reconciler.kube.list_requests(unsettled=True):
-        # Decided again, on the listed copy only if this replica holds the request (a copy
-        # older than a version decided since is never decided on); one forgotten meanwhile
-        # (ended, settled) is read: a stale copy of it must not grant again.
-        name = item["metadata"]["name"]
-        held = reconciler.state.is_held(name)
-        reconciler.enqueue(name, item if held else None, again=True)
+    async for page in reconciler.kube.request_pages():
+        for item in page:
+            # Decided again, on the listed copy only if this replica holds the request (a
+            # copy older than a version decided since is never decided on); one forgotten
+            # meanwhile (ended, settled) is read: a stale copy of it must not grant again.
+            name = item["metadata"]["name"]
+            held = reconciler.state.is_held(name)
+            reconciler.enqueue(name, item if held else None, again=True)
+        # A page at a time: the listed copies held waiting are at most about two pages.
+        await reconciler.queue.slow_below(_PAGE, timeout=60)
     # Settled before this list and still remembered: their leave event was missed.
     reconciler.state.drop_settled_before(started)
     metrics.RESYNCS.inc()
+
+
+_PAGE = 500
 
 
 async def resync_forever(reconciler: Reconciler, interval: float) -> None:

@@ -211,7 +211,13 @@ class Kube:
 
     async def settled_request_pages(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Settled AccessRequests, one page (500) at a time: none is held longer than its page."""
-        query = {"fieldSelector": "status.settled=true", "limit": "500"}
+        async for page in self.request_pages("status.settled=true"):
+            yield page
+
+    async def request_pages(self, selector: str = UNSETTLED
+                            ) -> AsyncIterator[list[dict[str, Any]]]:
+        """AccessRequests matching the field ``selector``, one page (500) at a time."""
+        query = {"fieldSelector": selector, "limit": "500"}
         while True:
             page = await self._request("GET", f"{_CUSTOM}/accessrequests", params=query)
             yield page.get("items") or []
