@@ -7,7 +7,7 @@ on a second fresh control plane, its RSS with only the 5,000 live grants), the t
 fully reconciled state, the API requests of one periodic resync, the expiry lag of the 5,000
 live grants, and the bytes etcd stores per finished request.
 
-Seeding (docs/scale.md): straight to the API over aiohttp, 64 requests in flight, with the
+Seeding (docs/scale.md): straight to the API over aiohttp, 32 requests in flight, with the
 operator stopped: namespaces, bindings, eligibilities and requests are created as the admin;
 each finished request's status is then written as the operator's ServiceAccount (the only
 identity the status policy lets write a phase), copied from a request the operator itself
@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from kubepim.devcluster import cluster
 from kubepim.k8s.client import ApiError, Conflict, Kube
@@ -47,7 +49,7 @@ def _metric(bench: Bench, name: str) -> float:
 
 
 async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
-                     concurrency: int = 64) -> None:
+                     concurrency: int = 32) -> None:
     """Run ``job(i)`` for every i < count, ``concurrency`` at a time, retrying load shedding."""
     numbers = iter(range(count))
 
@@ -63,6 +65,10 @@ async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
                     if (error.status != 429 and error.status < 500) or attempt == 7:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
+                except (TimeoutError, aiohttp.ClientError):
+                    if attempt == 7:  # an overloaded API server: slow down and try again
+                        raise
+                    await asyncio.sleep(0.5 * (attempt + 1))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
