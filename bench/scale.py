@@ -101,13 +101,15 @@ async def _seed(admin: Kube, operator: Kube, template: dict[str, Any], sizes: di
                      "approval": {"users": ["bob"]}}})
 
     status = {k: v for k, v in template["status"].items() if k != "kopf"}
+    # The requester is stamped by the API server from the creating identity (the admin here).
+    spec = {k: v for k, v in template["spec"].items() if k != "requester"}
 
     async def finished(i: int) -> None:
         name = f"old-{i}"
         try:
             created = await post("POST", f"{_CUSTOM}/accessrequests", {
                 "apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "AccessRequest",
-                "metadata": {"name": name}, "spec": template["spec"]})
+                "metadata": {"name": name}, "spec": spec})
         except Conflict:  # made by an attempt whose answer was lost: finish it
             created = await post("GET", f"{_CUSTOM}/accessrequests/{name}")
             if (created.get("status") or {}).get("settled"):
