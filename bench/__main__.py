@@ -103,7 +103,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"  ({f['over_60s_left_to_resync']} left to the resync)",
                      "slowest < 10 s"))
     s = results.get("scale")
-    if s:
+    if s and "baseline_idle_rss" in s:
         rows += _scale_rows(s)
     ad = results.get("admission")
     if ad:
@@ -178,7 +178,7 @@ def main() -> None:
     if "scale" in only:  # its own control planes: the seeded cluster and the baseline
         with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
             try:
-                results["scale"] = scale.scale(Path(scratch), sizes["scale"])
+                scale.scale(Path(scratch), sizes["scale"], results.setdefault("scale", {}))
             except Exception as error:
                 results.setdefault("errors", {})["scale"] = repr(error)
             result_file.write_text(json.dumps(results, indent=2))

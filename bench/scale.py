@@ -32,7 +32,7 @@ from kubepim.k8s.client import ApiError, Conflict, Kube
 
 from . import harness
 from .harness import Bench, percentile, summary, wait_until
-from .measures import BindingWatcher
+from .measures import BindingWatcher, _retrying
 
 _CUSTOM = "/apis/pim.kubepim.dev/v1alpha1"
 _RBAC = "/apis/rbac.authorization.k8s.io/v1"
@@ -173,8 +173,8 @@ def _live_grants(bench: Bench, count: int, expire_in: float, window: float) -> l
 
     def one(i: int) -> None:
         left = int(target + i * window / count - time.time())
-        bench.create_request(names[i], f"live-user-{i}", f"{max(left, 60)}s")
-        bench.approve(names[i])
+        _retrying(lambda: bench.create_request(names[i], f"live-user-{i}", f"{max(left, 60)}s"))
+        _retrying(lambda: bench.approve(names[i]))
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(count)))
@@ -205,9 +205,12 @@ def _one_resync(bench: Bench) -> dict[str, Any]:
     return {"requests": sum(calls.values()), "by_kind": dict(sorted(calls.items()))}
 
 
-def scale(workdir: Path, sizes: dict[str, int]) -> dict[str, Any]:
-    """The whole measure (two fresh control planes); see the module docstring."""
-    result: dict[str, Any] = {"sizes": sizes}
+def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[str, Any]:
+    """The whole measure (two fresh control planes), filling ``result`` as it goes.
+
+    What was measured survives a later failure; see the module docstring.
+    """
+    result["sizes"] = sizes
     live = sizes["live"]
     bench, started = harness.start(workdir / "org", resync="60")
     try:
