@@ -107,28 +107,26 @@ def test_request_wait_returns_0_once_approved_and_the_denied_code_on_denial(
         names = [i["metadata"]["name"] for i in listed if i["spec"]["namespace"] == namespace]
         return names[0] if names else None
 
-    process = waiting()
-    try:
-        name = poll(pending_name, timeout=15, what="the waiting request Pending")
-        approved = plugin(kubectl, "approve", name, "--comment", "ok", as_user="bob")
-        assert approved.returncode == 0, approved.stderr
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 0, err
+    def decided_while_waiting(*decision: str, as_user: str) -> tuple[int, str, str]:
+        """Start a waiting request and decide it as ``as_user``: (exit code, stdout, stderr)."""
+        process = waiting()
+        try:
+            name = poll(pending_name, timeout=15, what="the waiting request Pending")
+            decided = plugin(kubectl, decision[0], name, *decision[1:], as_user=as_user)
+            assert decided.returncode == 0, decided.stderr
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        return process.returncode, out, err
+
+    code, out, err = decided_while_waiting("approve", "--comment", "ok", as_user="bob")
+    assert code == 0, err
     assert "Pending: 0 of 1 approvals; may still approve: bob, carol" in out
     assert "Active until" in out
     assert kubectl.can_i("list", "pods", as_user="alice", namespace=namespace)
 
-    process = waiting()
-    try:
-        name = poll(pending_name, timeout=15, what="the second request Pending")
-        denied = plugin(kubectl, "deny", name, "--reason", "not now", as_user="carol")
-        assert denied.returncode == 0, denied.stderr
-        out, err = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 3, (out, err)
+    code, out, err = decided_while_waiting("deny", "--reason", "not now", as_user="carol")
+    assert code == 3, (out, err)
     assert "Denied" in out
 
 

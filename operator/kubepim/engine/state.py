@@ -319,7 +319,8 @@ class State:
             return self.in_namespace(name)
         return []
 
-    def apply_namespace_list(self, items: Iterable[tuple[str, dict[str, str] | None, str, int]],
+    def apply_namespace_list(self, items: Iterable[tuple[str, dict[str, str] | None, str,
+                                                       str | None]],
                              listed_at: int) -> list[str]:
         """Apply a full list of namespaces served at ``listed_at``.
 
@@ -331,7 +332,7 @@ class State:
         changed: list[str] = []
         for name, labels, uid, version in items:
             listed.add(name)
-            changed += self.observe_namespace(name, labels, uid, str(version))
+            changed += self.observe_namespace(name, labels, uid, version)
         for name in [n for n in self._namespaces if n not in listed]:
             if self._namespace_versions.get(name, 0) <= listed_at:
                 changed += self.observe_namespace(name, None)

@@ -39,7 +39,15 @@ from kubepim.domain.quorum import Case
 from kubepim.domain.review import role_key
 from kubepim.engine.queue import WorkQueue
 from kubepim.engine.state import State, binding_key
-from kubepim.k8s.client import Conflict, Forbidden, Kube, NotFound, NotLeading, parse_time
+from kubepim.k8s.client import (
+    Conflict,
+    Forbidden,
+    Kube,
+    NotFound,
+    NotLeading,
+    namespace_going,
+    parse_time,
+)
 
 from .limits import RequesterLimits
 
@@ -117,9 +125,9 @@ class Reconciler:
         """
         items, listed_at = await self.kube.list_namespaces_at()
         changed = self.state.apply_namespace_list(
-            ((item["metadata"]["name"], None if _going(item) else
+            ((item["metadata"]["name"], None if namespace_going(item) else
               dict(item["metadata"].get("labels") or {}), str(item["metadata"].get("uid") or ""),
-              _int(item["metadata"].get("resourceVersion"))) for item in items), listed_at)
+              item["metadata"].get("resourceVersion")) for item in items), listed_at)
         for request in changed:
             self.enqueue(request)
 
@@ -680,14 +688,6 @@ async def is_live_grant(reconciler: Reconciler, binding: dict[str, Any]) -> bool
             and metadata.get("namespace") == ref.namespace)
 
 
-def _int(version: Any) -> int:
-    return int(version) if version is not None and str(version).isdigit() else 0
-
-
-def _going(namespace: dict[str, Any]) -> bool:
-    """Whether a namespace is being deleted (it counts as gone)."""
-    return bool(namespace.get("metadata", {}).get("deletionTimestamp")) or \
-        (namespace.get("status") or {}).get("phase") == "Terminating"
 
 
 def _version(body: dict[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ from kubepim import metrics
 from kubepim.api.common import GROUP
 from kubepim.domain import bindings
 from kubepim.engine.state import binding_key
+from kubepim.k8s.client import namespace_going
 
 from . import registry
 from .reconcile import Reconciler, owning_request
@@ -41,8 +42,7 @@ async def namespace_event(
     """Keep every namespace's labels and uid; one being deleted counts as gone."""
     reconciler: Reconciler = memo.reconciler
     metrics.WATCH_EVENTS.labels("namespaces").inc()
-    going = type == "DELETED" or bool(body.metadata.get("deletionTimestamp")) or \
-        (body.get("status") or {}).get("phase") == "Terminating"
+    going = type == "DELETED" or namespace_going(body)
     reconciler.observe_namespace(name, None if going else dict(labels),
                                  str(body.metadata.get("uid") or ""),
                                  body.metadata.get("resourceVersion"))

@@ -17,7 +17,7 @@ import datetime
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,12 @@ class Conflict(ApiError):
 
 class Forbidden(ApiError):
     """The operator's own RBAC does not allow the call (403)."""
+
+
+def namespace_going(namespace: Mapping[str, Any]) -> bool:
+    """Whether a namespace object is being deleted (kubepim counts it as gone)."""
+    return bool((namespace.get("metadata") or {}).get("deletionTimestamp")) or \
+        (namespace.get("status") or {}).get("phase") == "Terminating"
 
 
 class Gone(ApiError):
@@ -346,10 +352,9 @@ class Kube:
             namespace = await self._request("GET", f"/api/v1/namespaces/{name}")
         except NotFound:
             return None
-        metadata = namespace.get("metadata") or {}
-        if metadata.get("deletionTimestamp") or \
-                (namespace.get("status") or {}).get("phase") == "Terminating":
+        if namespace_going(namespace):
             return None
+        metadata = namespace.get("metadata") or {}
         return str(metadata.get("uid") or ""), dict(metadata.get("labels") or {})
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
