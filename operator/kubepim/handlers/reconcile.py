@@ -410,11 +410,11 @@ class Reconciler:
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done)
-            settled = bool((written.get("status") or {}).get("settled"))
-            if not settled and transitions and transitions[-1].phase.final:
-                settled, unsettled = await self._settle(name, written)
+            done_with = bool((written.get("status") or {}).get("settled"))
+            if not done_with and transitions and transitions[-1].phase.final:
+                done_with, unsettled = await self._settle(name, written)
         else:
-            settled = status.settled
+            done_with = status.settled
 
         if not self.leading():
             # Lost the lease while this reconcile ran: the state was reset; do not refill it.
@@ -422,7 +422,7 @@ class Reconciler:
         phase = transitions[-1].phase if transitions else status.phase
         governing = plan.eligibility or status.eligibility
         self.state.place(name, phase, governing, spec.namespace,
-                         expires_at if phase == Phase.ACTIVE else None, settled=settled,
+                         expires_at if phase == Phase.ACTIVE else None, settled=done_with,
                          at=time.monotonic(), uid=uid, finishing=unsettled is not None)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.queue.schedule(name, expires_at)
