@@ -24,9 +24,10 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench tools
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tools/krew/package.py
 	$(BIN)/hadolint Dockerfile
 
 unit: $(STAMP)

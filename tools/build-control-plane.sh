@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager (and helm, for the chart's tests) from
+# Builds etcd, kube-apiserver, kube-controller-manager (helm, for the chart's tests, and krew, for
+# the plugin's manifest and archive) from
 # the Go module proxy into a cache outside the repo, keyed by version, and does nothing when the
 # binaries are present.
 #
@@ -21,7 +22,8 @@ pinned_version() { awk -v m="$2" '$1==m {print $2; exit} $1=="require" && $2==m 
 k8s_version=$(pinned_version "$here/k8s/go.mod" k8s.io/kubernetes)
 etcd_version=$(pinned_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 helm_version=$(pinned_version "$here/helm/go.mod" helm.sh/helm/v3)
-[ -n "$k8s_version" ] && [ -n "$etcd_version" ] || { echo "error: cannot read pinned versions from tools/*/go.mod" >&2; exit 1; }
+krew_version=$(pinned_version "$here/krew/go.mod" sigs.k8s.io/krew)
+[ -n "$k8s_version" ] && [ -n "$etcd_version" ] && [ -n "$krew_version" ] || { echo "error: cannot read pinned versions from tools/*/go.mod" >&2; exit 1; }
 
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
@@ -62,6 +64,10 @@ build_into "$k8s_dir" "$here/k8s" "$k8s_ldflags" k8s.io/kubernetes/cmd/kube-apis
 helm_dir=$cache/helm-$helm_version
 helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
 build_into "$helm_dir" "$here/helm" "$helm_ldflags" helm.sh/helm/v3/cmd/helm
+krew_dir=$cache/krew-$krew_version
+krew_ldflags="-s -w -X sigs.k8s.io/krew/internal/version.gitTag=$krew_version"
+build_into "$krew_dir" "$here/krew" "$krew_ldflags" sigs.k8s.io/krew/cmd/krew sigs.k8s.io/krew/cmd/validate-krew-manifest
 echo "$etcd_dir"
 echo "$k8s_dir"
 echo "$helm_dir"
+echo "$krew_dir"

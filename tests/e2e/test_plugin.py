@@ -3,18 +3,36 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kubepim.devcluster import binaries
 from tests.e2e import pim
 from tests.e2e.support import Kubectl, OperatorProcess, poll
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _packager() -> Any:
+    """tools/krew/package.py as a module (tools/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("krew_package",
+                                                  REPO / "tools" / "krew" / "package.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def plugin(kubectl: Kubectl, *args: str, as_user: str | None = None,
@@ -223,6 +241,17 @@ def test_an_unreachable_api_server_and_a_refused_token_get_one_line(
     assert "Unauthorized" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_tls_server_name_is_the_name_verified(kubectl: Kubectl, tmp_path: Path) -> None:
+    """kubectl's tls-server-name: the serving certificate must carry that name, not the host."""
+    wrong = _kubeconfig_with(kubectl, tmp_path, cluster={"tls-server-name": "elsewhere.example"})
+    result = plugin(kubectl, "ls", kubeconfig=wrong)
+    assert result.returncode == 1
+    assert "certificate verify failed" in result.stderr, result.stderr
+    right = _kubeconfig_with(kubectl, tmp_path, cluster={"tls-server-name": "kubernetes.default"})
+    result = plugin(kubectl, "ls", kubeconfig=right)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian package tmux)")
 def test_an_approver_picks_the_request_from_a_list_on_a_real_terminal(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str, tmp_path: Path
@@ -254,3 +283,65 @@ def test_an_approver_picks_the_request_from_a_list_on_a_real_terminal(
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
     pim.wait_phase(kubectl, name, "Active")
     assert pim.get_request(kubectl, name)["status"]["approvals"]["bob"]["comment"] == "picked"
+
+
+def test_the_krew_manifest_validates_and_its_archive_runs_on_its_own_libraries(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """The release path: .krew.yaml rendered over the four archives, checked by krew's own
+    validate-krew-manifest (which installs every platform from a server), then installed by
+    krew for this machine and run through kubectl by a python3 with no site-packages."""
+    found = binaries.ensure(build=False)
+    assert found.krew and found.validate_krew_manifest, \
+        "krew is not built: run tools/build-control-plane.sh (make test does)"
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(dist))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        built = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "krew" / "package.py"), "--tag", "v0.1.0",
+             "--out", str(dist), "--base-url", f"http://127.0.0.1:{server.server_address[1]}/"],
+            capture_output=True, text=True, timeout=900, check=False)
+        assert built.returncode == 0, built.stderr
+        for platform, suffix in _packager().SUFFIXES.items():  # each archive its own platform's
+            with tarfile.open(dist / f"kubectl-pim_{platform.replace('/', '_')}.tar.gz") as tar:
+                compiled = [n for n in tar.getnames() if n.endswith(".so")]
+            assert compiled and all(n.endswith(suffix) for n in compiled), (platform, compiled)
+            assert {n.split("/")[1] for n in compiled} == {"cp311", "cp312", "cp313", "cp314"}
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        (tools / "kubectl").symlink_to(kubectl.binary)
+        (tools / "kubectl-krew").symlink_to(found.krew)
+        # Only the stdlib and the archive: site-packages of whichever python3 is first on PATH
+        # cannot stand in for a library the archive lacks.
+        interpreter = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}"
+        (tools / "python3").write_text(f'#!/bin/sh\nexec {interpreter} -I -S "$@"\n')
+        (tools / "python3").chmod(0o755)
+        base_env = {"HOME": str(tmp_path), "PATH": f"{tools}:/usr/bin:/bin",
+                     "KREW_NO_UPGRADE_CHECK": "1"}
+        validated = subprocess.run([str(found.validate_krew_manifest), "-manifest",
+                                    str(dist / "pim.yaml")], env=base_env, capture_output=True,
+                                   text=True, timeout=300, check=False)
+        assert validated.returncode == 0, validated.stderr[-3000:]
+        assert "all 4 spec.platforms installed fine" in validated.stderr
+        root = tmp_path / "krew"
+        installed = subprocess.run([str(found.krew), "install", "--manifest",
+                                    str(dist / "pim.yaml")],
+                                   env={**base_env, "KREW_ROOT": str(root)},
+                                   capture_output=True, text=True, timeout=300, check=False)
+        assert installed.returncode == 0, installed.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    _eligible(kubectl, namespace)
+    env = {**base_env, "PATH": f"{root / 'bin'}:{base_env['PATH']}",
+           "KUBECONFIG": str(kubectl.kubeconfig)}
+    listed = subprocess.run([str(kubectl.binary), "pim", "eligible", "-o", "json", "--as",
+                             "alice"], env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert [o["eligibility"] for o in json.loads(listed.stdout)].count(namespace) == 1
+    assert os.path.realpath(shutil.which("kubectl-pim", path=env["PATH"]) or "").startswith(
+        str(root / "store" / "pim" / "v0.1.0"))

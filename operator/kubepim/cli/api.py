@@ -7,17 +7,22 @@ RoleEligibilities, and a SelfSubjectReview to learn who the API server says the 
 
 from __future__ import annotations
 
-import http.client
 import json
+import select
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from .kubeconfig import Connection
+from .kubeconfig import ConfigError, Connection
 
 GROUP_PATH = "/apis/pim.kubepim.dev/v1alpha1"
+
+# A kept-alive connection idle longer than this is reopened before a call rather than risked:
+# the API server may have closed it (Go's default idle timeout is 90 s).
+_IDLE_REUSE_SECONDS = 30
 
 
 class ApiError(Exception):
@@ -33,8 +38,102 @@ class Unreachable(Exception):
     """The API server could not be reached."""
 
 
+class _NoAnswer(OSError):
+    """The connection ended before the first byte of a response: nothing was answered."""
+
+
+class _Response:
+    """One HTTP/1.1 response read from a socket file: status line, headers, then the body."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        line = stream.readline(65537)
+        if not line:
+            raise _NoAnswer("the connection closed before an answer")
+        parts = line.decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise OSError(f"not an HTTP response: {line[:60]!r}")
+        self.status = int(parts[1])
+        self.reason = parts[2].strip() if len(parts) > 2 else ""
+        self.headers: dict[str, str] = {}
+        while True:
+            header = stream.readline(65537)
+            if not header:
+                raise OSError("the connection closed in the middle of a response")
+            if header in (b"\r\n", b"\n"):
+                break
+            key, _, value = header.decode("latin-1").partition(":")
+            self.headers[key.strip().lower()] = value.strip()
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        self.keep_alive = (parts[0] == "HTTP/1.1"
+                           and self.headers.get("connection", "").lower() != "close"
+                           and (self.chunked or "content-length" in self.headers
+                                or self.status in (204, 304)))
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives (a watch is one long chunked body)."""
+        if self.status in (204, 304):
+            return
+        if not self.chunked:
+            length = self.headers.get("content-length")
+            if length is None:  # until the server closes; streamed, as a watch may be
+                while data := self._stream.read1(65536):
+                    yield data
+                return
+            data = self._stream.read(int(length))
+            if len(data) != int(length):
+                raise OSError("the connection closed in the middle of a response")
+            yield data
+            return
+        while True:
+            size_line = self._stream.readline(1026).split(b";")[0].strip()
+            if not size_line:
+                raise OSError("the connection closed in the middle of a response")
+            size = int(size_line, 16)
+            if size == 0:
+                while self._stream.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return
+            data = self._stream.read(size)
+            self._stream.readline(3)
+            if len(data) != size:
+                raise OSError("the connection closed in the middle of a response")
+            yield data
+
+    def read(self) -> bytes:
+        """The whole body."""
+        return b"".join(self.chunks())
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line (a watch sends one JSON event per line)."""
+        pending = b""
+        for data in self.chunks():
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            yield from complete
+        if pending:
+            yield pending
+
+
+def _idle_closed(sock: socket.socket) -> bool:
+    """Whether a kept connection that should be silent has something to read.
+
+    The server's close (or a stray byte): either way it must not carry the next request.
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Api:
-    """Calls as the kubeconfig's user, impersonating ``as_user``/``as_groups`` if given."""
+    """Calls as the kubeconfig's user, impersonating ``as_user``/``as_groups`` if given.
+
+    HTTP/1.1 over one kept-alive TLS connection, written on the socket module: ``http.client``
+    imports the ``email`` package, a third of the plugin's start-up, and ignores the
+    kubeconfig's ``tls-server-name``. A watch gets a connection of its own.
+    """
 
     def __init__(self, connection: Connection, as_user: str | None = None,
                  as_groups: list[str] | None = None, timeout: float = 30) -> None:
@@ -45,76 +144,143 @@ class Api:
         if as_user:
             self.headers["Impersonate-User"] = as_user
         self.groups = list(as_groups or [])
+        for value in [*self.headers.values(), *self.groups]:
+            if any(c in value for c in "\r\n\0"):
+                raise ConfigError("a credential or --as/--as-group value holds a line break; "
+                                  "check the kubeconfig's token (or the credential plugin)")
         parsed = urllib.parse.urlsplit(connection.server)
         self._https = parsed.scheme == "https"
         self._host = parsed.hostname or "localhost"
         self._port = parsed.port or (443 if self._https else 80)
         self._prefix = parsed.path.rstrip("/")
+        self._kept: tuple[socket.socket, Any] | None = None
+        self._kept_since = 0.0
 
-    def _open(self, timeout: float | None) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
-                                               context=self.connection.context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-
-    def _send(self, method: str, path: str, body: Any, params: dict[str, str] | None,
-              content_type: str, timeout: float | None) -> http.client.HTTPResponse:
-        query = ("?" + urllib.parse.urlencode(params)) if params else ""
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        connection = self._open(timeout)
+    def _open(self, timeout: float | None) -> tuple[socket.socket, Any]:
+        sock = socket.create_connection((self._host, self._port), timeout=timeout)
         try:
-            connection.putrequest(method, self._prefix + path + query, skip_accept_encoding=True)
-            for key, value in headers.items():
-                connection.putheader(key, value)
-            for group in self.groups:
-                connection.putheader("Impersonate-Group", group)
-            if data is not None:
-                connection.putheader("Content-Length", str(len(data)))
-            connection.endheaders(data)
-            return connection.getresponse()
-        except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-            connection.close()
-            reason = "timed out" if isinstance(error, socket.timeout) else str(error)
-            raise Unreachable(f"cannot reach the API server at {self.connection.server}: "
-                              f"{reason}") from error
+            if self._https:
+                # Never plaintext for https: a verifying default when no context was given.
+                context = self.connection.context or ssl.create_default_context()
+                sock = context.wrap_socket(
+                    sock, server_hostname=self.connection.server_name or self._host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, sock.makefile("rb")
+
+    def close(self) -> None:
+        """Close the kept-alive connection, if any."""
+        if self._kept is not None:
+            sock, stream = self._kept
+            self._kept = None
+            stream.close()
+            sock.close()
+
+    def _request_bytes(self, method: str, path: str, params: dict[str, str] | None,
+                       data: bytes | None, content_type: str, keep: bool) -> bytes:
+        query = ("?" + urllib.parse.urlencode(params)) if params else ""
+        target = urllib.parse.quote(self._prefix + path, safe="/:@!$&'()*+,;=-._~")
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        lines = [f"{method} {target + query} HTTP/1.1", f"Host: {host}:{self._port}",
+                 f"Connection: {'keep-alive' if keep else 'close'}"]
+        lines += [f"{key}: {value}" for key, value in self.headers.items()]
+        lines += [f"Impersonate-Group: {group}" for group in self.groups]
+        if data is not None:
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(data)}"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + (data or b"")
+
+    def _unreachable(self, error: BaseException) -> Unreachable:
+        reason = "timed out" if isinstance(error, socket.timeout) else str(error)
+        return Unreachable(f"cannot reach the API server at {self.connection.server}: {reason}")
+
+    def _exchange(self, method: str, path: str, body: Any, params: dict[str, str] | None,
+                  content_type: str) -> tuple[int, str, bytes]:
+        """One call over the kept-alive connection: status, reason, body."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = self._request_bytes(method, path, params, data, content_type, keep=True)
+        if self._kept is not None and (
+                time.monotonic() - self._kept_since > _IDLE_REUSE_SECONDS
+                or _idle_closed(self._kept[0])):
+            self.close()
+        for attempt in (1, 2):
+            reused = self._kept is not None
+            try:
+                if self._kept is None:
+                    self._kept = self._open(self.timeout)
+                sock, stream = self._kept
+                sock.sendall(request)
+                response = _Response(stream)
+                raw = response.read()
+            except (OSError, ValueError) as error:
+                self.close()
+                # A kept connection the server closed just now ends before any answer: a read
+                # is sent again once on a new one; a write never is (it may have been done).
+                if (reused and attempt == 1 and method == "GET"
+                        and isinstance(error, (_NoAnswer, ConnectionResetError,
+                                               BrokenPipeError))):
+                    continue
+                raise self._unreachable(error) from error
+            if response.keep_alive:
+                self._kept_since = time.monotonic()
+            else:
+                self.close()
+            return response.status, response.reason, raw
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def call(self, method: str, path: str, body: Any = None,
              params: dict[str, str] | None = None,
              content_type: str = "application/json") -> Any:
         """One call; the decoded answer, or :class:`ApiError` with the server's message."""
-        response = self._send(method, path, body, params, content_type, self.timeout)
-        raw = response.read()
+        status, reason, raw = self._exchange(method, path, body, params, content_type)
         try:
             answer = json.loads(raw) if raw else None
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             answer = None
-        if response.status >= 400:
+        if status >= 400:
             message = answer.get("message") if isinstance(answer, dict) else None
-            if response.status == 401:
+            if status == 401:
                 message = "Unauthorized: the credentials were refused (an expired token?) " \
                     "— log in again, then retry"
-            raise ApiError(response.status, str(message or raw.decode(errors="replace")[:200]
-                                                 or response.reason))
+            raise ApiError(status, str(message or raw.decode(errors="replace")[:200] or reason))
+        if not isinstance(answer, dict):
+            raise Unreachable(f"the API server at {self.connection.server} answered {method} "
+                              f"{path} with no JSON object (a proxy in between?)")
         return answer
 
     def watch(self, path: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
-        """Events of a watch (``{"type", "object"}``) until the server ends it."""
-        response = self._send("GET", path, None, {**params, "watch": "true"},
-                              "application/json", None)
-        if response.status >= 400:
-            raw = response.read()
+        """Events of a watch (``{"type", "object"}``) until the server ends it.
+
+        On a connection of its own, closed when the caller stops iterating. Silence longer than
+        the watch's own timeout (or an hour) is a dead connection, reported as unreachable.
+        """
+        request = self._request_bytes("GET", path, {**params, "watch": "true"}, None,
+                                      "application/json", keep=False)
+        try:
+            sock, stream = self._open(self.timeout)
+        except (OSError, ValueError) as error:
+            raise self._unreachable(error) from error
+        try:
             try:
-                message = json.loads(raw).get("message")
-            except (json.JSONDecodeError, AttributeError):
-                message = raw.decode(errors="replace")[:200]
-            raise ApiError(response.status, str(message or response.reason))
-        for line in response:
-            if line.strip():
-                yield json.loads(line)
+                sock.sendall(request)
+                response = _Response(stream)
+                if response.status >= 400:
+                    raw = response.read()
+                    try:
+                        message = json.loads(raw).get("message")
+                    except (ValueError, AttributeError):
+                        message = raw.decode(errors="replace")[:200]
+                    raise ApiError(response.status, str(message or response.reason))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.settimeout(float(params.get("timeoutSeconds") or 3600) + 60)
+                for line in response.lines():
+                    if line.strip():
+                        yield json.loads(line)
+            except (OSError, ValueError) as error:
+                raise self._unreachable(error) from error
+        finally:
+            stream.close()
+            sock.close()
 
     # The calls themselves.
 

@@ -1,9 +1,9 @@
 """Where the control-plane binaries come from.
 
 They are built from the Go module proxy by ``tools/build-control-plane.sh`` into a cache outside
-the repository (``~/.cache/kubepim/k8s-vX.Y.Z/`` and ``etcd-vX.Y.Z/``), keyed by the versions
-pinned in ``tools/*/go.mod``. ``KUBEPIM_BIN_DIR`` overrides the lookup with one directory that
-holds all three.
+the repository (``~/.cache/kubepim/k8s-vX.Y.Z/``, ``etcd-vX.Y.Z/``, ``helm-vX.Y.Z/``,
+``krew-vX.Y.Z/``), keyed by the versions pinned in ``tools/*/go.mod``. ``KUBEPIM_BIN_DIR``
+overrides the lookup with one directory that holds them all.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from pathlib import Path
 from .errors import DevClusterError
 
 _NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "helm")
+_OPTIONAL = ("krew", "validate-krew-manifest")  # only the plugin's packaging test needs them
 
 
 @dataclass(frozen=True)
 class Binaries:
-    """Absolute paths of the executables a dev cluster runs, and helm for the chart."""
+    """Absolute paths of the executables a dev cluster runs; helm, krew for chart and plugin."""
 
     etcd: Path
     kube_apiserver: Path
     kube_controller_manager: Path
     helm: Path
+    krew: Path | None = None
+    validate_krew_manifest: Path | None = None
 
 
 def repo_tools_dir() -> Path | None:
@@ -39,16 +42,16 @@ def repo_tools_dir() -> Path | None:
 
 def _from_dirs(dirs: list[Path]) -> Binaries | None:
     found: dict[str, Path] = {}
-    for name in _NAMES:
+    for name in _NAMES + _OPTIONAL:
         for directory in dirs:
             path = directory / name
             if path.is_file() and os.access(path, os.X_OK):
                 found[name] = path
                 break
-    if len(found) != len(_NAMES):
+    if not all(name in found for name in _NAMES):
         return None
     return Binaries(found["etcd"], found["kube-apiserver"], found["kube-controller-manager"],
-                    found["helm"])
+                    found["helm"], found.get("krew"), found.get("validate-krew-manifest"))
 
 
 def ensure(*, build: bool = True) -> Binaries:
