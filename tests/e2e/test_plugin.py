@@ -188,6 +188,10 @@ def test_ls_show_withdraw_and_end(
     table = plugin(kubectl, "ls", "--mine", as_user="alice").stdout
     row = next(line for line in table.splitlines() if line.startswith(name))
     assert "Role/pod-reader" in row and "Pending" in row and "0/1" in row
+    here = plugin(kubectl, "ls", "-n", namespace, "-o", "name", as_user="alice").stdout.split()
+    assert here == [f"accessrequest.pim.kubepim.dev/{name}"]  # only requests for that namespace
+    assert name not in plugin(kubectl, "ls", "-n", "elsewhere", as_user="alice").stdout
+    assert name in plugin(kubectl, "ls", "-A", "-n", "elsewhere", as_user="alice").stdout
     shown = plugin(kubectl, "show", name, as_user="alice").stdout
     assert "may still approve: bob, carol" in shown and "Requested" in shown
     assert plugin(kubectl, "withdraw", name, as_user="alice").returncode == 0

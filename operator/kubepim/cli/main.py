@@ -312,6 +312,8 @@ def cmd_ls(api: Api, args: argparse.Namespace) -> int:
     if args.to_approve:
         selectors.append("status.phase=Pending")
     items = api.requests(",".join(selectors) or None)
+    if args.namespace and not args.all_namespaces:  # requests are cluster-scoped objects
+        items = [i for i in items if (i.get("spec") or {}).get("namespace") == args.namespace]
     policies = {p["metadata"]["name"]: p for p in api.eligibilities()}
     if args.to_approve:
         items = _to_approve(items, policies, user)
@@ -517,7 +519,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--kubeconfig", help="path to the kubeconfig (default: $KUBECONFIG)")
     common.add_argument("--context", help="the kubeconfig context to use")
-    common.add_argument("-n", "--namespace", help="namespace of the role (request)")
+    common.add_argument("-n", "--namespace",
+                        help="namespace of the role (request); with ls, only requests for it")
     common.add_argument("--as", dest="as_user", help="act as this user (impersonation)")
     common.add_argument("--as-group", dest="as_groups", action="append", default=[],
                         help="act with this group (repeatable)")
@@ -566,6 +569,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="only Pending requests you may still decide")
         if name == "ls":
             sub.add_argument("--phase", help="only requests in this phase (e.g. Active)")
+            sub.add_argument("-A", "--all-namespaces", action="store_true",
+                             help="requests for every namespace and cluster-wide (the default; "
+                             "-n NS keeps those for roles in NS)")
     sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
               ("json", "yaml"))
     sub.add_argument("name", metavar="NAME", nargs="?",
