@@ -115,6 +115,23 @@ class _Response:
             yield pending
 
 
+def _decoded(raw: bytes) -> Any:
+    """The JSON of a body, or None when it is empty, not JSON or not UTF-8."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _refusal(status: int, reason: str, raw: bytes, answer: Any) -> ApiError:
+    """The server's refusal in its own words (a Status message), or the start of the body."""
+    message = answer.get("message") if isinstance(answer, dict) else None
+    if status == 401:
+        message = "Unauthorized: the credentials were refused (an expired token?) " \
+            "— log in again, then retry"
+    return ApiError(status, str(message or raw.decode(errors="replace")[:200] or reason))
+
+
 def _idle_closed(sock: socket.socket) -> bool:
     """Whether a kept connection that should be silent has something to read.
 
@@ -233,16 +250,9 @@ class Api:
              content_type: str = "application/json") -> Any:
         """One call; the decoded answer, or :class:`ApiError` with the server's message."""
         status, reason, raw = self._exchange(method, path, body, params, content_type)
-        try:
-            answer = json.loads(raw) if raw else None
-        except ValueError:  # not JSON, or not UTF-8
-            answer = None
+        answer = _decoded(raw)
         if status >= 400:
-            message = answer.get("message") if isinstance(answer, dict) else None
-            if status == 401:
-                message = "Unauthorized: the credentials were refused (an expired token?) " \
-                    "— log in again, then retry"
-            raise ApiError(status, str(message or raw.decode(errors="replace")[:200] or reason))
+            raise _refusal(status, reason, raw, answer)
         if not isinstance(answer, dict):
             raise Unreachable(f"the API server at {self.connection.server} answered {method} "
                               f"{path} with no JSON object (a proxy in between?)")
@@ -266,11 +276,7 @@ class Api:
                 response = _Response(stream)
                 if response.status >= 400:
                     raw = response.read()
-                    try:
-                        message = json.loads(raw).get("message")
-                    except (ValueError, AttributeError):
-                        message = raw.decode(errors="replace")[:200]
-                    raise ApiError(response.status, str(message or response.reason))
+                    raise _refusal(response.status, response.reason, raw, _decoded(raw))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 sock.settimeout(float(params.get("timeoutSeconds") or 3600) + 60)
                 for line in response.lines():
