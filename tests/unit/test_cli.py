@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import stat
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kubepim.cli import api as api_module
 from kubepim.cli import main as cli
+from kubepim.cli.api import Api
 from kubepim.cli.kubeconfig import ConfigError, load
+from kubepim.devcluster import certs
 
 
 def _config(path: Path, user: dict[str, object], current: str = "dev",
@@ -118,3 +126,102 @@ def test_completion_offers_commands_and_flags_in_cobras_format(
     cli.complete(["approve", "--kubeconfig", str(tmp_path / "missing"), ""])
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [":4"] and captured.err == ""
+
+
+def test_a_yaml_kubeconfig_reads_as_its_json_twin(tmp_path: Path) -> None:
+    """JSON files skip PyYAML (start-up time); YAML, flow style included, reads the same."""
+    as_json = _config(tmp_path / "json", {"token": "t"})
+    document = json.loads(as_json.read_text())
+    as_yaml = tmp_path / "yaml"
+    as_yaml.write_text(yaml.safe_dump(document))
+    flow = tmp_path / "flow"  # YAML's flow style: starts like JSON, is not JSON
+    flow.write_text("{apiVersion: v1, current-context: dev, clusters: [{name: c, cluster: "
+                    "{server: 'http://127.0.0.1:6443'}}], users: [{name: u, user: {token: t}}],"
+                    " contexts: [{name: dev, context: {cluster: c, user: u, namespace: team-a}}]}")
+    seen = [load(str(path)) for path in (as_json, as_yaml, flow)]
+    assert {(c.server, c.namespace, c.headers["Authorization"]) for c in seen} == \
+        {("http://127.0.0.1:6443", "team-a", "Bearer t")}
+    broken = tmp_path / "broken"
+    broken.write_text("clusters: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"cannot read kubeconfig {broken}"):
+        load(str(broken))
+    broken.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="not a mapping"):
+        load(str(broken))
+
+
+@pytest.mark.parametrize("server, expected", [
+    ("https://api.example.com", (True, "api.example.com", 443, "")),
+    ("https://10.0.0.1:6443/", (True, "10.0.0.1", 6443, "")),
+    ("http://[::1]:8080/k8s/clusters/c-1/", (False, "::1", 8080, "/k8s/clusters/c-1")),
+    ("HTTPS://[fe80::1]", (True, "fe80::1", 443, "")),
+    ("https://user@host:1/p?x=1#f", (True, "host", 1, "/p")),
+])
+def test_the_server_url_splits_as_urllib_would(server: str,
+                                               expected: tuple[bool, str, int, str]) -> None:
+    assert api_module._split(server) == expected
+    parsed = urllib.parse.urlsplit(server)
+    assert (parsed.hostname, parsed.port or expected[2]) == (expected[1].lower(), expected[2])
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1:6443", "ftp://h", "https://h:0",
+                                    "https://h:99999", "https://h:x1", "https://[::1"])
+def test_a_malformed_server_url_is_refused_saying_what_is_allowed(server: str) -> None:
+    with pytest.raises(ConfigError, match=r"http\(s\)://|IPv6|1-65535"):
+        api_module._split(server)
+
+
+@pytest.mark.parametrize("text", ["/apis/x/a b?c", "/ünï/çødé", "/a%2Fb", "/~user/x;y=1",
+                                  "/\r\n/\x00", "key=a&b c+d/é"])
+def test_percent_encoding_matches_urllib(text: str) -> None:
+    assert api_module._quote(text, api_module._PATH) == \
+        urllib.parse.quote(text, safe="/:@!$&'()*+,;=-._~")
+    assert api_module._quote(text, api_module._QUERY) == urllib.parse.quote(text, safe="-._~")
+
+
+def test_a_client_certificate_authenticates_a_real_tls_handshake(tmp_path: Path) -> None:
+    """Certificate and key (data, as kubectl writes them) reach the TLS handshake: a server
+    that requires a client certificate from the CA sees the kubeconfig's user."""
+    pki = certs.generate(tmp_path / "pki", admin_user="carol")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(pki.serving_cert, pki.serving_key)
+    server_context.load_verify_locations(pki.ca_cert)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    seen: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        with server_context.wrap_socket(raw, server_side=True) as conn:
+            subject = dict(pair[0] for pair in conn.getpeercert()["subject"])
+            seen.append(subject["commonName"])
+            conn.recv(65536)
+            body = json.dumps({"user": seen[0]}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    data = {path.name: base64.b64encode(path.read_bytes()).decode()
+            for path in (pki.ca_cert, pki.admin_cert, pki.admin_key)}
+    config = tmp_path / "config"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "c", "cluster": {
+            "server": f"https://127.0.0.1:{listener.getsockname()[1]}",
+            "certificate-authority-data": data["ca.crt"]}}],
+        "users": [{"name": "u", "user": {"client-certificate-data": data["admin.crt"],
+                                         "client-key-data": data["admin.key"]}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "u"}}]}))
+    try:
+        assert Api(load(str(config)), timeout=10).call("GET", "/whoami") == {"user": "carol"}
+    finally:
+        thread.join(10)
+        listener.close()
+    assert seen == ["carol"]
+    # A key that does not match the certificate is refused when the kubeconfig is loaded.
+    other = certs.generate(tmp_path / "other")
+    config.write_text(config.read_text().replace(
+        data["admin.key"], base64.b64encode(other.admin_key.read_bytes()).decode()))
+    with pytest.raises(ssl.SSLError):
+        load(str(config))

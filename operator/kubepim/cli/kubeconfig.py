@@ -1,24 +1,28 @@
 """Connect as kubectl would: the kubeconfig's current (or named) context, its credentials.
 
-Read with the standard library and PyYAML only: the official client's models (35 MiB, most of a
-second to import) would make every ``kubectl pim`` slower than ``kubectl`` itself. Supported
-like kubectl: several files in $KUBECONFIG (the first definition of a name wins), client
-certificates and keys (files or data), bearer tokens (inline or tokenFile), basic auth, exec
-credential plugins (client.authentication.k8s.io v1 and v1beta1: OIDC helpers such as kubelogin,
-cloud CLIs) and the legacy oidc auth-provider's id-token; CA bundles, insecure-skip-tls-verify
-and tls-server-name; the context's namespace.
+Read with the standard library, and PyYAML only for a file that is neither JSON nor the plain
+block YAML kubectl writes (its import is a sixth of the start-up): the official client's models
+(35 MiB, most of a second to import) would make every ``kubectl pim`` slower than ``kubectl``
+itself. Supported like kubectl: several files in $KUBECONFIG (the first definition of a name
+wins), client certificates and keys (files or data), bearer tokens (inline or tokenFile), basic
+auth, exec credential plugins (client.authentication.k8s.io v1 and v1beta1: OIDC helpers such
+as kubelogin, cloud CLIs) and the legacy oidc auth-provider's id-token; CA bundles,
+insecure-skip-tls-verify and tls-server-name; the context's namespace.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import os
 import ssl
-from pathlib import Path
-from typing import Any
 
-import yaml
+from . import blockyaml
+
+# Not ``from typing import ...`` at run time: importing typing is a twentieth of the start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ConfigError(Exception):
@@ -41,43 +45,83 @@ class Connection:
         self.server_name = server_name  # the kubeconfig's tls-server-name: SNI and verification
 
 
-def _paths(explicit: str | None) -> list[Path]:
+def _paths(explicit: str | None) -> list[str]:
     if explicit:
-        return [Path(explicit).expanduser()]
+        return [os.path.expanduser(explicit)]
     env = os.environ.get("KUBECONFIG")
     if env:
-        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    return [Path.home() / ".kube" / "config"]
+        return [os.path.expanduser(p) for p in env.split(os.pathsep) if p]
+    return [os.path.join(os.path.expanduser("~"), ".kube", "config")]
 
 
-def _merged(paths: list[Path]) -> tuple[dict[str, Any], Path]:
+def _parse(text: str) -> Any:
+    """A kubeconfig's content, as PyYAML would read it.
+
+    JSON (a subset of YAML) by json, the plain block YAML kubectl writes by :mod:`.blockyaml`,
+    anything else by PyYAML.
+    """
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass  # YAML's flow style is not always JSON: PyYAML decides
+    else:
+        read = blockyaml.read(text)
+        if read is not None:
+            return read
+    import yaml
+
+    try:
+        # The C safe loader when PyYAML has it (a kubeconfig can be large): still safe.
+        return yaml.load(text, Loader=getattr(  # noqa: S506
+            yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _merged(paths: list[str]) -> tuple[dict[str, Any], str]:
     merged: dict[str, Any] = {"clusters": {}, "users": {}, "contexts": {},
                               "current-context": None}
-    base: Path | None = None
+    base: str | None = None
     for path in paths:
-        if not path.is_file():
+        if not os.path.isfile(path):
             continue
         try:
-            # The C safe loader when PyYAML has it (a kubeconfig can be large): still safe.
-            loaded = yaml.load(path.read_text(), Loader=getattr(  # noqa: S506
-                yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-        except (OSError, yaml.YAMLError) as error:
+            with open(path, encoding="utf-8") as file:
+                loaded = _parse(file.read()) or {}
+        except (OSError, ValueError, ConfigError) as error:
             raise ConfigError(f"cannot read kubeconfig {path}: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"cannot read kubeconfig {path}: not a mapping of clusters, "
+                              "users and contexts")
         base = base or path
+        directory = os.path.dirname(os.path.abspath(path))
         for kind in ("clusters", "users", "contexts"):
             for entry in loaded.get(kind) or []:
                 if isinstance(entry, dict) and entry.get("name") not in merged[kind]:
-                    merged[kind][entry.get("name")] = (entry.get(kind[:-1]) or {}, path.parent)
+                    merged[kind][entry.get("name")] = (entry.get(kind[:-1]) or {}, directory)
         merged["current-context"] = merged["current-context"] or loaded.get("current-context")
     if base is None:
-        raise ConfigError("no kubeconfig found (" + ", ".join(str(p) for p in paths)
+        raise ConfigError("no kubeconfig found (" + ", ".join(paths)
                           + "): pass --kubeconfig or set KUBECONFIG")
     return merged, base
 
 
-def _file(value: str, relative_to: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else relative_to / path
+def _file(value: str, relative_to: str) -> str:
+    path = os.path.expanduser(value)
+    return path if os.path.isabs(path) else os.path.join(relative_to, path)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _b64(value: str) -> bytes:
+    try:
+        return binascii.a2b_base64(value)
+    except (binascii.Error, ValueError) as error:
+        raise ConfigError(f"the kubeconfig holds invalid base64 data: {error}") from error
 
 
 def load(kubeconfig: str | None = None, context: str | None = None) -> Connection:
@@ -107,10 +151,10 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> Connectio
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
         elif cluster.get("certificate-authority-data"):
-            tls.load_verify_locations(cadata=base64.b64decode(
+            tls.load_verify_locations(cadata=_b64(
                 cluster["certificate-authority-data"]).decode())
         elif cluster.get("certificate-authority"):
-            tls.load_verify_locations(str(_file(cluster["certificate-authority"], cluster_dir)))
+            tls.load_verify_locations(_file(cluster["certificate-authority"], cluster_dir))
         else:
             tls.load_default_certs()
     connection = Connection(server=server, context=tls, namespace=ctx.get("namespace")
@@ -119,17 +163,17 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> Connectio
     return connection
 
 
-def _authenticate(connection: Connection, user: dict[str, Any], directory: Path,
+def _authenticate(connection: Connection, user: dict[str, Any], directory: str,
                   cluster: dict[str, Any]) -> None:
     cert = user.get("client-certificate-data"), user.get("client-key-data")
     if user.get("client-certificate") and user.get("client-key"):
-        _client_cert(connection, _file(user["client-certificate"], directory).read_bytes(),
-                     _file(user["client-key"], directory).read_bytes())
+        _client_cert(connection, _read(_file(user["client-certificate"], directory)),
+                     _read(_file(user["client-key"], directory)))
     elif cert[0] and cert[1]:
-        _client_cert(connection, base64.b64decode(cert[0]), base64.b64decode(cert[1]))
+        _client_cert(connection, _b64(cert[0]), _b64(cert[1]))
     token = user.get("token")
     if not token and user.get("tokenFile"):
-        token = _file(user["tokenFile"], directory).read_text().strip()
+        token = _read(_file(user["tokenFile"], directory)).decode().strip()
     if not token and user.get("exec"):
         token = _exec(connection, user["exec"], cluster)
     provider = user.get("auth-provider") or {}
@@ -142,21 +186,35 @@ def _authenticate(connection: Connection, user: dict[str, Any], directory: Path,
         connection.headers["Authorization"] = f"Bearer {token}"
     elif user.get("username") and user.get("password"):
         pair = f"{user['username']}:{user['password']}".encode()
-        connection.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        connection.headers["Authorization"] = "Basic " + binascii.b2a_base64(
+            pair, newline=False).decode()
 
 
 def _client_cert(connection: Connection, cert: bytes, key: bytes) -> None:
     if connection.context is None:
         return
-    import tempfile  # imported only when a client certificate is used: start-up time
+    # ssl loads a chain only from files. On Linux: anonymous in-memory files (memfd), never on
+    # a disk and gone with the process; elsewhere a private directory, removed at once.
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fds = [os.memfd_create("kubectl-pim-cert"), os.memfd_create("kubectl-pim-key")]
+        try:
+            for fd, data in zip(fds, (cert, key), strict=True):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            connection.context.load_cert_chain(*(f"/proc/self/fd/{fd}" for fd in fds))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return
+    import tempfile  # only where memfd is missing: start-up time
 
-    # ssl loads a chain only from files: written to a private directory, removed at once.
     with tempfile.TemporaryDirectory(prefix="kubectl-pim-") as scratch:
-        cert_file, key_file = Path(scratch) / "cert", Path(scratch) / "key"
+        cert_file, key_file = os.path.join(scratch, "cert"), os.path.join(scratch, "key")
         for path, data in ((cert_file, cert), (key_file, key)):
-            path.touch(mode=0o600)
-            path.write_bytes(data)
-        connection.context.load_cert_chain(str(cert_file), str(key_file))
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                out.write(data)
+        connection.context.load_cert_chain(cert_file, key_file)
 
 
 def _exec(connection: Connection, spec: dict[str, Any], cluster: dict[str, Any]) -> str | None:

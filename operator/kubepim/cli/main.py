@@ -12,13 +12,17 @@ import datetime
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from kubepim.api import duration
 
 from .api import GROUP_PATH, Api, ApiError, Unreachable
 from .kubeconfig import ConfigError, load
+
+# Not typing or collections.abc at run time (start-up time); mypy reads these.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, NoReturn
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_DENIED, EXIT_TIMED_OUT, EXIT_REJECTED, EXIT_ENDED, EXIT_WAIT_TIMEOUT = 3, 4, 5, 6, 7
@@ -515,7 +519,12 @@ def cmd_watch(api: Api, args: argparse.Namespace) -> int:
 # The command line
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line.
+
+    With ``only``, the other commands are named but not built: each command's flags cost
+    start-up time, and only one command runs.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--kubeconfig", help="path to the kubeconfig (default: $KUBECONFIG)")
     common.add_argument("--context", help="the kubeconfig context to use")
@@ -533,6 +542,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable[[Api, argparse.Namespace], int], text: str,
             output: Sequence[str] = ()) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            commands.add_parser(name, help=text)
+            return argparse.ArgumentParser(add_help=False)  # its flags go nowhere
         sub = commands.add_parser(name, parents=[common], help=text, description=text,
                                   epilog=EXIT_CODES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -623,9 +635,9 @@ def _commands_first(argv: list[str], commands: set[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """The plugin's entry point (``kubectl-pim``)."""
-    parser = _parser()
-    args = parser.parse_args(_commands_first(list(sys.argv[1:] if argv is None else argv),
-                                             set(_COMMANDS)))
+    words = _commands_first(list(sys.argv[1:] if argv is None else argv), set(_COMMANDS))
+    parser = _parser(words[0] if words and words[0] in _COMMANDS else None)
+    args = parser.parse_args(words)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
