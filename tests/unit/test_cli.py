@@ -21,7 +21,7 @@ import yaml
 from kubepim.cli import api as api_module
 from kubepim.cli import main as cli
 from kubepim.cli.api import Api
-from kubepim.cli.kubeconfig import ConfigError, load
+from kubepim.cli.kubeconfig import ConfigError, Connection, load
 from kubepim.devcluster import certs
 
 
@@ -156,6 +156,10 @@ def test_a_yaml_kubeconfig_reads_as_its_json_twin(tmp_path: Path) -> None:
     ("http://[::1]:8080/k8s/clusters/c-1/", (False, "::1", 8080, "/k8s/clusters/c-1")),
     ("HTTPS://[fe80::1]", (True, "fe80::1", 443, "")),
     ("https://user@host:1/p?x=1#f", (True, "host", 1, "/p")),
+    # An "@" after the authority's end is not userinfo: the host is good, never evil.
+    ("https://good.example#@evil.example", (True, "good.example", 443, "")),
+    ("https://good.example?@evil.example:443/x", (True, "good.example", 443, "")),
+    ("https://host:6443?x=1", (True, "host", 6443, "")),
 ])
 def test_the_server_url_splits_as_urllib_would(server: str,
                                                expected: tuple[bool, str, int, str]) -> None:
@@ -165,9 +169,10 @@ def test_the_server_url_splits_as_urllib_would(server: str,
 
 
 @pytest.mark.parametrize("server", ["127.0.0.1:6443", "ftp://h", "https://h:0",
-                                    "https://h:99999", "https://h:x1", "https://[::1"])
+                                    "https://h:99999", "https://h:x1", "https://[::1",
+                                    "https://h\t:6443", "https://a b"])
 def test_a_malformed_server_url_is_refused_saying_what_is_allowed(server: str) -> None:
-    with pytest.raises(ConfigError, match=r"http\(s\)://|IPv6|1-65535"):
+    with pytest.raises(ConfigError, match=r"http\(s\)://|IPv6|1-65535|control character"):
         api_module._split(server)
 
 
@@ -177,6 +182,40 @@ def test_percent_encoding_matches_urllib(text: str) -> None:
     assert api_module._quote(text, api_module._PATH) == \
         urllib.parse.quote(text, safe="/:@!$&'()*+,;=-._~")
     assert api_module._quote(text, api_module._QUERY) == urllib.parse.quote(text, safe="-._~")
+
+
+def test_json_is_read_by_json_only_where_pyyaml_would_read_it_alike(tmp_path: Path) -> None:
+    """Exponents, NaN, raw control characters, surrogate escapes and deep nesting go to PyYAML,
+    whose answer (or refusal) is the kubeconfig's meaning."""
+    from kubepim.cli import kubeconfig
+
+    for text in ('{"a": 1e5}', '{"a": 1.5}', '{"a": NaN}', '{"a": "x\u0085y"}',
+                 '{"a": "\\ud83d\\ude00"}', '{"a": "\x7f"}',
+                 "{" * 3000 + "}" * 3000, "a:\n" + "".join(" " * i + "b:\n"
+                                                          for i in range(1, 700))):
+        try:
+            expected = yaml.load(text, Loader=getattr(
+                yaml, "CSafeLoader", yaml.SafeLoader))
+        except (yaml.YAMLError, RecursionError):
+            with pytest.raises((ConfigError, RecursionError)):
+                kubeconfig._parse(text)
+            continue
+        assert kubeconfig._parse(text) == expected, text[:40]
+
+
+def test_a_key_yaml_refuses_as_too_long_is_not_read() -> None:
+    text = "a" * 1025 + ": b\n"
+    with pytest.raises(yaml.YAMLError):
+        yaml.safe_load(text)
+    from kubepim.cli import blockyaml
+    assert blockyaml.read(text) is None
+
+
+def test_query_values_are_sent_as_text_percent_encoded() -> None:
+    api = Api(Connection("http://127.0.0.1:1", None))
+    sent = api._request_bytes("GET", "/x", {"limit": 500, "fieldSelector": "a=b c"}, None,
+                              "", keep=True)
+    assert sent.startswith(b"GET /x?limit=500&fieldSelector=a%3Db%20c HTTP/1.1\r\n")
 
 
 def test_a_client_certificate_authenticates_a_real_tls_handshake(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
+import time
 
 from kubepim.api.request import Phase
 from kubepim.engine.state import Locks, State
@@ -134,6 +136,44 @@ def test_the_overdue_gauge_counts_only_grants_past_expiry() -> None:
     assert state.overdue(NOW) == 1 and state.active_grants() == 2
     state.forget("late")
     assert state.overdue(NOW) == 0
+
+
+def test_the_overdue_gauge_can_be_read_from_another_thread_while_grants_change() -> None:
+    """/metrics runs the gauge's callback in its own thread while the loop changes grants.
+
+    Iterating the dict itself failed here within a few thousand changes (a 500 on /metrics at
+    5,000 live grants in the scale bench).
+    """
+    state = State()
+    now = datetime.datetime.now(datetime.UTC)
+    for i in range(5000):
+        state.place(f"r{i}", Phase.ACTIVE, "e", "ns", now, at=0.0)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                state.overdue(now)
+            except RuntimeError as error:
+                errors.append(error)
+                return
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 2
+        i = 0
+        while time.monotonic() < deadline and not errors:
+            state.place(f"x{i}", Phase.ACTIVE, "e", "ns", now, at=0.0)
+            i += 1
+            if i % 1000 == 0:
+                for j in range(i - 1000, i):
+                    state.forget(f"x{j}")
+    finally:
+        done.set()
+        reader.join()
+    assert errors == []
 
 
 def test_a_namespace_missing_from_a_relist_is_gone_unless_seen_after_it() -> None:

@@ -45,8 +45,14 @@ def _split(server: str) -> tuple[bool, str, int, str]:
     if not sep or scheme.lower() not in ("https", "http"):
         raise ConfigError(f"the kubeconfig's server {server!r} is not an http(s):// URL")
     https = scheme.lower() == "https"
-    authority, slash, path = rest.partition("/")
+    # The authority ends at the first of / ? # (as Go's url.Parse and urlsplit cut it): an "@"
+    # after one of them is not userinfo ("https://good#@evil" is good's URL).
+    end = min([at for at in map(rest.find, "/?#") if at >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
     authority = authority.rpartition("@")[2]
+    if not authority.isprintable() or " " in authority:
+        raise ConfigError(f"the kubeconfig's server {server!r} holds a space or a control "
+                          "character in its host")
     if authority.startswith("["):
         host, bracket, after = authority[1:].partition("]")
         if not bracket or (after and not after.startswith(":")):
@@ -59,7 +65,7 @@ def _split(server: str) -> tuple[bool, str, int, str]:
         raise ConfigError(f"the kubeconfig's server {server!r} has an invalid port "
                           f"{port_text!r} (1-65535)")
     port = int(port_text) if port_text else (443 if https else 80)
-    prefix = (slash + path).partition("?")[0].partition("#")[0].rstrip("/")
+    prefix = tail.partition("?")[0].partition("#")[0].rstrip("/")
     return https, host or "localhost", port, prefix
 
 
@@ -230,7 +236,7 @@ class Api:
 
     def _request_bytes(self, method: str, path: str, params: dict[str, str] | None,
                        data: bytes | None, content_type: str, keep: bool) -> bytes:
-        query = ("?" + "&".join(f"{_quote(k, _QUERY)}={_quote(v, _QUERY)}"
+        query = ("?" + "&".join(f"{_quote(str(k), _QUERY)}={_quote(str(v), _QUERY)}"
                                 for k, v in params.items())) if params else ""
         target = _quote(self._prefix + path, _PATH)
         host = self._host if ":" not in self._host else f"[{self._host}]"

@@ -49,7 +49,7 @@ def read(text: str) -> Any:
         return None
     try:
         value, end = _block(lines, 0, lines[0][0])
-    except _Unsupported:
+    except (_Unsupported, RecursionError):  # deep nesting: PyYAML's own limits decide
         return None
     return value if end == len(lines) else None
 
@@ -110,6 +110,8 @@ def _split_key(content: str) -> tuple[str, str] | None:
         return None
     if not key or ": " in key or key.endswith(" "):
         return None
+    if len(key) > 1000:
+        raise _Unsupported  # YAML refuses simple keys over 1024 characters: PyYAML says so
     value = _scalar(key)
     if not isinstance(value, str):
         raise _Unsupported

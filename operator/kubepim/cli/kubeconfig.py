@@ -60,11 +60,11 @@ def _parse(text: str) -> Any:
     JSON (a subset of YAML) by json, the plain block YAML kubectl writes by :mod:`.blockyaml`,
     anything else by PyYAML.
     """
-    if text.lstrip().startswith("{"):
+    if text.lstrip().startswith("{") and _json_as_yaml(text):
         try:
-            return json.loads(text)
-        except ValueError:
-            pass  # YAML's flow style is not always JSON: PyYAML decides
+            return json.loads(text, parse_float=_not_here, parse_constant=_not_here)
+        except (ValueError, RecursionError):
+            pass  # not JSON (YAML's flow style), or JSON PyYAML may read otherwise: it decides
     else:
         read = blockyaml.read(text)
         if read is not None:
@@ -77,6 +77,22 @@ def _parse(text: str) -> Any:
             yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as error:
         raise ConfigError(str(error)) from error
+
+
+def _json_as_yaml(text: str) -> bool:
+    """Whether json reads ``text`` as PyYAML would.
+
+    Only printable characters, raw (PyYAML refuses some others and reads NEL and U+2028 as line
+    breaks), and no backslash-u-D escapes (surrogates: json pairs them, PyYAML's C reader
+    refuses them).
+    """
+    return text.replace("\n", "").replace("\t", "").replace("\r", "").isprintable() \
+        and "\\ud" not in text.lower()
+
+
+def _not_here(text: str) -> Any:
+    """Numbers with a fraction or exponent, NaN and Infinity: YAML 1.1 reads them its own way."""
+    raise ValueError(f"{text}: left to PyYAML")
 
 
 def _merged(paths: list[str]) -> tuple[dict[str, Any], str]:
@@ -196,23 +212,29 @@ def _client_cert(connection: Connection, cert: bytes, key: bytes) -> None:
     # ssl loads a chain only from files. On Linux: anonymous in-memory files (memfd), never on
     # a disk and gone with the process; elsewhere a private directory, removed at once.
     if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fds = [os.memfd_create("kubectl-pim-cert"), os.memfd_create("kubectl-pim-key")]
+        fds: list[int] = []
         try:
+            for name in ("kubectl-pim-cert", "kubectl-pim-key"):
+                fds.append(os.memfd_create(name))
+        except OSError:  # an old kernel, or a seccomp policy: the private directory below
+            pass
+        else:
             for fd, data in zip(fds, (cert, key), strict=True):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
             connection.context.load_cert_chain(*(f"/proc/self/fd/{fd}" for fd in fds))
+            return
         finally:
             for fd in fds:
                 os.close(fd)
-        return
     import tempfile  # only where memfd is missing: start-up time
 
     with tempfile.TemporaryDirectory(prefix="kubectl-pim-") as scratch:
         cert_file, key_file = os.path.join(scratch, "cert"), os.path.join(scratch, "key")
         for path, data in ((cert_file, cert), (key_file, key)):
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_BINARY", 0), 0o600), "wb") as out:
                 out.write(data)
         connection.context.load_cert_chain(cert_file, key_file)
 

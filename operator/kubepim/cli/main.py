@@ -506,7 +506,7 @@ def cmd_watch(api: Api, args: argparse.Namespace) -> int:
     while True:
         for event in api.watch(f"{GROUP_PATH}/accessrequests", params):
             obj = event.get("object") or {}
-            params["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion", "")
+            params["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion") or ""
             if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
                 continue
             if args.to_approve and not _to_approve([obj], policies, user):

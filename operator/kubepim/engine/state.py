@@ -209,8 +209,13 @@ class State:
         return len(self._active)
 
     def overdue(self, now: datetime.datetime) -> int:
-        """Active grants past their expiry (the KubepimGrantOverdue page)."""
-        return sum(1 for expires in self._active.values() if expires <= now)
+        """Active grants past their expiry (the KubepimGrantOverdue page).
+
+        Called from the metrics server's thread while the event loop changes ``_active``: it
+        counts over a copy (``list()`` of a dict's values is one step under the GIL); iterating
+        the dict itself raised "dictionary changed size during iteration", a 500 on /metrics.
+        """
+        return sum(1 for expires in list(self._active.values()) if expires <= now)
 
     def is_held(self, name: str) -> bool:
         """Whether ``name`` is held: not settled, or settled and not yet seen leaving."""
