@@ -131,3 +131,15 @@ def track(active_count: Callable[[], int], overdue_count: Callable[[], int]) -> 
     """Read the two gauges from the reconciler's state at scrape time."""
     ACTIVE_GRANTS.set_function(lambda: float(active_count()))
     OVERDUE_GRANTS.set_function(lambda: float(overdue_count()))
+
+
+NOTIFICATIONS = Counter(
+    "kubepim_notifications",
+    "Notification deliveries by channel type, event (the transition) and result: sent, "
+    "retried (an attempt failed, another follows), failed (given up after the last retry).",
+    ["channel_type", "event", "result"], registry=REGISTRY)
+NOTIFICATION_SECONDS = Histogram(
+    "kubepim_notification_seconds",
+    "From a transition to its notification delivered, per channel type.",
+    ["channel_type"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY)

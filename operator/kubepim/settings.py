@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="This replica's name in the Lease; the pod name in a cluster, so a "
         "restarted pod takes its own lease back at once.",
     )
+    cluster_name: str = Field(
+        default="kubernetes", min_length=1, max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="This cluster's name in notifications (the CloudEvents source "
+        "urn:kubepim:NAME), so receivers that hear from several clusters can tell them apart.",
+    )
     lease_name: str = Field(default="kubepim-leader", description="Name of the Lease.")
     lease_seconds: float = Field(
         default=10.0, ge=2, le=120,

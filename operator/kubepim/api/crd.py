@@ -15,6 +15,7 @@ import yaml
 
 from .common import GROUP, VERSION, Model
 from .eligibility import RoleEligibility
+from .notification import NotificationRoute
 from .request import AccessRequest
 
 _DROP = {"title", "$defs"}
@@ -117,6 +118,19 @@ KINDS: dict[type[Model], dict[str, Any]] = {
         # operator watches and lists only status.settled!=true; the rest serve users.
         "selectable": [".status.settled", ".status.phase", ".status.eligibility",
                        ".spec.requester.username"],
+    },
+    NotificationRoute: {
+        "singular": "notificationroute",
+        "shortNames": ["nroute"],
+        "columns": [
+            {"name": "Channel", "type": "string", "jsonPath": ".spec.channel.type"},
+            {"name": "Ready", "type": "string",
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
+            {"name": "Reason", "type": "string",
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
+            {"name": "Message", "type": "string", "priority": 1,
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].message"},
+        ],
     },
 }
 

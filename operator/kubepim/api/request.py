@@ -147,6 +147,18 @@ class HistoryEntry(Model):
     reason: str = Field(default="", description="Human-readable detail.")
 
 
+class Delivery(Model):
+    """How far one NotificationRoute has been told of this request (written by the operator)."""
+
+    next: int = Field(default=0, ge=0, description="History entries before this index have "
+                      "been delivered (or given up on) through the route.")
+    failed: int = Field(default=0, ge=0, description="Deliveries given up on after the last "
+                        "retry (a Warning Event says which).")
+    thread: str | None = Field(default=None, max_length=128, description="The channel's "
+                               "reference of the first message (Slack: its ts), so later "
+                               "ones edit it and reply in its thread, also after a restart.")
+
+
 class AccessRequestStatus(Model):
     """Observed state, written by the operator (approvers add only their own approval)."""
 
@@ -183,6 +195,11 @@ class AccessRequestStatus(Model):
         default_factory=list, description="Append-only record of every transition."
     )
     message: str = Field(default="", description="Human-readable state, e.g. why rejected.")
+    notifications: dict[str, Delivery] = Field(
+        default_factory=dict, max_length=64,
+        description="Delivery progress per NotificationRoute, written with the operator's own "
+        "status writes: after a restart, what was not recorded as delivered is sent again "
+        "(under the same id, so a receiver can tell).")
     settled: bool = Field(
         default=False, description="The operator has nothing left to do: the request is final, "
         "its binding gone, its audit lines logged and no break-glass review awaited. The "

@@ -98,6 +98,8 @@ class State:
         self.privileged: dict[RoleKey, str] = {}
         # Valid eligibilities (None until first listed) and the version each was last seen at.
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
+        # Their labels, for NotificationRoutes that select eligibilities by label.
+        self._eligibility_labels: dict[str, dict[str, str]] = {}
         self._eligibility_versions: dict[str, tuple[int, bool]] = {}
         self._listed_at = 0
         # Requests (by uid) whose status write got no answer: (first history index it carried,
@@ -394,6 +396,8 @@ class State:
         for item in items:
             name = item["metadata"]["name"]
             versions[name] = (_int(item["metadata"].get("resourceVersion")), True)
+            if versions[name][0] >= self._eligibility_versions.get(name, (0, False))[0]:
+                self._eligibility_labels[name] = dict(item["metadata"].get("labels") or {})
             parsed = _eligibility(item.get("spec"))
             if parsed is not None:
                 fresh[name] = parsed
@@ -412,13 +416,22 @@ class State:
         return sorted(name for name in set(current) | set(fresh)
                       if current.get(name) != fresh.get(name))
 
+    def eligibility_labels(self, name: str | None) -> dict[str, str] | None:
+        """The labels of an eligibility as last seen, or None when it is not known."""
+        return self._eligibility_labels.get(name) if name else None
+
     def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
-                            version: str | None = None) -> None:
+                            version: str | None = None,
+                            labels: dict[str, str] | None = None) -> None:
         """Apply one eligibility watch event (``spec`` None: deleted); older ones are ignored."""
         seen = _int(version)
         if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
             return
         self._eligibility_versions[name] = (seen, spec is not None)
+        if spec is None:
+            self._eligibility_labels.pop(name, None)
+        else:
+            self._eligibility_labels[name] = dict(labels or {})
         if self._eligibilities is None:
             return  # the first use lists everything anyway
         updated = dict(self._eligibilities)

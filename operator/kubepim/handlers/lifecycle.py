@@ -31,9 +31,10 @@ from kubepim.k8s.client import (
     NotLeading,
     parse_time,
 )
+from kubepim.notify.notifier import Notifier
 from kubepim.settings import Settings
 
-from . import admission, registry
+from . import admission, notifications, registry
 from .reconcile import Reconciler, utcnow
 from .sweep import resync_forever, resync_once, retention_forever, sweep_orphans
 
@@ -78,6 +79,14 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
                             config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
+
+    async def warn(body: dict[str, Any], reason: str, message: str) -> None:
+        history = len((body.get("status") or {}).get("history") or [])
+        await kube.post_event(body, "Warning", reason, message, utcnow(), history,
+                              generate_name=True)
+
+    reconciler.notifier = Notifier(f"urn:kubepim:{config.cluster_name}", warn,
+                                   reconciler.enqueue, lambda: reconciler.leading())
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
@@ -131,6 +140,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         asyncio.create_task(retention_forever(reconciler, config.retention_check_seconds,
                                               config.retention), name="retention"),
         asyncio.create_task(memory.trim_forever(30), name="memory-trim"),
+        asyncio.create_task(notifications.recheck_forever(reconciler, memo),
+                            name="notification-routes"),
     ]
 
 
@@ -168,6 +179,8 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
         await elector.kube.close()
     reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
+        if reconciler.notifier is not None:
+            await reconciler.notifier.close()
         await reconciler.kube.close()
     cert_dir = getattr(memo, "temporary_cert_dir", None)
     if cert_dir is not None:

@@ -48,6 +48,7 @@ from kubepim.k8s.client import (
     namespace_going,
     parse_time,
 )
+from kubepim.notify.notifier import Notifier
 
 from .limits import RequesterLimits
 
@@ -89,6 +90,8 @@ class Reconciler:
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
+        # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
+        self.notifier: Notifier | None = None
         # Whether this replica may act now (leader election sets it; alone, always), and
         # whether it believes it holds the lease (keys are kept while renewal is late).
         self.leading: Callable[[], bool] = lambda: True
@@ -229,6 +232,8 @@ class Reconciler:
         self._deleted.clear()
         self._again.clear()
         self.state.reset()
+        if self.notifier is not None:
+            self.notifier.reset()
 
     async def _process(self, key: str) -> None:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
@@ -374,7 +379,9 @@ class Reconciler:
         else:
             await self._remove_binding(name, request, body["metadata"].get("uid"))
 
-        patch = self._status_patch(body, status, plan, transitions, now)
+        patch = self._status_patch(body, status, plan, transitions, now,
+                                   self.notifier.progress(uid) if self.notifier else {},
+                                   self._owes(uid))
         expires_at = plan.expires_at or status.expires_at
         unsettled: Exception | None = None
         if patch.get("settled") and not transitions and not status.settled:
@@ -401,6 +408,7 @@ class Reconciler:
                                              str(body["metadata"]["resourceVersion"]))
                 raise
             self.state.decided(name, str(written["metadata"]["resourceVersion"]))
+            self._notify(written, eligibilities)
             done = utcnow()
             first = len(status.history)
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
@@ -415,6 +423,7 @@ class Reconciler:
                 done_with, unsettled = await self._settle(name, written)
         else:
             done_with = status.settled
+            self._notify(body, eligibilities)
 
         if not self.leading():
             # Lost the lease while this reconcile ran: the state was reset; do not refill it.
@@ -446,6 +455,8 @@ class Reconciler:
         """
         if not settled(AccessRequestStatus.model_validate(written.get("status") or {})):
             return False, None  # a break-glass review is awaited
+        if self._owes(str(written["metadata"].get("uid") or "")):
+            return False, None  # the notifier asks again once its routes are done
         try:
             answer = await self.kube.patch_request_status(
                 name, {"settled": True}, str(written["metadata"]["resourceVersion"]))
@@ -455,6 +466,23 @@ class Reconciler:
             return False, error
         self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
         return True, None
+
+    def _owes(self, uid: str) -> bool:
+        return self.notifier is not None and self.notifier.owes(uid)
+
+    def _notify(self, body: dict[str, Any],
+                eligibilities: dict[str, RoleEligibilitySpec]) -> None:
+        """Hand the request as it now stands to the notifier (which never fails a reconcile)."""
+        if self.notifier is None:
+            return
+        try:
+            request = AccessRequest.model_validate(body)
+            self.notifier.recorded(str(body["metadata"].get("uid") or ""), body)
+            governing = request.status.eligibility if request.status else None
+            self.notifier.observe(body, request, eligibilities.get(governing or ""),
+                                  self.state.eligibility_labels(governing))
+        except Exception:
+            logger.exception("could not hand %s to the notifier", body["metadata"].get("name"))
 
     def _timeout(
         self, created: datetime.datetime, governing: str | None
@@ -520,6 +548,8 @@ class Reconciler:
         name = body["metadata"]["name"]
         self.forget(name)
         self.state.drop_unconfirmed(str(body["metadata"].get("uid") or ""))
+        if self.notifier is not None:
+            self.notifier.forget(str(body["metadata"].get("uid") or ""))
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError:
@@ -612,8 +642,15 @@ class Reconciler:
         plan: Plan,
         transitions: list[Transition],
         now: datetime.datetime,
+        notified: dict[str, dict[str, Any]] | None = None,
+        owes: bool = False,
     ) -> dict[str, Any]:
-        """The merge patch for status, or {} when nothing would change."""
+        """The merge patch for status, or {} when nothing would change.
+
+        ``notified``: the notifier's progress not yet recorded (merged into
+        status.notifications); ``owes``: a route still has something to send, so the request is
+        not settled yet.
+        """
         phase = transitions[-1].phase if transitions else status.phase
         if phase is None:
             return {}
@@ -639,7 +676,9 @@ class Reconciler:
             patch["reviewRequired"] = plan.review_required
         if plan.reviewed_by is not None:
             patch["reviewedBy"] = plan.reviewed_by
-        if not transitions and settled(status):
+        if notified:
+            patch["notifications"] = notified  # a merge patch: other routes' entries stay
+        if not transitions and settled(status) and not owes:
             patch["settled"] = True  # (after a final transition: a write of its own, see _settle)
         if transitions:
             history = list(current.get("history") or [])

@@ -12,6 +12,7 @@ becomes :class:`NotFound` (or ``None`` from getters, success from deletes), 409
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import json
@@ -343,6 +344,24 @@ class Kube:
             "action": reason, "count": 1,
         }
         await self._request("POST", "/api/v1/namespaces/default/events", event)
+
+    # Secrets (only in the operator's namespace: the chart's Role allows no other)
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded (UTF-8), or None when it does not exist."""
+        try:
+            obj: dict[str, Any] = await self._request(
+                "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except NotFound:
+            return None
+        data = obj.get("data") or {}
+        return {key: base64.b64decode(value).decode("utf-8", "replace")
+                for key, value in data.items()}
+
+    async def patch_route_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a NotificationRoute's status (only its status: GitOps owns the rest)."""
+        await self._request("PATCH", f"{_CUSTOM}/notificationroutes/{name}/status",
+                            {"status": status}, content_type=_MERGE)
 
     # Namespaces and roles
 

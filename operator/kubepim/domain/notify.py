@@ -1,0 +1,248 @@
+"""What a NotificationRoute is told, and in which words: pure decisions, no I/O.
+
+A notification is a history entry seen through a route: the entry's id (request uid / history
+index, the audit id) is the notification's id in every channel, so a receiver that keeps ids
+can tell a repeat (after a restart, at most once more) from a new one. Which entries a route
+owes a request is a function of the request's status (history, ``status.notifications``) and
+the route: nothing else is needed after a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubepim.api.common import API_VERSION, LabelSelector
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.notification import EVENTS, NotificationRouteSpec
+from kubepim.api.request import AccessRequest, HistoryEntry, Phase
+
+from .review import selector_matches
+
+# Free text a requester wrote (justification, ticket) is cut to this many characters in a
+# message: a notification is a pointer to the request, not a copy of it.
+TEXT_LIMIT = 300
+# Retry delays are capped here, whatever the route or a Retry-After asks.
+MAX_DELAY = datetime.timedelta(minutes=5)
+CLOUDEVENT_TYPE_PREFIX = "dev.kubepim.accessrequest."
+
+
+@dataclass(frozen=True)
+class Due:
+    """One notification a route owes: the history entry at ``index``."""
+
+    route: str
+    index: int
+    entry: HistoryEntry
+
+
+def matches(route: NotificationRouteSpec, request: AccessRequest, eligibility: str | None,
+            eligibility_labels: Mapping[str, str] | None) -> bool:
+    """Whether ``route`` is about ``request`` (every criterion given must hold)."""
+    match, spec = route.match, request.spec
+    if match.break_glass_only and not spec.break_glass:
+        return False
+    if match.eligibilities and eligibility not in match.eligibilities:
+        return False
+    if match.eligibility_selector is not None and not _selected(
+            match.eligibility_selector, eligibility_labels):
+        return False
+    if match.roles and spec.role not in match.roles:
+        return False
+    return not match.namespaces or spec.namespace in match.namespaces
+
+
+def _selected(selector: LabelSelector, labels: Mapping[str, str] | None) -> bool:
+    return labels is not None and selector_matches(selector, labels)
+
+
+def wants(route: NotificationRouteSpec, action: str) -> bool:
+    """Whether ``route`` asks for transitions of this action (no list: every one it knows)."""
+    return action in (route.events or EVENTS)
+
+
+def due(route_name: str, route: NotificationRouteSpec, route_created: datetime.datetime,
+        request: AccessRequest, sent_next: int) -> list[Due]:
+    """The entries ``route`` still owes ``request``, oldest first.
+
+    ``sent_next``: the first index not yet delivered, as far as anyone knows (the larger of the
+    status's record and this replica's memory). Entries from before the route existed are not
+    owed: a new route does not replay old history.
+    """
+    status = request.status
+    if status is None:
+        return []
+    return [Due(route_name, index, entry) for index, entry in enumerate(status.history)
+            if index >= sent_next and entry.time >= route_created and wants(route, entry.action)]
+
+
+def next_index(request: AccessRequest, route_name: str) -> int:
+    """The status's record of how far ``route_name`` has been told."""
+    status = request.status
+    delivery = status.notifications.get(route_name) if status else None
+    return delivery.next if delivery else 0
+
+
+def retry_delay(route_first: datetime.timedelta, attempt: int,
+                retry_after: float | None = None) -> datetime.timedelta:
+    """The wait before attempt ``attempt + 1`` (``attempt`` counts from 1).
+
+    Exponential from the route's first delay, or what the receiver's Retry-After asked if
+    longer; never over :data:`MAX_DELAY`.
+    """
+    delay: datetime.timedelta = route_first * (2 ** min(attempt - 1, 30))
+    if retry_after is not None and retry_after > delay.total_seconds():
+        delay = datetime.timedelta(seconds=min(retry_after, MAX_DELAY.total_seconds()))
+    return min(delay, MAX_DELAY)
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` may not receive notifications, or None: https, or http to loopback only."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname or ""
+        _ = parsed.port  # a malformed port raises
+    except ValueError as error:
+        return f"url {url!r} is malformed: {error}"
+    if parsed.scheme == "https" and host:
+        return None
+    if parsed.scheme == "http" and _loopback(host):
+        return None
+    return (f"url {_redacted(url)} is not allowed: use https:// (http:// only to a loopback "
+            "address such as 127.0.0.1, for a receiver on the same host)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _redacted(url: str) -> str:
+    """A URL fit for a status message: scheme and host only (a webhook URL may be a secret)."""
+    parsed = urllib.parse.urlsplit(url)
+    return f"{parsed.scheme}://{parsed.hostname or ''}/…" if parsed.scheme else "(not a URL)"
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """Text cut to ``limit`` characters (an ellipsis says it was)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleEligibilitySpec
+          | None, index: int, entry: HistoryEntry) -> dict[str, Any]:
+    """What every channel says of one transition: the CloudEvent's data, the message's fields.
+
+    Free text is clipped (not escaped: each channel escapes for its own markup).
+    """
+    spec, status = request.spec, request.status
+    name = str(body["metadata"]["name"])
+    approvals = [who for who, a in (status.approvals.items() if status else ())
+                 if a.decision == "Approve"]
+    required = eligibility.approval.required if eligibility else None
+    uid = str(body["metadata"].get("uid") or "")
+    return {
+        "id": f"{uid}/{index}",
+        "request": name,
+        "uid": uid,
+        "action": entry.action,
+        "actor": entry.actor,
+        "reason": clip(entry.reason),
+        "time": entry.time.isoformat(),
+        "phase": _phase_after(request, index),
+        "requester": spec.requester.username if spec.requester else None,
+        "role": str(spec.role),
+        "namespace": spec.namespace,
+        "duration": spec.duration,
+        "justification": clip(spec.justification),
+        "ticket": clip(spec.ticket) if spec.ticket else None,
+        "breakGlass": spec.break_glass,
+        "eligibility": status.eligibility if status else None,
+        "approvals": {"given": sorted(approvals), "required": required},
+        "expiresAt": status.expires_at.isoformat() if status and status.expires_at else None,
+        "approve": f"kubectl pim approve {name}",
+        "deny": f"kubectl pim deny {name} --reason '...'",
+    }
+
+
+# The phase each action leaves a request in (Reviewed and Approved-but-short leave it as it was).
+_PHASE_AFTER = {"Requested": Phase.PENDING, "Approved": Phase.PENDING,
+                "BreakGlass": Phase.PENDING, "Activated": Phase.ACTIVE,
+                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED,
+                "Denied": Phase.DENIED, "Revoked": Phase.REVOKED, "Withdrawn": Phase.WITHDRAWN,
+                "TimedOut": Phase.TIMED_OUT, "Rejected": Phase.REJECTED}
+
+
+def _phase_after(request: AccessRequest, index: int) -> str:
+    phase = Phase.PENDING
+    history = request.status.history if request.status else []
+    for entry in history[:index + 1]:
+        phase = _PHASE_AFTER.get(entry.action, phase)
+    return phase.value
+
+
+def cloudevent(source: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A CloudEvents 1.0 event, structured mode: ``id`` is the audit id (uid/index)."""
+    return {
+        "specversion": "1.0",
+        "id": str(data["id"]),
+        "source": source,
+        "type": CLOUDEVENT_TYPE_PREFIX + str(data["action"]).lower(),
+        "subject": str(data["request"]),
+        "time": str(data["time"]),
+        "datacontenttype": "application/json",
+        "dataschema": f"https://kubepim.dev/schemas/{API_VERSION}/notification",
+        "data": dict(data),
+    }
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Secret's hmacKey.
+
+    Standard Webhooks' ``whsec_`` + base64 form is decoded (as its libraries do); any other
+    value is used as its UTF-8 bytes.
+    """
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode()
+
+
+def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks signature header value.
+
+    ``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body`` (the body exactly as sent).
+    """
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def verify(key: bytes, message_id: str, timestamp: int, body: bytes, header: str) -> bool:
+    """Whether ``header`` holds a valid signature (any of its space-separated ones)."""
+    expected = signature(key, message_id, timestamp, body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in header.split())
+
+
+def summary(data: Mapping[str, Any]) -> str:
+    """One line for a human: who, what, where, and what happens next."""
+    where = f"in {data['namespace']}" if data.get("namespace") else "cluster-wide"
+    head = f"{data['requester']} → {data['role']} {where}"
+    action = data["action"]
+    if action == "Requested":
+        given = len(data["approvals"]["given"])
+        required = data["approvals"]["required"]
+        wanted = f" ({given} of {required} approvals)" if required else ""
+        return (f"Access requested: {head} for {data.get('duration') or 'the default time'}"
+                f"{wanted}. Approve: {data['approve']}")
+    if action == "BreakGlass":
+        return f"BREAK-GLASS: {head}, activated without approval; review it afterwards"
+    return f"{action}: {head} ({data['reason']})"

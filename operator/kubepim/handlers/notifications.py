@@ -1,0 +1,145 @@
+"""Watch NotificationRoutes: check each can deliver, say so in its status, hand it to the notifier.
+
+A route is Ready when its spec is valid, its Secret exists in the operator's namespace with the
+keys its channel needs, and its endpoint is allowed (https; http only to loopback). A route
+that is not Ready delivers nothing and says why; nothing else changes. Secrets are read again
+on every check (each route event and every 30 s), so a Secret made or rotated after its route
+is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubepim import metrics
+from kubepim.api.common import GROUP, Condition
+from kubepim.api.notification import NotificationRouteSpec
+from kubepim.domain import notify
+from kubepim.notify.channels import Credentials, endpoint
+from kubepim.notify.notifier import Route
+
+from . import registry
+from .reconcile import Reconciler, utcnow
+
+logger = logging.getLogger(__name__)
+
+# The Secret keys each channel type needs (besides what the spec gives).
+_NEEDS: dict[str, tuple[str, ...]] = {"Webhook": ("hmacKey",), "Slack": ("token",),
+                                      "SlackWebhook": ("url",), "Teams": (), "Email": ()}
+
+RECHECK_SECONDS = 30.0
+
+
+async def check(reconciler: Reconciler, namespace: str, spec: dict[str, Any]
+                ) -> tuple[NotificationRouteSpec | None, Credentials, str, str]:
+    """(the parsed spec, its credentials, reason, message); reason "Valid" when Ready."""
+    try:
+        model = NotificationRouteSpec.model_validate(spec)
+    except ValidationError as error:
+        return None, Credentials({}), "InvalidSpec", str(error).replace("\n", " ")
+    channel = model.channel
+    values: dict[str, str] = {}
+    if channel.secret_ref is not None:
+        found = await reconciler.kube.get_secret(namespace, channel.secret_ref.name)
+        if found is None:
+            return model, Credentials({}), "SecretMissing", (
+                f"Secret {channel.secret_ref.name} does not exist in namespace {namespace} "
+                "(the operator's namespace, the only one it reads Secrets in)")
+        values = found
+    missing = [key for key in _NEEDS[channel.type] if not values.get(key)]
+    if missing:
+        return model, Credentials({}), "SecretKeyMissing", (
+            f"Secret {channel.secret_ref.name if channel.secret_ref else '(none)'} in namespace "
+            f"{namespace} has no {', '.join(missing)}: a {channel.type} channel needs "
+            f"{', '.join(_NEEDS[channel.type])}")
+    credentials = Credentials(values)
+    url = endpoint(channel, credentials)
+    if channel.type != "Email":
+        problem = notify.endpoint_problem(url or "")
+        if problem:
+            return model, credentials, "InvalidURL", problem
+    elif channel.smtp is not None and not channel.smtp.starttls and notify.endpoint_problem(
+            f"http://{channel.smtp.host}/") is not None:
+        return model, credentials, "InsecureSMTP", (
+            "smtp.starttls may be false only for a loopback host: credentials and messages "
+            "would cross the network in clear text")
+    return model, credentials, "Valid", f"delivers {channel.type} notifications"
+
+
+async def report(reconciler: Reconciler, namespace: str, name: str, body: dict[str, Any]
+                 ) -> None:
+    """Check one route; hand it to the notifier (or take it away); write Ready if it changed."""
+    model, credentials, reason, message = await check(reconciler, namespace,
+                                                      dict(body.get("spec") or {}))
+    ready = reason == "Valid"
+    notifier = reconciler.notifier
+    created = _time(body.get("metadata", {}).get("creationTimestamp")) or utcnow()
+    if notifier is not None:
+        notifier.set_route(name, Route(model, created, credentials) if ready and model
+                           else None)
+    if not reconciler.leading():
+        return
+    generation = body.get("metadata", {}).get("generation", 0)
+    old = [c for c in (body.get("status") or {}).get("conditions") or []
+           if c.get("type") == "Ready"]
+    unchanged = bool(old) and old[0].get("status") == str(ready) \
+        and old[0].get("message") == message
+    moved_at = _time(old[0].get("lastTransitionTime")) if old and unchanged else None
+    condition = Condition(type="Ready", status="True" if ready else "False", reason=reason,
+                          message=message, last_transition_time=moved_at or utcnow(),
+                          observed_generation=generation)
+    status = {"observedGeneration": generation, "conditions": [condition.wire()]}
+    current = body.get("status") or {}
+    if {k: current.get(k) for k in status} != status:
+        await reconciler.kube.patch_route_status(name, status)
+
+
+def _time(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@kopf.on.event(GROUP, "notificationroutes", registry=registry)
+async def notificationroute_event(
+    body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A route was made, changed or deleted."""
+    reconciler: Reconciler = memo.reconciler
+    metrics.WATCH_EVENTS.labels("notificationroutes").inc()
+    routes: dict[str, dict[str, Any]] = memo.setdefault("routes", {})
+    if type == "DELETED":
+        routes.pop(name, None)
+        if reconciler.notifier is not None:
+            reconciler.notifier.set_route(name, None)
+        return
+    routes[name] = dict(body)
+    try:
+        await report(reconciler, memo.settings.namespace, name, dict(body))
+    except Exception as error:
+        logger.warning("could not check NotificationRoute %s (%s: %s)", name,
+                       type_name(error), error)
+
+
+def type_name(error: BaseException) -> str:
+    """The exception's class name (for one-line logs)."""
+    return type(error).__name__
+
+
+async def recheck_forever(reconciler: Reconciler, memo: kopf.Memo,
+                          seconds: float = RECHECK_SECONDS) -> None:
+    """Check every route again on a schedule: Secrets made, fixed or rotated since."""
+    while True:
+        await asyncio.sleep(seconds)
+        for name, body in list(memo.get("routes", {}).items()):
+            try:
+                await report(reconciler, memo.settings.namespace, name, body)
+            except Exception as error:
+                logger.warning("could not check NotificationRoute %s (%s: %s)", name,
+                               type_name(error), error)

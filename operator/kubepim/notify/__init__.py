@@ -1,0 +1,1 @@
+"""Notifications: routes, channels and the deliveries between them."""

@@ -1,0 +1,258 @@
+"""Deliver what the routes owe, beside the grant and never in its way.
+
+The reconciler hands every request it decides on to :meth:`Notifier.observe` (after its status
+write): the notifier works out, from the request's history and ``status.notifications``, what
+each matching route still owes it, and delivers in the background, in history order per route
+and request, with retries and exponential backoff (Retry-After honoured). Nothing the
+reconciler waits for: a slow or dead receiver delays no grant.
+
+Not lost: how far each route got is written into ``status.notifications`` with the operator's
+own status writes (:meth:`progress`), and a final request is settled only once its routes are
+done (:meth:`owes`). After a restart or a takeover, the new leader's first reconcile of each
+unsettled request finds what was not recorded and sends it again, under the same id: a receiver
+sees a notification at most once more than intended. After the last retry: a Warning Event on
+the request, a counted failure, and the route moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from kubepim import metrics
+from kubepim.api import duration
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.notification import NotificationRouteSpec
+from kubepim.api.request import AccessRequest
+from kubepim.domain import notify
+
+from .channels import Credentials, GiveUp, Retry, send
+
+logger = logging.getLogger(__name__)
+
+# Deliveries in flight at once, over all routes (each is one HTTP call or SMTP session).
+_CONCURRENCY = 16
+
+
+@dataclass
+class Route:
+    """A route as the notifier uses it: its spec, when it was made, and its credentials."""
+
+    spec: NotificationRouteSpec
+    created: datetime.datetime
+    credentials: Credentials
+    ready: bool = True
+
+
+@dataclass
+class _Work:
+    """One route's deliveries for one request, in history order."""
+
+    name: str  # the request's name
+    queue: list[notify.Due] = field(default_factory=list)
+    enqueued: int = 0  # first index not yet queued
+    done: int = 0  # first index not yet delivered or given up on
+    failed: int = 0
+    thread: str | None = None
+    recorded: int = 0  # what status.notifications says
+    task: asyncio.Task[None] | None = None
+    final: bool = False
+    snapshot: dict[str, Any] = field(default_factory=dict)  # the body the facts come from
+    eligibility: RoleEligibilitySpec | None = None
+
+
+class Notifier:
+    """Owns deliveries: what is queued, in flight, done; one task per (route, request)."""
+
+    def __init__(self, source: str, warn: Callable[[dict[str, Any], str, str],
+                                                    Awaitable[None]],
+                 settle: Callable[[str], None], leading: Callable[[], bool]) -> None:
+        self.source = source
+        self.routes: dict[str, Route] = {}
+        self._warn = warn  # posts a Warning Event on a request
+        self._settle = settle  # asks the reconciler to look at a request again
+        self._leading = leading
+        self._work: dict[str, dict[str, _Work]] = {}  # request uid → route → its work
+        self._slots = asyncio.Semaphore(_CONCURRENCY)
+        self._session: aiohttp.ClientSession | None = None
+
+    # Routes (the route watch keeps them)
+
+    def set_route(self, name: str, route: Route | None) -> None:
+        """A route was made, changed or (None) deleted; its queued work follows it."""
+        if route is None:
+            self.routes.pop(name, None)
+            for uid in list(self._work):
+                self._drop(uid, name)
+        else:
+            self.routes[name] = route
+
+    # The reconciler's side
+
+    def observe(self, body: dict[str, Any], request: AccessRequest,
+                eligibility: RoleEligibilitySpec | None,
+                eligibility_labels: dict[str, str] | None) -> None:
+        """Queue what the routes owe this request, as its status now shows it."""
+        if not self._leading() or request.status is None:
+            return
+        uid = str(body["metadata"].get("uid") or "")
+        final = request.status.phase is not None and request.status.phase.final
+        for name, route in self.routes.items():
+            if not route.ready or not notify.matches(route.spec, request,
+                                                     request.status.eligibility,
+                                                     eligibility_labels):
+                continue
+            recorded = notify.next_index(request, name)
+            works = self._work.setdefault(uid, {})
+            work = works.get(name)
+            if work is None:
+                delivery = request.status.notifications.get(name)
+                work = _Work(name=str(body["metadata"]["name"]), enqueued=recorded,
+                             done=recorded, recorded=recorded,
+                             failed=delivery.failed if delivery else 0,
+                             thread=delivery.thread if delivery else None)
+            work.recorded = max(work.recorded, recorded)
+            work.final, work.snapshot, work.eligibility = final, body, eligibility
+            fresh = notify.due(name, route.spec, route.created, request,
+                               max(work.enqueued, recorded))
+            if fresh or work.task is not None or work.done > work.recorded:
+                works[name] = work  # (else nothing to send or to record: nothing kept)
+            work.queue += fresh
+            work.enqueued = max([work.enqueued, recorded, *(d.index + 1 for d in fresh)])
+            if work.task is None and work.queue:
+                work.task = asyncio.create_task(self._deliver(uid, name, work))
+        if not self._work.get(uid):
+            self._work.pop(uid, None)
+
+    def owes(self, uid: str) -> bool:
+        """Whether any route still has something queued or in flight for this request."""
+        return any(work.queue or work.task is not None
+                   for work in self._work.get(uid, {}).values())
+
+    def progress(self, uid: str) -> dict[str, dict[str, Any]]:
+        """``status.notifications`` entries newer than the status's own (for the next write)."""
+        return {route: {"next": work.done, "failed": work.failed,
+                        **({"thread": work.thread} if work.thread else {})}
+                for route, work in self._work.get(uid, {}).items() if work.done > work.recorded}
+
+    def recorded(self, uid: str, written: dict[str, Any]) -> None:
+        """A status write landed with ``written``'s notifications: forget what is done."""
+        entries = (written.get("status") or {}).get("notifications") or {}
+        works = self._work.get(uid, {})
+        for route, work in list(works.items()):
+            work.recorded = max(work.recorded, int((entries.get(route) or {}).get("next", 0)))
+            if work.recorded >= work.done and not work.queue and work.task is None:
+                del works[route]
+        if not works:
+            self._work.pop(uid, None)
+
+    def forget(self, uid: str) -> None:
+        """The request is gone (deleted): nothing more is sent about it."""
+        for route in list(self._work.get(uid, {})):
+            self._drop(uid, route)
+
+    def reset(self) -> None:
+        """Leadership lost: stop sending; the next leader picks up from the statuses."""
+        for uid in list(self._work):
+            for route in list(self._work.get(uid, {})):
+                self._drop(uid, route)
+
+    async def close(self) -> None:
+        """Stop every delivery and close the HTTP session."""
+        self.reset()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _drop(self, uid: str, route: str) -> None:
+        works = self._work.get(uid, {})
+        work = works.pop(route, None)
+        if not works:
+            self._work.pop(uid, None)
+        if work is not None and work.task is not None:
+            work.task.cancel()
+
+    # Delivery
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _deliver(self, uid: str, route_name: str, work: _Work) -> None:
+        try:
+            while work.queue and self._leading():
+                item = work.queue[0]
+                route = self.routes.get(route_name)
+                if route is None or not await self._one(route_name, route, work, item):
+                    return
+                work.queue.pop(0)
+                work.done = max(work.done, item.index + 1)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("notification route %s stopped for request %s", route_name,
+                             work.name)
+        finally:
+            work.task = None
+        if work.final and self._work.get(uid, {}).get(route_name) is work \
+                and not self.owes(uid):
+            self._settle(work.name)  # its progress is recorded, then it is settled
+
+    async def _one(self, route_name: str, route: Route, work: _Work, item: notify.Due) -> bool:
+        """Deliver one, with its retries.
+
+        True once delivered or given up on; False when this replica stopped leading (the next
+        leader sends it).
+        """
+        request = AccessRequest.model_validate(work.snapshot)
+        data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry)
+        channel = route.spec.channel.type
+        first = duration.parse(route.spec.retry.first_delay)
+        for attempt in range(1, route.spec.retry.attempts + 1):
+            if not self._leading():
+                return False
+            try:
+                async with self._slots:
+                    work.thread = await send(self._http(), route.spec.channel,
+                                             route.credentials, self.source, data, work.thread)
+            except Retry as error:
+                if attempt == route.spec.retry.attempts:
+                    await self._given_up(route_name, work, item, data, f"{error} after "
+                                         f"{attempt} attempts")
+                    return True
+                metrics.NOTIFICATIONS.labels(channel, item.entry.action, "retried").inc()
+                delay = notify.retry_delay(first, attempt, error.retry_after)
+                logger.info("notification %s to route %s: %s; attempt %d in %.1f s",
+                            data["id"], route_name, error, attempt + 1, delay.total_seconds())
+                await asyncio.sleep(delay.total_seconds())
+            except GiveUp as error:
+                await self._given_up(route_name, work, item, data, str(error))
+                return True
+            else:
+                metrics.NOTIFICATIONS.labels(channel, item.entry.action, "sent").inc()
+                metrics.NOTIFICATION_SECONDS.labels(channel).observe(max(
+                    0.0, time.time() - item.entry.time.timestamp()))
+                return True
+        return True
+
+    async def _given_up(self, route_name: str, work: _Work, item: notify.Due,
+                        data: dict[str, Any], why: str) -> None:
+        channel = self.routes[route_name].spec.channel.type if route_name in self.routes \
+            else "unknown"
+        metrics.NOTIFICATIONS.labels(channel, item.entry.action, "failed").inc()
+        work.failed += 1
+        message = (f"could not notify route {route_name} ({channel}) of {item.entry.action} "
+                   f"(id {data['id']}): {notify.clip(why, 300)}")
+        logger.warning("%s", message)
+        try:
+            await self._warn(work.snapshot, "NotificationFailed", message)
+        except Exception:
+            logger.exception("could not post the NotificationFailed Event of %s", work.name)
