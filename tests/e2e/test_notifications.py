@@ -25,9 +25,13 @@ from aiosmtpd.controller import Controller
 
 from kubepim.domain import notify
 from tests.e2e import pim
+from tests.e2e.conftest import IN_CLUSTER
 from tests.e2e.support import Kubectl, OperatorProcess, free_port, poll
 
 OPERATOR_NAMESPACE = "kubepim"
+
+# The receivers listen on this machine's loopback, which an operator in a pod cannot reach.
+pytestmark = pytest.mark.skipif(IN_CLUSTER, reason="receivers on the test runner's 127.0.0.1")
 
 
 class _Receiver(ThreadingHTTPServer):

@@ -229,3 +229,18 @@ def test_an_unanswered_write_is_confirmed_by_any_other_version() -> None:
     assert state.confirm("uid", "10") is None  # the version it was based on: still unknown
     assert state.confirm("uid", "12") == 3
     assert state.confirm("uid", "13") is None  # confirmed once
+
+
+def test_our_own_binding_delete_is_recognised_once_and_forgotten_if_never_seen() -> None:
+    state = State()
+    state.wrote_binding("RoleBinding/ns/kubepim-a", "7", "uid-a")
+    state.deleted_binding("RoleBinding/ns/kubepim-a", at=100.0)
+    assert not state.binding_exists("RoleBinding/ns/kubepim-a")
+    assert state.own_write("RoleBinding/ns/kubepim-a") is None
+    assert state.was_own_delete("RoleBinding/ns/kubepim-a")
+    assert not state.was_own_delete("RoleBinding/ns/kubepim-a")  # a second DELETED: not ours
+    state.deleted_binding("RoleBinding/ns/kubepim-b", at=100.0)
+    state.deleted_binding("RoleBinding/ns/kubepim-c", at=500.0)
+    state.drop_own_deletes_before(200.0)
+    assert not state.was_own_delete("RoleBinding/ns/kubepim-b")
+    assert state.was_own_delete("RoleBinding/ns/kubepim-c")

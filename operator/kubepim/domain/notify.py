@@ -110,7 +110,7 @@ def endpoint_problem(url: str) -> str | None:
         host = parsed.hostname or ""
         _ = parsed.port  # a malformed port raises
     except ValueError as error:
-        return f"url {url!r} is malformed: {error}"
+        return f"url {_redacted(url)} is malformed: {error}"
     if parsed.scheme == "https" and host:
         return None
     if parsed.scheme == "http" and _loopback(host):
@@ -130,8 +130,12 @@ def _loopback(host: str) -> bool:
 
 def _redacted(url: str) -> str:
     """A URL fit for a status message: scheme and host only (a webhook URL may be a secret)."""
-    parsed = urllib.parse.urlsplit(url)
-    return f"{parsed.scheme}://{parsed.hostname or ''}/…" if parsed.scheme else "(not a URL)"
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname or ""
+    except ValueError:
+        return "(not a URL)"
+    return f"{parsed.scheme}://{host}/…" if parsed.scheme else "(not a URL)"
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:

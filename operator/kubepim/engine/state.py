@@ -77,6 +77,9 @@ class State:
         # was written for: the watch event of our own write needs nothing, and the entry goes
         # as soon as the watch reports another version.
         self._own_writes: dict[str, tuple[str, str]] = {}
+        # Bindings this replica deleted, until the watch reports them gone (monotonic time):
+        # their DELETED event needs no reconcile of the request (nothing to restore).
+        self._own_deletes: dict[str, float] = {}
         # Bindings that look like ours and exist, as the binding watch and our writes saw them.
         self._bindings: set[str] = set()
         # Active grants and their expiry, as last reconciled: the gauges read it.
@@ -91,6 +94,9 @@ class State:
         self._settled: dict[str, tuple[str, float]] = {}  # name -> (uid, when)
         # Final requests whose settle write failed: every event of them is read and decided.
         self._finishing: set[str] = set()
+        # Final requests whose final transition's audit lines this replica logged (by name:
+        # uid), so settling them later (a notification owed meanwhile) logs nothing twice.
+        self._final_logged: dict[str, str] = {}
         # Namespaces as the watch last saw them: labels, uid and resourceVersion.
         self._namespaces: dict[str, tuple[dict[str, str], str, int]] = {}
         self._namespace_versions: dict[str, int] = {}  # deletions remembered too
@@ -178,6 +184,15 @@ class State:
         self._unplace(name)
         self._versions.pop(name, None)
         self._settled.pop(name, None)
+        self._final_logged.pop(name, None)
+
+    def logged_final_lines(self, name: str, uid: str) -> None:
+        """Record that this replica logged the lines of ``name``'s final transition."""
+        self._final_logged[name] = uid
+
+    def final_lines_logged(self, name: str, uid: str) -> bool:
+        """Whether this replica logged the lines of this request's final transition."""
+        return self._final_logged.get(name) == uid != ""
 
     def left_selection(self, name: str, uid: str) -> bool:
         """Forget ``name`` after a DELETED event; True if this replica had settled it.
@@ -230,6 +245,7 @@ class State:
     def sizes(self) -> dict[str, int]:
         """Entries held per record (the memory benchmark and tests read it)."""
         return {"versions": len(self._versions), "own_writes": len(self._own_writes),
+                "own_deletes": len(self._own_deletes),
                 "bindings": len(self._bindings), "active": len(self._active),
                 "placed": len(self._placed), "settled": len(self._settled),
                 "locks": len(self.locks),
@@ -284,6 +300,20 @@ class State:
     def drop_write(self, key: str) -> None:
         """Our record of writing ``key`` no longer holds (deleted, or changed by someone)."""
         self._own_writes.pop(key, None)
+
+    def deleted_binding(self, key: str, at: float) -> None:
+        """Record our delete of binding ``key`` (its DELETED event is then ours)."""
+        self._own_deletes[key] = at
+        self.binding_seen(key, present=False)
+
+    def was_own_delete(self, key: str) -> bool:
+        """Whether a DELETED event of ``key`` reports our own delete (the record goes)."""
+        return self._own_deletes.pop(key, None) is not None
+
+    def drop_own_deletes_before(self, moment: float) -> None:
+        """Forget deletes whose DELETED event never came (a watch that listed again)."""
+        for key in [k for k, at in self._own_deletes.items() if at < moment]:
+            del self._own_deletes[key]
 
     def binding_seen(self, key: str, present: bool) -> None:
         """The binding watch saw ``key`` exist or go."""
@@ -453,12 +483,14 @@ class State:
         """
         self._versions.clear()
         self._own_writes.clear()
+        self._own_deletes.clear()
         self._active.clear()
         self._governed.clear()
         self._in_namespace.clear()
         self._placed.clear()
         self._settled.clear()
         self._finishing.clear()
+        self._final_logged.clear()
         self._unconfirmed.clear()
 
 

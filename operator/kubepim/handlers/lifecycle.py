@@ -99,6 +99,12 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # Lines before the queue: a reconcile that settled one of these requests before its
         # lines were replayed would take it out of a retried takeover's list.
         replay_audit_lines(requests, elector.previous_renewal)
+        # The routes before any reconcile: settling waits for what they are owed.
+        try:
+            await notifications.load(reconciler, config.namespace)
+        except Exception as error:  # never in the way of the takeover: the watch has them soon
+            logger.warning("could not list NotificationRoutes at takeover (%s: %s)",
+                           type(error).__name__, error)
         reconciler.queue.resume()
         removed = await sweep_orphans(reconciler)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
@@ -140,7 +146,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         asyncio.create_task(retention_forever(reconciler, config.retention_check_seconds,
                                               config.retention), name="retention"),
         asyncio.create_task(memory.trim_forever(30), name="memory-trim"),
-        asyncio.create_task(notifications.recheck_forever(reconciler, memo),
+        asyncio.create_task(notifications.recheck_forever(reconciler, config.namespace),
                             name="notification-routes"),
     ]
 

@@ -18,6 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from kubepim import metrics
+from kubepim.api import duration
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.notification import NotificationRouteSpec
 from kubepim.domain import notify
@@ -41,8 +42,13 @@ async def check(reconciler: Reconciler, namespace: str, spec: dict[str, Any]
     """(the parsed spec, its credentials, reason, message); reason "Valid" when Ready."""
     try:
         model = NotificationRouteSpec.model_validate(spec)
-    except ValidationError as error:
+        first = duration.parse(model.retry.first_delay)
+    except (ValidationError, ValueError) as error:
         return None, Credentials({}), "InvalidSpec", str(error).replace("\n", " ")
+    if first > notify.MAX_DELAY:
+        return None, Credentials({}), "InvalidSpec", (
+            f"retry.firstDelay {model.retry.first_delay} is longer than the longest retry "
+            f"delay ({notify.MAX_DELAY}): give one between 1s and 5m")
     channel = model.channel
     values: dict[str, str] = {}
     if channel.secret_ref is not None:
@@ -59,6 +65,15 @@ async def check(reconciler: Reconciler, namespace: str, spec: dict[str, Any]
             f"{namespace} has no {', '.join(missing)}: a {channel.type} channel needs "
             f"{', '.join(_NEEDS[channel.type])}")
     credentials = Credentials(values)
+    key = credentials.get("hmacKey")
+    if channel.type == "Webhook" and key is not None:
+        try:
+            notify.signing_key(key)
+        except ValueError:
+            return model, Credentials({}), "SecretKeyMissing", (
+                f"Secret {channel.secret_ref.name if channel.secret_ref else ''}'s hmacKey "
+                "starts with whsec_ but the rest is not base64 (Standard Webhooks' form), or "
+                "give any other string")
     url = endpoint(channel, credentials)
     if channel.type != "Email":
         problem = notify.endpoint_problem(url or "")
@@ -77,12 +92,18 @@ async def report(reconciler: Reconciler, namespace: str, name: str, body: dict[s
     """Check one route; hand it to the notifier (or take it away); write Ready if it changed."""
     model, credentials, reason, message = await check(reconciler, namespace,
                                                       dict(body.get("spec") or {}))
+    version = body.get("metadata", {}).get("resourceVersion")
+    current = reconciler.routes.get(name)
+    if current is None or current.get("metadata", {}).get("resourceVersion") != version:
+        return  # deleted or changed while its Secret was read: the newer event decides
     ready = reason == "Valid"
     notifier = reconciler.notifier
     created = _time(body.get("metadata", {}).get("creationTimestamp")) or utcnow()
     if notifier is not None:
-        notifier.set_route(name, Route(model, created, credentials) if ready and model
-                           else None)
+        if ready and model is not None:
+            notifier.set_route(name, Route(model, created, credentials))
+        else:
+            notifier.set_route(name, None, why=f"not Ready ({reason})")
     if not reconciler.leading():
         return
     generation = body.get("metadata", {}).get("generation", 0)
@@ -113,13 +134,12 @@ async def notificationroute_event(
     """A route was made, changed or deleted."""
     reconciler: Reconciler = memo.reconciler
     metrics.WATCH_EVENTS.labels("notificationroutes").inc()
-    routes: dict[str, dict[str, Any]] = memo.setdefault("routes", {})
     if type == "DELETED":
-        routes.pop(name, None)
+        reconciler.routes.pop(name, None)
         if reconciler.notifier is not None:
             reconciler.notifier.set_route(name, None)
         return
-    routes[name] = dict(body)
+    reconciler.routes[name] = dict(body)
     try:
         await report(reconciler, memo.settings.namespace, name, dict(body))
     except Exception as error:
@@ -132,14 +152,29 @@ def type_name(error: BaseException) -> str:
     return type(error).__name__
 
 
-async def recheck_forever(reconciler: Reconciler, memo: kopf.Memo,
+async def check_all(reconciler: Reconciler, namespace: str) -> None:
+    """Check every route known (each failure logged, none stops the others)."""
+    for name, body in list(reconciler.routes.items()):
+        try:
+            await report(reconciler, namespace, name, body)
+        except Exception as error:
+            logger.warning("could not check NotificationRoute %s (%s: %s)", name,
+                           type_name(error), error)
+
+
+async def load(reconciler: Reconciler, namespace: str) -> None:
+    """List and check every route, so a new leader knows them before it decides anything.
+
+    A final request is settled only once what its routes are owed is sent.
+    """
+    for item in await reconciler.kube.list_routes():
+        reconciler.routes.setdefault(item["metadata"]["name"], item)
+    await check_all(reconciler, namespace)
+
+
+async def recheck_forever(reconciler: Reconciler, namespace: str,
                           seconds: float = RECHECK_SECONDS) -> None:
     """Check every route again on a schedule: Secrets made, fixed or rotated since."""
     while True:
         await asyncio.sleep(seconds)
-        for name, body in list(memo.get("routes", {}).items()):
-            try:
-                await report(reconciler, memo.settings.namespace, name, body)
-            except Exception as error:
-                logger.warning("could not check NotificationRoute %s (%s: %s)", name,
-                               type_name(error), error)
+        await check_all(reconciler, namespace)

@@ -92,6 +92,8 @@ class Reconciler:
         self._event_slots = asyncio.Semaphore(8)
         # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
         self.notifier: Notifier | None = None
+        # NotificationRoutes as the route watch last delivered them (by name).
+        self.routes: dict[str, dict[str, Any]] = {}
         # Whether this replica may act now (leader election sets it; alone, always), and
         # whether it believes it holds the lease (keys are kept while renewal is late).
         self.leading: Callable[[], bool] = lambda: True
@@ -210,8 +212,14 @@ class Reconciler:
         key = binding_key(kind, namespace, name)
         self.state.drop_write(key)
         removed = await self.kube.delete_binding(kind, name, namespace, uid=uid)
-        self.state.binding_seen(key, present=False)
+        self._deleted_binding(key, removed)
         return removed
+
+    def _deleted_binding(self, key: str, removed: bool) -> None:
+        if removed:  # its DELETED event is ours: no reconcile of the request for it
+            self.state.deleted_binding(key, time.monotonic())
+        else:
+            self.state.binding_seen(key, present=False)
 
     async def _check_binding(self, key: str) -> None:
         kind, namespace, name = key.split("/", 2)
@@ -263,6 +271,8 @@ class Reconciler:
         """
         name = body["metadata"]["name"]
         if self.state.left_selection(name, str(body["metadata"].get("uid") or "")):
+            if self.notifier is not None:
+                self.notifier.forget(str(body["metadata"].get("uid") or ""))
             return
         current = await self.kube.get_request(name)
         if current is None or current["metadata"].get("uid") != body["metadata"].get("uid"):
@@ -379,12 +389,16 @@ class Reconciler:
         else:
             await self._remove_binding(name, request, body["metadata"].get("uid"))
 
+        # What the routes owe as the request stood before this write: queued first, so the
+        # settling below waits for it (after a restart, nothing is owed until observed).
+        self._notify(body, eligibilities)
         patch = self._status_patch(body, status, plan, transitions, now,
                                    self.notifier.progress(uid) if self.notifier else {},
                                    self._owes(uid))
         expires_at = plan.expires_at or status.expires_at
         unsettled: Exception | None = None
-        if patch.get("settled") and not transitions and not status.settled:
+        if patch.get("settled") and not transitions and not status.settled \
+                and not self.state.final_lines_logged(name, uid):
             # Settling a request whose final write this replica did not follow through (a kill
             # in between, a failed settle): its last write's lines once more first (same ids).
             last = status.history[-1].time if status.history else None
@@ -409,6 +423,8 @@ class Reconciler:
                 raise
             self.state.decided(name, str(written["metadata"]["resourceVersion"]))
             self._notify(written, eligibilities)
+            if transitions and transitions[-1].phase.final:
+                self.state.logged_final_lines(name, uid)  # (just below)
             done = utcnow()
             first = len(status.history)
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
@@ -423,7 +439,6 @@ class Reconciler:
                 done_with, unsettled = await self._settle(name, written)
         else:
             done_with = status.settled
-            self._notify(body, eligibilities)
 
         if not self.leading():
             # Lost the lease while this reconcile ran: the state was reset; do not refill it.
@@ -455,16 +470,21 @@ class Reconciler:
         """
         if not settled(AccessRequestStatus.model_validate(written.get("status") or {})):
             return False, None  # a break-glass review is awaited
-        if self._owes(str(written["metadata"].get("uid") or "")):
+        uid = str(written["metadata"].get("uid") or "")
+        if self._owes(uid):
             return False, None  # the notifier asks again once its routes are done
+        progress = self.notifier.progress(uid) if self.notifier else {}
         try:
             answer = await self.kube.patch_request_status(
-                name, {"settled": True}, str(written["metadata"]["resourceVersion"]))
+                name, {"settled": True, **({"notifications": progress} if progress else {})},
+                str(written["metadata"]["resourceVersion"]))
         except NotLeading:
             raise
         except Exception as error:
             return False, error
         self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
+        if self.notifier is not None:
+            self.notifier.recorded(uid, answer)
         return True, None
 
     def _owes(self, uid: str) -> bool:
@@ -623,7 +643,7 @@ class Reconciler:
             try:
                 removed = await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
                                                          resource_version=written)
-                self.state.binding_seen(key, present=False)
+                self._deleted_binding(key, removed)
                 return removed
             except Conflict:
                 self.state.drop_write(key)
@@ -632,7 +652,7 @@ class Reconciler:
             return False
         removed = await self.kube.delete_binding(ref.kind, ref.name, ref.namespace,
                                                  uid=actual["metadata"].get("uid"))
-        self.state.binding_seen(key, present=False)
+        self._deleted_binding(key, removed)
         return removed
 
     def _status_patch(

@@ -57,6 +57,8 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
         owner = body.metadata.name.removeprefix("kubepim-")
     state = reconciler.state
     if event_type == "DELETED":
+        if state.was_own_delete(key):
+            return  # our own delete (an expiry, a revoke): nothing to restore or decide
         state.binding_seen(key, present=False)
     else:
         state.binding_seen(key, present=True)

@@ -119,6 +119,7 @@ async def resync_once(reconciler: Reconciler) -> None:
         await reconciler.queue.slow_below(_PAGE, timeout=60)
     # Settled before this list and still remembered: their leave event was missed.
     reconciler.state.drop_settled_before(started)
+    reconciler.state.drop_own_deletes_before(time.monotonic() - 300)
     metrics.RESYNCS.inc()
 
 

@@ -358,6 +358,10 @@ class Kube:
         return {key: base64.b64decode(value).decode("utf-8", "replace")
                 for key, value in data.items()}
 
+    async def list_routes(self) -> list[dict[str, Any]]:
+        """Every NotificationRoute."""
+        return await self._list(f"{_CUSTOM}/notificationroutes")
+
     async def patch_route_status(self, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a NotificationRoute's status (only its status: GitOps owns the rest)."""
         await self._request("PATCH", f"{_CUSTOM}/notificationroutes/{name}/status",

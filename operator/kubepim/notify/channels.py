@@ -10,6 +10,7 @@ secret: the credentials go in headers or the SMTP login only.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.message
 import email.utils
 import html
@@ -28,6 +29,9 @@ from kubepim.domain import notify
 
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
 _SLACK_API = "https://slack.com/api"
+# Slack Web API errors worth another attempt (its documented transient ones).
+_SLACK_TRANSIENT = {"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                    "request_timeout"}
 
 
 class Retry(Exception):
@@ -49,21 +53,30 @@ class Credentials:
     values: Mapping[str, str]
 
     def get(self, key: str) -> str | None:
-        """One value, or None."""
-        value = self.values.get(key)
-        return value if value else None
+        """One value, or None.
+
+        Surrounding whitespace and line breaks are stripped: a Secret made with echo or
+        --from-file ends in one.
+        """
+        value = (self.values.get(key) or "").strip()
+        return value or None
 
     def __repr__(self) -> str:  # never the values
         return f"Credentials(keys={sorted(self.values)})"
 
 
 async def send(session: aiohttp.ClientSession, channel: Channel, credentials: Credentials,
-               source: str, data: Mapping[str, Any], thread: str | None) -> str | None:
-    """Deliver one notification; the thread reference to keep (Slack), else ``thread``."""
+               source: str, data: Mapping[str, Any], thread: str | None,
+               mail: concurrent.futures.Executor | None = None) -> str | None:
+    """Deliver one notification; the thread reference to keep (Slack), else ``thread``.
+
+    ``mail``: the executor SMTP (blocking smtplib) runs on.
+    """
     if channel.type == "Webhook":
         await _webhook(session, channel, credentials, source, data)
     elif channel.type == "Email":
-        await asyncio.to_thread(_email, channel, credentials, data)
+        await asyncio.get_running_loop().run_in_executor(mail, _email, channel, credentials,
+                                                         data)
     elif channel.type == "SlackWebhook":
         await _post_json(session, credentials.get("url") or channel.url or "",
                          {"text": _slack_text(data)}, {})
@@ -119,8 +132,9 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes,
     try:
         async with session.post(url, data=body, headers=dict(headers), timeout=_TIMEOUT,
                                 allow_redirects=False) as response:
-            text = await response.text()
-            if response.status == 429 or response.status >= 500:
+            # At most 64 KiB of the answer is read (a receiver is not trusted with memory).
+            text = (await response.content.read(65536)).decode("utf-8", "replace")
+            if response.status in (408, 425, 429) or response.status >= 500:
                 raise Retry(f"HTTP {response.status}", _retry_after(response.headers))
             if response.status >= 300:
                 raise GiveUp(f"HTTP {response.status}: {notify.clip(text, 200)}")
@@ -130,6 +144,8 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes,
                 return None
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         raise Retry(f"{type(error).__name__}: {error}") from error
+    except ValueError as error:  # e.g. a control character in a header value
+        raise GiveUp(f"the request could not be sent: {error}") from error
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -181,8 +197,15 @@ async def _slack(session: aiohttp.ClientSession, channel: Channel, credentials: 
         answer = await _slack_call(session, f"{base}/chat.postMessage",
                                    {"channel": channel.slack_channel, "text": text}, auth)
         return str(answer.get("ts") or "") or None
-    await _slack_call(session, f"{base}/chat.update",
-                      {"channel": channel.slack_channel, "ts": thread, "text": text}, auth)
+    try:
+        await _slack_call(session, f"{base}/chat.update",
+                          {"channel": channel.slack_channel, "ts": thread, "text": text}, auth)
+    except GiveUp:
+        # The message is gone or cannot be edited (deleted, channel changed): a new one
+        # becomes the request's message from here on.
+        answer = await _slack_call(session, f"{base}/chat.postMessage",
+                                   {"channel": channel.slack_channel, "text": text}, auth)
+        return str(answer.get("ts") or "") or None
     await _slack_call(session, f"{base}/chat.postMessage",
                       {"channel": channel.slack_channel, "thread_ts": thread, "text": text},
                       auth)
@@ -194,8 +217,8 @@ async def _slack_call(session: aiohttp.ClientSession, url: str, payload: Any,
     answer = await _post_json(session, url, payload, auth)
     if not isinstance(answer, dict) or not answer.get("ok"):
         error = answer.get("error") if isinstance(answer, dict) else "no answer"
-        if error == "ratelimited":
-            raise Retry("Slack: ratelimited")
+        if error in _SLACK_TRANSIENT:
+            raise Retry(f"Slack: {error}")
         raise GiveUp(f"Slack refused {url.rsplit('/', 1)[-1]}: {error}")
     return answer
 
@@ -228,6 +251,8 @@ def _email(channel: Channel, credentials: Credentials, data: Mapping[str, Any]) 
     smtp = channel.smtp
     if smtp is None:
         raise GiveUp("an Email channel needs smtp")
+    if any(c in value for value in (smtp.sender, *smtp.to) for c in "\r\n"):
+        raise GiveUp("an address holds a line break")
     message = email.message.EmailMessage()
     message["From"] = smtp.sender
     message["To"] = ", ".join(smtp.to)
@@ -251,11 +276,20 @@ def _email(channel: Channel, credentials: Credentials, data: Mapping[str, Any]) 
             user, password = credentials.get("username"), credentials.get("password")
             if user and password:
                 client.login(user, password)
-            client.send_message(message)
+            refused = client.send_message(message)
+            if refused:  # some recipients took it, these did not: not worth resending to all
+                raise GiveUp(f"SMTP refused {len(refused)} of {len(smtp.to)} recipient(s)")
+    except smtplib.SMTPRecipientsRefused as error:
+        codes = {code for code, _ in error.recipients.values()}
+        if all(400 <= code < 500 for code in codes):
+            raise Retry(f"SMTP recipients refused for now: {sorted(codes)}") from error
+        raise GiveUp(f"SMTP refused every recipient: {sorted(codes)}") from error
     except smtplib.SMTPResponseException as error:
         if 400 <= error.smtp_code < 500:
             raise Retry(f"SMTP {error.smtp_code}") from error
         raise GiveUp(f"SMTP {error.smtp_code}: {error.smtp_error!r}") from error
+    except smtplib.SMTPNotSupportedError as error:
+        raise GiveUp(f"SMTP: {error} (the server offers no STARTTLS?)") from error
     except (smtplib.SMTPException, OSError) as error:
         raise Retry(f"SMTP: {type(error).__name__}: {error}") from error
 

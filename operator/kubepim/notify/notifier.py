@@ -17,10 +17,12 @@ the request, a counted failure, and the route moves on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 # Deliveries in flight at once, over all routes (each is one HTTP call or SMTP session).
 _CONCURRENCY = 16
+# A Slack message reference as Slack gives it ("1700000000.123456"); anything else a receiver
+# answers is not kept (it is written into the request's status).
+_THREAD = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
+# status.notifications holds at most 64 routes (the CRD's limit): new ones past this are not
+# recorded (they are sent, and after a restart sent again).
+_MAX_ROUTES = 60
 
 
 @dataclass
@@ -48,7 +56,6 @@ class Route:
     spec: NotificationRouteSpec
     created: datetime.datetime
     credentials: Credentials
-    ready: bool = True
 
 
 @dataclass
@@ -62,6 +69,8 @@ class _Work:
     failed: int = 0
     thread: str | None = None
     recorded: int = 0  # what status.notifications says
+    recorded_routes: int = 0  # how many routes status.notifications holds
+    known: bool = False  # whether status.notifications holds this route
     task: asyncio.Task[None] | None = None
     final: bool = False
     snapshot: dict[str, Any] = field(default_factory=dict)  # the body the facts come from
@@ -82,17 +91,41 @@ class Notifier:
         self._work: dict[str, dict[str, _Work]] = {}  # request uid → route → its work
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # SMTP (blocking smtplib) on threads of its own, not the loop's default executor.
+        self._mail = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="smtp")
 
     # Routes (the route watch keeps them)
 
-    def set_route(self, name: str, route: Route | None) -> None:
-        """A route was made, changed or (None) deleted; its queued work follows it."""
-        if route is None:
-            self.routes.pop(name, None)
-            for uid in list(self._work):
-                self._drop(uid, name)
-        else:
+    def set_route(self, name: str, route: Route | None, why: str = "deleted") -> None:
+        """A route was made, changed or (None) deleted or made unable to deliver (``why``).
+
+        A route that cannot deliver gives its queued notifications up at once (counted, a
+        Warning Event each, recorded as failed): a request's settling never waits for a route
+        someone has to fix.
+        """
+        if route is not None:
             self.routes[name] = route
+            return
+        old = self.routes.pop(name, None)
+        for uid in list(self._work):
+            work = self._work[uid].get(name)
+            if work is None:
+                continue
+            if work.task is not None:
+                work.task.cancel()
+                work.task = None
+            abandoned, work.queue = work.queue, []
+            if abandoned:
+                channel = old.spec.channel.type if old else "unknown"
+                work.done = max(work.done, *(d.index + 1 for d in abandoned))
+                work.failed += len(abandoned)
+                metrics.NOTIFICATIONS.labels(channel, abandoned[0].entry.action,
+                                             "failed").inc(len(abandoned))
+                self._background(self._warn_safely(
+                    work, f"route {name} was {why}: {len(abandoned)} notification(s) of this "
+                    "request not sent"))
+            self._ask(work)
 
     # The reconciler's side
 
@@ -105,7 +138,7 @@ class Notifier:
         uid = str(body["metadata"].get("uid") or "")
         final = request.status.phase is not None and request.status.phase.final
         for name, route in self.routes.items():
-            if not route.ready or not notify.matches(route.spec, request,
+            if not notify.matches(route.spec, request,
                                                      request.status.eligibility,
                                                      eligibility_labels):
                 continue
@@ -120,6 +153,8 @@ class Notifier:
                              thread=delivery.thread if delivery else None)
             work.recorded = max(work.recorded, recorded)
             work.final, work.snapshot, work.eligibility = final, body, eligibility
+            work.recorded_routes = len(request.status.notifications)
+            work.known = name in request.status.notifications
             fresh = notify.due(name, route.spec, route.created, request,
                                max(work.enqueued, recorded))
             if fresh or work.task is not None or work.done > work.recorded:
@@ -140,7 +175,9 @@ class Notifier:
         """``status.notifications`` entries newer than the status's own (for the next write)."""
         return {route: {"next": work.done, "failed": work.failed,
                         **({"thread": work.thread} if work.thread else {})}
-                for route, work in self._work.get(uid, {}).items() if work.done > work.recorded}
+                for route, work in self._work.get(uid, {}).items()
+                if work.done > work.recorded and (work.recorded_routes < _MAX_ROUTES
+                                                  or work.known)}
 
     def recorded(self, uid: str, written: dict[str, Any]) -> None:
         """A status write landed with ``written``'s notifications: forget what is done."""
@@ -167,9 +204,12 @@ class Notifier:
     async def close(self) -> None:
         """Stop every delivery and close the HTTP session."""
         self.reset()
+        for task in list(self._tasks):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._mail.shutdown(wait=False, cancel_futures=True)
 
     def _drop(self, uid: str, route: str) -> None:
         works = self._work.get(uid, {})
@@ -195,16 +235,31 @@ class Notifier:
                     return
                 work.queue.pop(0)
                 work.done = max(work.done, item.index + 1)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("notification route %s stopped for request %s", route_name,
-                             work.name)
         finally:
             work.task = None
-        if work.final and self._work.get(uid, {}).get(route_name) is work \
-                and not self.owes(uid):
-            self._settle(work.name)  # its progress is recorded, then it is settled
+        if self._work.get(uid, {}).get(route_name) is work:
+            self._ask(work)
+
+    def _ask(self, work: _Work) -> None:
+        """A route's queue for a request drained: have its progress written by a reconcile.
+
+        Not left to the request's next transition, which may be hours away (a restart
+        meanwhile would send again); a final request is settled by the same write.
+        """
+        if not work.queue and work.task is None and work.done > work.recorded:
+            self._settle(work.name)
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _warn_safely(self, work: _Work, message: str) -> None:
+        logger.warning("%s: %s", work.name, message)
+        try:
+            await self._warn(work.snapshot, "NotificationFailed", message)
+        except Exception:
+            logger.exception("could not post the NotificationFailed Event of %s", work.name)
 
     async def _one(self, route_name: str, route: Route, work: _Work, item: notify.Due) -> bool:
         """Deliver one, with its retries.
@@ -215,14 +270,18 @@ class Notifier:
         request = AccessRequest.model_validate(work.snapshot)
         data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry)
         channel = route.spec.channel.type
-        first = duration.parse(route.spec.retry.first_delay)
+        try:
+            first = duration.parse(route.spec.retry.first_delay)
+        except ValueError:  # (the route's check refuses such a route; never a stuck queue)
+            first = datetime.timedelta(seconds=1)
         for attempt in range(1, route.spec.retry.attempts + 1):
             if not self._leading():
                 return False
             try:
                 async with self._slots:
-                    work.thread = await send(self._http(), route.spec.channel,
-                                             route.credentials, self.source, data, work.thread)
+                    thread = await send(self._http(), route.spec.channel, route.credentials,
+                                        self.source, data, work.thread, self._mail)
+                work.thread = thread if thread is None or _THREAD.fullmatch(thread) else None
             except Retry as error:
                 if attempt == route.spec.retry.attempts:
                     await self._given_up(route_name, work, item, data, f"{error} after "
@@ -235,6 +294,13 @@ class Notifier:
                 await asyncio.sleep(delay.total_seconds())
             except GiveUp as error:
                 await self._given_up(route_name, work, item, data, str(error))
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # anything unforeseen: given up, never a stuck queue
+                logger.exception("notification %s to route %s failed", data["id"], route_name)
+                await self._given_up(route_name, work, item, data,
+                                     f"{type(error).__name__}: {error}")
                 return True
             else:
                 metrics.NOTIFICATIONS.labels(channel, item.entry.action, "sent").inc()
@@ -249,10 +315,6 @@ class Notifier:
             else "unknown"
         metrics.NOTIFICATIONS.labels(channel, item.entry.action, "failed").inc()
         work.failed += 1
-        message = (f"could not notify route {route_name} ({channel}) of {item.entry.action} "
-                   f"(id {data['id']}): {notify.clip(why, 300)}")
-        logger.warning("%s", message)
-        try:
-            await self._warn(work.snapshot, "NotificationFailed", message)
-        except Exception:
-            logger.exception("could not post the NotificationFailed Event of %s", work.name)
+        await self._warn_safely(work, f"could not notify route {route_name} ({channel}) of "
+                                f"{item.entry.action} (id {data['id']}): "
+                                f"{notify.clip(why, 300)}")
