@@ -391,7 +391,7 @@ class Reconciler:
 
         # What the routes owe as the request stood before this write: queued first, so the
         # settling below waits for it (after a restart, nothing is owed until observed).
-        self._notify(body, eligibilities)
+        self._notify(body, eligibilities, request)
         patch = self._status_patch(body, status, plan, transitions, now,
                                    self.notifier.progress(uid) if self.notifier else {},
                                    self._owes(uid))
@@ -490,13 +490,16 @@ class Reconciler:
     def _owes(self, uid: str) -> bool:
         return self.notifier is not None and self.notifier.owes(uid)
 
-    def _notify(self, body: dict[str, Any],
-                eligibilities: dict[str, RoleEligibilitySpec]) -> None:
-        """Hand the request as it now stands to the notifier (which never fails a reconcile)."""
-        if self.notifier is None:
+    def _notify(self, body: dict[str, Any], eligibilities: dict[str, RoleEligibilitySpec],
+                request: AccessRequest | None = None) -> None:
+        """Hand the request as it now stands to the notifier (which never fails a reconcile).
+
+        Nothing at all when there are no routes (no cost on the grant's path).
+        """
+        if self.notifier is None or not (self.notifier.routes or self.notifier.busy()):
             return
         try:
-            request = AccessRequest.model_validate(body)
+            request = request or AccessRequest.model_validate(body)
             self.notifier.recorded(str(body["metadata"].get("uid") or ""), body)
             governing = request.status.eligibility if request.status else None
             self.notifier.observe(body, request, eligibilities.get(governing or ""),

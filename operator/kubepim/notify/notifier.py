@@ -166,6 +166,10 @@ class Notifier:
         if not self._work.get(uid):
             self._work.pop(uid, None)
 
+    def busy(self) -> bool:
+        """Whether any delivery is queued, in flight or unrecorded."""
+        return bool(self._work)
+
     def owes(self, uid: str) -> bool:
         """Whether any route still has something queued or in flight for this request."""
         return any(work.queue or work.task is not None
