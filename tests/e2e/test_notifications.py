@@ -163,6 +163,9 @@ def test_a_signed_cloudevent_per_transition_reaches_the_receiver_once(
                                 "secretRef": {"name": namespace}})
     assert _ready(kubectl, namespace)["status"] == "True"
     pim.pod_reader_for_alice(kubectl, namespace)
+    notified = poll(lambda: _condition(kubectl, namespace, "Notified"), timeout=10,
+                    what="the eligibility's Notified condition")
+    assert (notified["status"], notified["message"]) == ("True", f"notified through {namespace}")
     name = _grant(kubectl, namespace)
     settled = poll(lambda: (body := pim.get_request(kubectl, name))["status"].get("settled")
                    and body, timeout=20, what="the request settled after its notifications")
@@ -175,6 +178,22 @@ def test_a_signed_cloudevent_per_transition_reaches_the_receiver_once(
     assert first["requester"] == "alice" and first["role"] == "Role/pod-reader"
     assert first["approve"] == f"kubectl pim approve {name}"
     assert settled["status"]["notifications"][namespace]["next"] == 4
+
+
+def _condition(kubectl: Kubectl, eligibility: str, kind: str) -> dict[str, Any] | None:
+    body = kubectl.json("get", "roleeligibility", eligibility)
+    found = [c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == kind]
+    return found[0] if found else None
+
+
+def test_an_eligibility_no_route_matches_says_nobody_is_told(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str,
+) -> None:
+    pim.pod_reader_for_alice(kubectl, namespace)
+    notified = poll(lambda: _condition(kubectl, namespace, "Notified"), timeout=10,
+                    what="the eligibility's Notified condition")
+    assert (notified["status"], notified["reason"]) == ("False", "NoRoute")
+    assert "nobody is told of its requests" in notified["message"]
 
 
 def test_a_route_without_its_secret_says_so_and_a_fixed_one_delivers(

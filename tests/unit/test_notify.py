@@ -55,6 +55,17 @@ def test_a_route_matches_on_every_criterion_it_gives() -> None:
     assert not notify.matches(_route(match={"namespaces": ["web"]}), plain, "x", None)
 
 
+def test_the_routes_of_an_eligibility_are_those_that_can_match_its_requests() -> None:
+    routes = {"all": _route(), "named": _route(match={"eligibilities": ["pay"]}),
+              "other": _route(match={"eligibilities": ["web"]}),
+              "labelled": _route(match={"eligibilitySelector": {"matchLabels": {"t": "p"}}}),
+              "narrowed": _route(match={"roles": [{"kind": "Role", "name": "x"}]})}
+    assert notify.routes_for("pay", {"t": "p"}, routes) == ["all", "labelled", "named",
+                                                            "narrowed"]
+    assert notify.routes_for("web", {}, routes) == ["all", "narrowed", "other"]
+    assert notify.routes_for("pay", {}, {}) == []
+
+
 def test_what_is_owed_starts_where_delivery_stopped_and_after_the_route_was_made() -> None:
     req = access_request(history=_history("Requested", "Approved", "Activated", "Expired"))
     made_before = NOW - datetime.timedelta(days=1)

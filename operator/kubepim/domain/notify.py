@@ -63,6 +63,18 @@ def _selected(selector: LabelSelector, labels: Mapping[str, str] | None) -> bool
     return labels is not None and selector_matches(selector, labels)
 
 
+def routes_for(eligibility: str, labels: Mapping[str, str] | None,
+               routes: Mapping[str, NotificationRouteSpec]) -> list[str]:
+    """The routes that tell someone of requests under ``eligibility``, sorted.
+
+    All or some of them: a route narrowed to roles, namespaces or break-glass still counts.
+    """
+    return sorted(name for name, route in routes.items()
+                  if (not route.match.eligibilities or eligibility in route.match.eligibilities)
+                  and (route.match.eligibility_selector is None
+                       or _selected(route.match.eligibility_selector, labels)))
+
+
 def wants(route: NotificationRouteSpec, action: str) -> bool:
     """Whether ``route`` asks for transitions of this action (no list: every one it knows)."""
     return action in (route.events or EVENTS)

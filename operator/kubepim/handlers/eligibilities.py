@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from kubepim import metrics
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.domain import admission
+from kubepim.domain import admission, notify
 
 from . import registry
 from .reconcile import Reconciler, utcnow
@@ -79,10 +79,42 @@ async def report_readiness(reconciler: Reconciler, name: str, body: dict[str, An
     condition = Condition(type="Ready", status="True" if ready else "False", reason=reason,
                           message=message, last_transition_time=moved_at,
                           observed_generation=generation)
-    status = {"observedGeneration": generation, "conditions": [condition.wire()]}
+    status = {"observedGeneration": generation,
+              "conditions": [condition.wire(), _notified(reconciler, name, body, generation)]}
     current = body.get("status") or {}
     if {k: current.get(k) for k in status} != status:
         await reconciler.kube.patch_eligibility_status(name, status)
+
+
+def _notified(reconciler: Reconciler, name: str, body: dict[str, Any],
+              generation: int) -> dict[str, Any]:
+    """The Notified condition: which NotificationRoutes tell someone of requests under it."""
+    routes = notify.routes_for(name, body.get("metadata", {}).get("labels") or {},
+                               {n: r.spec for n, r in (reconciler.notifier.routes.items()
+                                                       if reconciler.notifier else ())})
+    state: Literal["True", "False"]
+    if routes:
+        state, reason, message = "True", "Routed", "notified through " + ", ".join(routes)
+    else:
+        state, reason, message = "False", "NoRoute", (
+            "no NotificationRoute matches this eligibility: nobody is told of its requests "
+            "(approvers learn of them only by looking); add a route (docs/notifications.md)")
+    old = [c for c in (body.get("status") or {}).get("conditions") or []
+           if c.get("type") == "Notified"]
+    moved_at = utcnow()
+    if old and old[0].get("status") == state and old[0].get("message") == message:
+        moved_at = datetime.datetime.fromisoformat(
+            old[0]["lastTransitionTime"].replace("Z", "+00:00"))
+    return Condition(type="Notified", status=state, reason=reason, message=message,
+                     last_transition_time=moved_at, observed_generation=generation).wire()
+
+
+async def report_all(reconciler: Reconciler) -> None:
+    """Every eligibility's status again (the routes changed: their Notified condition)."""
+    if not reconciler.leading():
+        return
+    for name in sorted(await reconciler.eligibilities()):
+        await _report(reconciler, name, None)
 
 
 @kopf.on.event(GROUP, "roleeligibilities", registry=registry)

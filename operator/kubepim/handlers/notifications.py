@@ -25,7 +25,7 @@ from kubepim.domain import notify
 from kubepim.notify.channels import Credentials, endpoint
 from kubepim.notify.notifier import Route
 
-from . import registry
+from . import eligibilities, registry
 from .reconcile import Reconciler, utcnow
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,14 @@ async def report(reconciler: Reconciler, namespace: str, name: str, body: dict[s
     notifier = reconciler.notifier
     created = _time(body.get("metadata", {}).get("creationTimestamp")) or utcnow()
     if notifier is not None:
+        before = notifier.routes.get(name)
         if ready and model is not None:
             notifier.set_route(name, Route(model, created, credentials))
         else:
             notifier.set_route(name, None, why=f"not Ready ({reason})")
+        after = notifier.routes.get(name)
+        if (before.spec if before else None) != (after.spec if after else None):
+            _eligibilities_again(reconciler)
     if not reconciler.leading():
         return
     generation = body.get("metadata", {}).get("generation", 0)
@@ -136,8 +140,9 @@ async def notificationroute_event(
     metrics.WATCH_EVENTS.labels("notificationroutes").inc()
     if type == "DELETED":
         reconciler.routes.pop(name, None)
-        if reconciler.notifier is not None:
+        if reconciler.notifier is not None and name in reconciler.notifier.routes:
             reconciler.notifier.set_route(name, None)
+            _eligibilities_again(reconciler)
         return
     reconciler.routes[name] = dict(body)
     try:
@@ -145,6 +150,19 @@ async def notificationroute_event(
     except Exception as error:
         logger.warning("could not check NotificationRoute %s (%s: %s)", name,
                        type_name(error), error)
+
+
+_AGAIN: set[asyncio.Task[None]] = set()
+
+
+def _eligibilities_again(reconciler: Reconciler) -> None:
+    """The routes that deliver changed: every eligibility's Notified condition again.
+
+    In the background; each change starts a pass of its own.
+    """
+    task = asyncio.get_running_loop().create_task(eligibilities.report_all(reconciler))
+    _AGAIN.add(task)
+    task.add_done_callback(_AGAIN.discard)
 
 
 def type_name(error: BaseException) -> str:

@@ -108,6 +108,8 @@ class Notifier:
             self.routes[name] = route
             return
         old = self.routes.pop(name, None)
+        if old is None:
+            return
         for uid in list(self._work):
             work = self._work[uid].get(name)
             if work is None:
