@@ -218,7 +218,7 @@ def test_a_failing_receiver_is_retried_then_delivered_once_and_the_request_settl
         assert notify.verify(b"k3y", "u-1/2", int(headers["webhook-timestamp"]), body,
                              headers["webhook-signature"])
         assert _counted("retried") - retried == 3
-        assert progress == {"ops": {"next": 3, "failed": 0}}
+        assert progress == {"ops": {"next": 3, "failed": 0, "reminders": 0, "warned": False}}
         assert settled == ["alice-db-1"] and warnings == []
 
     asyncio.run(scenario())
@@ -259,7 +259,7 @@ def test_a_receiver_that_never_answers_well_gets_a_warning_and_the_route_moves_o
             "kubepim_notifications_total",
             {"channel_type": "Webhook", "event": "Requested", "result": "failed"}) or 0.0) \
             - failed == 1
-        assert progress == {"ops": {"next": 1, "failed": 1}}
+        assert progress == {"ops": {"next": 1, "failed": 1, "reminders": 0, "warned": False}}
 
     asyncio.run(scenario())
 
@@ -289,3 +289,52 @@ def test_what_the_status_records_is_not_sent_again() -> None:
 
 async def _no_warning(_: dict[str, Any], reason: str, message: str) -> None:
     raise AssertionError(f"unexpected warning {reason}: {message}")
+
+
+def test_reminders_come_at_doubling_intervals_and_stop_at_the_count() -> None:
+    route = _route(reminders={"after": "30m", "count": 3})
+    at = [notify.reminder_at(route, NOW, sent) for sent in range(4)]
+    assert [(a - NOW) if a else None for a in at] == [
+        datetime.timedelta(minutes=30), datetime.timedelta(minutes=90),
+        datetime.timedelta(minutes=210), None]
+    assert notify.reminder_at(_route(), NOW, 0) is None  # no reminders asked for
+    assert notify.reminder_at(_route(reminders={"after": "30m"}, events=["Requested"]),
+                              NOW, 0) is None  # not among the events it wants
+    warned = _route(expiryWarning="10m")
+    assert notify.warning_at(warned, NOW) == NOW - datetime.timedelta(minutes=10)
+    assert notify.warning_at(_route(), NOW) is None
+
+
+def test_a_pending_request_is_reminded_and_an_active_one_warned_before_expiry() -> None:
+    async def scenario() -> None:
+        receiver = _Receiver()
+        runner, url = await _serve(receiver)
+        asked: list[str] = []
+        notifier = Notifier("urn:kubepim:test", _no_warning, asked.append, lambda: True)
+        route = _route(channel={"type": "Webhook", "url": url, "secretRef": {"name": "h"}},
+                       events=["Reminder", "ExpiringSoon"],
+                       reminders={"after": "1s", "count": 2}, expiryWarning="1s")
+        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                        Credentials({"hmacKey": "k"})))
+        now = datetime.datetime.now(datetime.UTC)
+        pending = access_request(history=[entry("Requested", now, "alice").wire()],
+                                 phase="Pending")
+        active = access_request(history=[entry("Requested", now, "alice").wire()],
+                                phase="Active", expiresAt=(now + datetime.timedelta(
+                                    seconds=2)).isoformat())
+        try:
+            notifier.observe(_body(pending), pending, None, None)
+            notifier.observe(_body(active, name="b", uid="u-2"), active, None, None)
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(receiver.seen) < 3 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            progress = notifier.progress("u-1")
+            await asyncio.sleep(1.5)  # no third reminder: the count is 2
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+        ids = sorted(json.loads(body)["id"] for _, body in receiver.seen)
+        assert ids == ["u-1/reminder-1", "u-1/reminder-2", "u-2/expiring"]
+        assert progress["ops"]["reminders"] == 2 and "alice-db-1" in asked
+
+    asyncio.run(scenario())

@@ -22,6 +22,7 @@ ChannelType = Literal["Webhook", "Email", "Slack", "SlackWebhook", "Teams"]
 NotificationEvent = Literal[
     "Requested", "Approved", "Denied", "Activated", "Expired", "Revoked", "Withdrawn",
     "TimedOut", "Rejected", "BreakGlass", "Reviewed", "BindingRestored",
+    "Reminder", "ExpiringSoon",
 ]
 EVENTS: tuple[str, ...] = NotificationEvent.__args__  # type: ignore[attr-defined]
 
@@ -109,14 +110,42 @@ class Retry(Model):
         description="Delay after the first failure; doubled after each (capped at 5m).")
 
 
+class Reminders(Model):
+    """Re-notify of a request still Pending: ``after`` it was made, then at doubling intervals."""
+
+    after: str = Field(default="1h", min_length=2, max_length=32, pattern=duration.PATTERN,
+                       description="First reminder this long after the request (then 2x, 4x "
+                       "that later), e.g. 30m.")
+    count: int = Field(default=3, ge=1, le=10, description="Reminders at most.")
+
+
+_SPEC_RULES: list[dict[str, str]] = [
+    {"rule": "!has(self.reminders) || duration(self.reminders.after) >= duration('1m')",
+     "message": "reminders.after must be at least 1m"},
+    {"rule": "!has(self.expiryWarning) || duration(self.expiryWarning) >= duration('1m')",
+     "message": "expiryWarning must be at least 1m"},
+    {"rule": "duration(self.retry.firstDelay) >= duration('1s') && "
+             "duration(self.retry.firstDelay) <= duration('5m')",
+     "message": "retry.firstDelay must be between 1s and 5m"},
+]
+
+
 class NotificationRouteSpec(Model):
     """Desired state of a NotificationRoute."""
+
+    model_config = cel_rules(_SPEC_RULES)
 
     channel: Channel = Field(description="Where notifications go.")
     match: RouteMatch = Field(default_factory=RouteMatch, description="Which requests.")
     events: list[NotificationEvent] = Field(
         default_factory=list, description="Which transitions to send (empty: all).")
     retry: Retry = Field(default_factory=Retry, description="Retries of a failed delivery.")
+    reminders: Reminders | None = Field(
+        default=None, description="Remind of requests still Pending (event Reminder), e.g. "
+        "{after: 30m, count: 3}: after 30m, 1h30m and 3h30m.")
+    expiry_warning: str | None = Field(
+        default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
+        description="Warn this long before a grant expires (event ExpiringSoon), e.g. 10m.")
 
 
 class NotificationRouteStatus(Model):

@@ -154,6 +154,9 @@ class Delivery(Model):
                       "been delivered (or given up on) through the route.")
     failed: int = Field(default=0, ge=0, description="Deliveries given up on after the last "
                         "retry (a Warning Event says which).")
+    reminders: int = Field(default=0, ge=0, description="Reminders sent of this Pending "
+                           "request.")
+    warned: bool = Field(default=False, description="The warning before expiry was sent.")
     thread: str | None = Field(default=None, max_length=128, description="The channel's "
                                "reference of the first message (Slack: its ts), so later "
                                "ones edit it and reply in its thread, also after a restart.")

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubepim.api import duration
 from kubepim.api.common import API_VERSION, LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.notification import EVENTS, NotificationRouteSpec
@@ -39,8 +40,9 @@ class Due:
     """One notification a route owes: the history entry at ``index``."""
 
     route: str
-    index: int
+    index: int  # the history entry's index; -1 for a reminder or an expiry warning
     entry: HistoryEntry
+    sequence: int = 0  # which reminder (1, 2, ...)
 
 
 def matches(route: NotificationRouteSpec, request: AccessRequest, eligibility: str | None,
@@ -93,6 +95,39 @@ def due(route_name: str, route: NotificationRouteSpec, route_created: datetime.d
         return []
     return [Due(route_name, index, entry) for index, entry in enumerate(status.history)
             if index >= sent_next and entry.time >= route_created and wants(route, entry.action)]
+
+
+def reminder_at(route: NotificationRouteSpec, requested: datetime.datetime,
+                sent: int) -> datetime.datetime | None:
+    """When reminder ``sent + 1`` is due (after, then 2x and 4x that later...), or None."""
+    if route.reminders is None or sent >= route.reminders.count or not wants(route, "Reminder"):
+        return None
+    due: datetime.datetime = requested + duration.parse(route.reminders.after) * (
+        2 ** (sent + 1) - 1)
+    return due
+
+
+def warning_at(route: NotificationRouteSpec,
+               expires: datetime.datetime | None) -> datetime.datetime | None:
+    """When the warning before ``expires`` is due, or None."""
+    if route.expiry_warning is None or expires is None or not wants(route, "ExpiringSoon"):
+        return None
+    return expires - duration.parse(route.expiry_warning)
+
+
+def reminder(kind: str, when: datetime.datetime, request: AccessRequest,
+             sequence: int) -> HistoryEntry:
+    """The entry a reminder or expiry warning is told as (never written to the history)."""
+    status = request.status
+    if kind == "Reminder":
+        given = sum(1 for a in (status.approvals.values() if status else ())
+                    if a.decision == "Approve")
+        return HistoryEntry(time=when, action="Reminder", actor="kubepim",
+                            reason=f"still pending (reminder {sequence}; {given} approval(s) "
+                            "so far)")
+    expires = status.expires_at.isoformat() if status and status.expires_at else "?"
+    return HistoryEntry(time=when, action="ExpiringSoon", actor="kubepim",
+                        reason=f"the grant expires at {expires}")
 
 
 def next_index(request: AccessRequest, route_name: str) -> int:
@@ -156,10 +191,11 @@ def clip(text: str, limit: int = TEXT_LIMIT) -> str:
 
 
 def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleEligibilitySpec
-          | None, index: int, entry: HistoryEntry) -> dict[str, Any]:
+          | None, index: int, entry: HistoryEntry, sequence: int = 0) -> dict[str, Any]:
     """What every channel says of one transition: the CloudEvent's data, the message's fields.
 
-    Free text is clipped (not escaped: each channel escapes for its own markup).
+    Free text is clipped (not escaped: each channel escapes for its own markup). A reminder or
+    expiry warning (``index`` -1) has an id of its own: ``uid/reminder-N``, ``uid/expiring``.
     """
     spec, status = request.spec, request.status
     name = str(body["metadata"]["name"])
@@ -167,15 +203,18 @@ def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleElig
                  if a.decision == "Approve"]
     required = eligibility.approval.required if eligibility else None
     uid = str(body["metadata"].get("uid") or "")
+    ident = f"{uid}/{index}" if index >= 0 else (
+        f"{uid}/reminder-{sequence}" if entry.action == "Reminder" else f"{uid}/expiring")
     return {
-        "id": f"{uid}/{index}",
+        "id": ident,
         "request": name,
         "uid": uid,
         "action": entry.action,
         "actor": entry.actor,
         "reason": clip(entry.reason),
         "time": entry.time.isoformat(),
-        "phase": _phase_after(request, index),
+        "phase": _phase_after(request, index) if index >= 0 else (
+            status.phase.value if status and status.phase else "Pending"),
         "requester": spec.requester.username if spec.requester else None,
         "role": str(spec.role),
         "namespace": spec.namespace,
@@ -261,4 +300,8 @@ def summary(data: Mapping[str, Any]) -> str:
                 f"{wanted}. Approve: {data['approve']}")
     if action == "BreakGlass":
         return f"BREAK-GLASS: {head}, activated without approval; review it afterwards"
+    if action == "Reminder":
+        return f"Still waiting for approval: {head} ({data['reason']}). Approve: {data['approve']}"
+    if action == "ExpiringSoon":
+        return f"Expiring soon: {head} ({data['reason']})"
     return f"{action}: {head} ({data['reason']})"

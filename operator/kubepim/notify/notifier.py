@@ -32,7 +32,7 @@ from kubepim import metrics
 from kubepim.api import duration
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.notification import NotificationRouteSpec
-from kubepim.api.request import AccessRequest
+from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import notify
 
 from .channels import Credentials, GiveUp, Retry, send
@@ -75,6 +75,23 @@ class _Work:
     final: bool = False
     snapshot: dict[str, Any] = field(default_factory=dict)  # the body the facts come from
     eligibility: RoleEligibilitySpec | None = None
+    reminders: int = 0  # reminders sent (Pending)
+    warned: bool = False  # the expiry warning sent (Active)
+    recorded_reminders: int = 0
+    recorded_warned: bool = False
+    timer: asyncio.TimerHandle | None = None
+    timer_for: tuple[str, int] | None = None  # (kind, sequence) the timer fires
+
+    def unrecorded(self) -> bool:
+        """Whether this work has progress the status does not hold yet."""
+        return (self.done > self.recorded or self.reminders > self.recorded_reminders
+                or self.warned > self.recorded_warned)
+
+    def stop_timer(self) -> None:
+        """Cancel the reminder or warning timer, if any."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_for = None, None
 
 
 class Notifier:
@@ -152,15 +169,20 @@ class Notifier:
                 work = _Work(name=str(body["metadata"]["name"]), enqueued=recorded,
                              done=recorded, recorded=recorded,
                              failed=delivery.failed if delivery else 0,
-                             thread=delivery.thread if delivery else None)
+                             thread=delivery.thread if delivery else None,
+                             reminders=delivery.reminders if delivery else 0,
+                             warned=delivery.warned if delivery else False,
+                             recorded_reminders=delivery.reminders if delivery else 0,
+                             recorded_warned=delivery.warned if delivery else False)
             work.recorded = max(work.recorded, recorded)
             work.final, work.snapshot, work.eligibility = final, body, eligibility
             work.recorded_routes = len(request.status.notifications)
             work.known = name in request.status.notifications
             fresh = notify.due(name, route.spec, route.created, request,
                                max(work.enqueued, recorded))
-            if fresh or work.task is not None or work.done > work.recorded:
-                works[name] = work  # (else nothing to send or to record: nothing kept)
+            self._schedule(uid, name, route, work, request)
+            if fresh or work.task is not None or work.unrecorded() or work.timer is not None:
+                works[name] = work  # (else nothing to send, record or remind of: not kept)
             work.queue += fresh
             work.enqueued = max([work.enqueued, recorded, *(d.index + 1 for d in fresh)])
             if work.task is None and work.queue:
@@ -180,18 +202,23 @@ class Notifier:
     def progress(self, uid: str) -> dict[str, dict[str, Any]]:
         """``status.notifications`` entries newer than the status's own (for the next write)."""
         return {route: {"next": work.done, "failed": work.failed,
+                        "reminders": work.reminders, "warned": work.warned,
                         **({"thread": work.thread} if work.thread else {})}
                 for route, work in self._work.get(uid, {}).items()
-                if work.done > work.recorded and (work.recorded_routes < _MAX_ROUTES
-                                                  or work.known)}
+                if work.unrecorded() and (work.recorded_routes < _MAX_ROUTES or work.known)}
 
     def recorded(self, uid: str, written: dict[str, Any]) -> None:
         """A status write landed with ``written``'s notifications: forget what is done."""
         entries = (written.get("status") or {}).get("notifications") or {}
         works = self._work.get(uid, {})
         for route, work in list(works.items()):
-            work.recorded = max(work.recorded, int((entries.get(route) or {}).get("next", 0)))
-            if work.recorded >= work.done and not work.queue and work.task is None:
+            entry = entries.get(route) or {}
+            work.recorded = max(work.recorded, int(entry.get("next", 0)))
+            work.recorded_reminders = max(work.recorded_reminders,
+                                          int(entry.get("reminders", 0)))
+            work.recorded_warned = work.recorded_warned or bool(entry.get("warned"))
+            if not work.unrecorded() and not work.queue and work.task is None \
+                    and work.timer is None:
                 del works[route]
         if not works:
             self._work.pop(uid, None)
@@ -222,8 +249,50 @@ class Notifier:
         work = works.pop(route, None)
         if not works:
             self._work.pop(uid, None)
-        if work is not None and work.task is not None:
-            work.task.cancel()
+        if work is not None:
+            work.stop_timer()
+            if work.task is not None:
+                work.task.cancel()
+
+    # Reminders of Pending requests and warnings before expiry
+
+    def _schedule(self, uid: str, route_name: str, route: Route, work: _Work,
+                  request: AccessRequest) -> None:
+        """Set the route's timer for this request as its phase asks (or none)."""
+        status = request.status
+        phase = status.phase if status else None
+        at, kind, sequence = None, "", 0
+        if phase == Phase.PENDING:
+            requested = status.history[0].time if status and status.history else None
+            if requested is not None:
+                sequence = work.reminders + 1
+                at, kind = notify.reminder_at(route.spec, requested, work.reminders), "Reminder"
+        elif phase == Phase.ACTIVE and not work.warned and status is not None:
+            at, kind = notify.warning_at(route.spec, status.expires_at), "ExpiringSoon"
+            if at is not None and status.expires_at is not None \
+                    and status.expires_at <= datetime.datetime.now(datetime.UTC):
+                at = None  # expired already: the Expired notification says it
+        if at is None:
+            work.stop_timer()
+            return
+        if work.timer is not None and work.timer_for == (kind, sequence):
+            return
+        work.stop_timer()
+        delay = max(0.0, (at - datetime.datetime.now(datetime.UTC)).total_seconds())
+        work.timer_for = (kind, sequence)
+        work.timer = asyncio.get_running_loop().call_later(
+            delay, self._fire, uid, route_name, kind, sequence)
+
+    def _fire(self, uid: str, route_name: str, kind: str, sequence: int) -> None:
+        work = self._work.get(uid, {}).get(route_name)
+        if work is None or not self._leading() or work.timer_for != (kind, sequence):
+            return
+        work.timer, work.timer_for = None, None
+        request = AccessRequest.model_validate(work.snapshot)
+        entry = notify.reminder(kind, datetime.datetime.now(datetime.UTC), request, sequence)
+        work.queue.append(notify.Due(route_name, -1, entry, sequence))
+        if work.task is None:
+            work.task = asyncio.create_task(self._deliver(uid, route_name, work))
 
     # Delivery
 
@@ -241,6 +310,14 @@ class Notifier:
                     return
                 work.queue.pop(0)
                 work.done = max(work.done, item.index + 1)
+                if item.entry.action == "Reminder" and item.index < 0:
+                    work.reminders = max(work.reminders, item.sequence)
+                    route = self.routes.get(route_name)
+                    if route is not None:
+                        self._schedule(uid, route_name, route, work,
+                                       AccessRequest.model_validate(work.snapshot))
+                elif item.entry.action == "ExpiringSoon" and item.index < 0:
+                    work.warned = True
         finally:
             work.task = None
         if self._work.get(uid, {}).get(route_name) is work:
@@ -252,7 +329,7 @@ class Notifier:
         Not left to the request's next transition, which may be hours away (a restart
         meanwhile would send again); a final request is settled by the same write.
         """
-        if not work.queue and work.task is None and work.done > work.recorded:
+        if not work.queue and work.task is None and work.unrecorded():
             self._settle(work.name)
 
     def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -274,7 +351,8 @@ class Notifier:
         leader sends it).
         """
         request = AccessRequest.model_validate(work.snapshot)
-        data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry)
+        data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry,
+                            item.sequence)
         channel = route.spec.channel.type
         try:
             first = duration.parse(route.spec.retry.first_delay)
