@@ -104,6 +104,11 @@ class RouteMatch(Model):
 class Retry(Model):
     """How long a failing receiver is retried (timeouts, 5xx and 429; Retry-After honoured)."""
 
+    model_config = cel_rules([
+        {"rule": "!has(self.firstDelay) || (duration(self.firstDelay) >= duration('1s') && "
+                 "duration(self.firstDelay) <= duration('5m'))",
+         "message": "retry.firstDelay must be between 1s and 5m"}])
+
     attempts: int = Field(default=6, ge=1, le=20, description="Attempts in all.")
     first_delay: str = Field(
         default="1s", min_length=2, max_length=32, pattern=duration.PATTERN,
@@ -124,9 +129,6 @@ _SPEC_RULES: list[dict[str, str]] = [
      "message": "reminders.after must be at least 1m"},
     {"rule": "!has(self.expiryWarning) || duration(self.expiryWarning) >= duration('1m')",
      "message": "expiryWarning must be at least 1m"},
-    {"rule": "duration(self.retry.firstDelay) >= duration('1s') && "
-             "duration(self.retry.firstDelay) <= duration('5m')",
-     "message": "retry.firstDelay must be between 1s and 5m"},
 ]
 
 
