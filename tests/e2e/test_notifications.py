@@ -235,8 +235,9 @@ def test_a_receiver_failing_three_times_gets_the_event_once_counted_as_retried(
     pim.apply(kubectl, pim.access_request(
         namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
         justification="INC-8"), as_user="alice")
-    poll(lambda: len(receiver.accepted) >= 1, timeout=20, what="the event delivered after 3 failures")
-    assert (receiver.attempts, len(receiver.accepted)) == (4, 1), (receiver.attempts, receiver.accepted)
+    poll(lambda: len(receiver.accepted) >= 1, timeout=20,
+         what="the event delivered after 3 failures")
+    assert (receiver.attempts, len(receiver.accepted)) == (4, 1)
     assert _metric(operator, "Requested", "retried") - before == 3
 
 
