@@ -185,3 +185,32 @@ def test_a_request_that_was_granted_always_reads_its_binding_before_closing() ->
     kube = RecordingKube(body("10", approved=True, status=expired))
     reconciled(kube, body("10", approved=True, status=expired))
     assert "get_binding" in kube.calls
+
+
+class SweepKube(RecordingKube):
+    """Two marked bindings: kubepim-r (its request r Active) and kubepim-gone (no request)."""
+
+    async def list_managed_bindings(self) -> list[dict[str, Any]]:
+        marks = {"labels": {"app.kubernetes.io/managed-by": "kubepim"}}
+        return [{"kind": "RoleBinding", "metadata": {
+                    "name": f"kubepim-{owner}", "namespace": "payments", "uid": f"b-{owner}",
+                    **marks, "ownerReferences": [{"kind": "AccessRequest", "name": owner}]}}
+                for owner in ("r", "gone")]
+
+    async def get_request(self, name: str) -> dict[str, Any] | None:
+        self.calls.append(f"get_request {name}")
+        return self.stored if name == "r" else None
+
+
+def test_the_orphan_sweep_reads_only_requests_a_listing_does_not_show_live() -> None:
+    active = body("7", status={"phase": "Active"})
+    from kubepim.handlers.sweep import sweep_orphans
+
+    kube = SweepKube(active)
+    removed = asyncio.run(sweep_orphans(Reconciler(kube), [active]))  # type: ignore[arg-type]
+    # r's binding is spared by the listing; gone's is read (no request) and deleted.
+    assert removed == 1 and kube.calls == ["get_request gone", "delete_binding"]
+    kube = SweepKube(active)
+    asyncio.run(sweep_orphans(Reconciler(kube), []))  # type: ignore[arg-type]
+    # Without r in the listing, its request is read before anything is decided.
+    assert kube.calls[:2] == ["get_request r", "get_request gone"]

@@ -106,7 +106,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
             logger.warning("could not list NotificationRoutes at takeover (%s: %s)",
                            type(error).__name__, error)
         reconciler.queue.resume()
-        removed = await sweep_orphans(reconciler)
+        removed = await sweep_orphans(reconciler, requests)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)
         if memo.get("started"):

@@ -15,22 +15,42 @@ from typing import Any
 
 from kubepim import audit, metrics
 from kubepim.api import duration
-from kubepim.api.request import AccessRequest
+from kubepim.api.request import AccessRequest, Phase
+from kubepim.domain import bindings
 from kubepim.domain.lifecycle import retention_over
 from kubepim.k8s.client import Gone, NotLeading
 
-from .reconcile import Reconciler, is_live_grant, utcnow
+from .reconcile import Reconciler, is_live_grant, owning_request, utcnow
 
 logger = logging.getLogger(__name__)
 
 
-async def sweep_orphans(reconciler: Reconciler) -> int:
-    """Delete every marked binding with no live grant behind it; returns how many."""
+async def sweep_orphans(reconciler: Reconciler,
+                        requests: list[dict[str, Any]] | None = None) -> int:
+    """Delete every marked binding with no live grant behind it; returns how many.
+
+    A binding whose request a listing shows Active with exactly this binding is live without
+    a read (``requests``: a listing of unsettled requests the caller made; else one is made
+    here, after the bindings', in pages, keeping only names and binding references). Every
+    other binding is judged on its request read under its lock before it is deleted: a
+    listing can only spare a binding, never condemn one.
+    """
     if not reconciler.leading():
         return 0
+    managed = await reconciler.kube.list_managed_bindings()
+    if requests is not None:
+        live = _live_refs(requests)
+    else:
+        live = {}
+        async for page in reconciler.kube.request_pages():
+            live.update(_live_refs(page))
     removed = 0
-    for binding in await reconciler.kube.list_managed_bindings():
+    for binding in managed:
         metadata = binding["metadata"]
+        owner = owning_request(binding)
+        if owner is not None and live.get(owner) == (
+                binding.get("kind"), metadata.get("name"), metadata.get("namespace")):
+            continue
         try:
             if await is_live_grant(reconciler, binding):
                 continue
@@ -49,6 +69,22 @@ async def sweep_orphans(reconciler: Reconciler) -> int:
             logger.warning("removed %s %s/%s: it carries kubepim's marks but no live grant",
                            binding["kind"], metadata.get("namespace") or "", metadata["name"])
     return removed
+
+
+def _live_refs(items: list[dict[str, Any]]) -> dict[str, tuple[str, str, str | None]]:
+    """Active requests of a listing → the binding each should have (kind, name, namespace)."""
+    live: dict[str, tuple[str, str, str | None]] = {}
+    for item in items:
+        if (item.get("status") or {}).get("phase") != Phase.ACTIVE.value:
+            continue
+        try:
+            spec = AccessRequest.model_validate(item).spec
+        except ValueError:
+            continue
+        name = item["metadata"]["name"]
+        ref = bindings.binding_ref(name, spec)
+        live[name] = (ref.kind, ref.name, ref.namespace)
+    return live
 
 
 async def expire_retention(reconciler: Reconciler, retention: str) -> int:
