@@ -168,13 +168,15 @@ class Reconciler:
 
     # Triggers: each only adds a key to the queue.
 
-    def enqueue(self, name: str, body: dict[str, Any] | None = None, again: bool = False) -> None:
+    def enqueue(self, name: str, body: dict[str, Any] | None = None, again: bool = False,
+                slow: bool = False) -> None:
         """Ask for a reconcile of ``name``; ``body`` as a watch event delivered it, if any.
 
         ``again``: decide even if this very version was decided before (the resync: an event
         the request does not carry, such as a binding deleted while the watch was down, may
         have been missed). A standby keeps nothing (its takeover reads everything); a leader
-        whose renewal is late keeps the key until it leads again or loses the lease.
+        whose renewal is late keeps the key until it leads again or loses the lease. ``slow``:
+        in the queue's slow lane, behind timers and changes (a watch's initial listing).
         """
         if not self.elected():
             return
@@ -185,7 +187,7 @@ class Reconciler:
             if held is None or _version(body) is None or _version(held) is None or \
                     int(_version(body) or 0) > int(_version(held) or 0):
                 self._bodies[name] = body
-        self.queue.add(name, slow=again)  # a resync's keys never hold up timers and events
+        self.queue.add(name, slow=again or slow)  # listings never hold up timers and events
 
     def enqueue_deletion(self, body: dict[str, Any]) -> None:
         """A request is gone: remove its binding and log its final line (through the queue)."""
@@ -198,10 +200,10 @@ class Reconciler:
         self._deleted[uid] = body
         self.queue.add(f"{_DELETED}{uid}")
 
-    def enqueue_binding_check(self, key: str) -> None:
+    def enqueue_binding_check(self, key: str, slow: bool = False) -> None:
         """A binding with kubepim's marks changed: remove it unless a live grant is behind it."""
         if self.elected():
-            self.queue.add(f"{_BINDING}{key}")
+            self.queue.add(f"{_BINDING}{key}", slow=slow)
 
     async def delete_binding(self, kind: str, name: str, namespace: str | None,
                              uid: str | None = None) -> bool:

@@ -31,7 +31,10 @@ async def accessrequest_event(
         reconciler.enqueue_deletion(dict(body))
         return
     reconciler.limits.observe(dict(body))
-    reconciler.enqueue(name, dict(body))  # our own status write is skipped by its version
+    # Our own status write is skipped by its version. The watch's initial listing (type None:
+    # at start-up, thousands at once) waits in the slow lane: expiry timers and real changes
+    # go first.
+    reconciler.enqueue(name, dict(body), slow=type is None)
 
 
 @kopf.on.event("", "v1", "namespaces", registry=registry)
@@ -70,12 +73,14 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
         if state.is_own_write(key, body.metadata.get("resourceVersion")):
             return  # the binding exactly as we created it
         state.drop_write(key)  # changed by someone else: read it from now on
+    listing = event_type is None  # the watch's initial listing: behind timers and changes
     if owner is not None:
-        reconciler.enqueue(owner)  # restores the real binding if this was it
+        reconciler.enqueue(owner, slow=listing)  # restores the real binding if this was it
     if event_type == "DELETED":
         return
     if body.metadata.labels.get(bindings.MANAGED_BY_LABEL) == bindings.MANAGED_BY:
-        reconciler.enqueue_binding_check(key)  # removed unless a live grant stands behind it
+        # Removed unless a live grant stands behind it.
+        reconciler.enqueue_binding_check(key, slow=listing)
 
 
 # Both binding watches are label-selected server-side (handlers/lifecycle.py): only bindings
