@@ -85,10 +85,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         await kube.post_event(body, "Warning", reason, message, utcnow(), history,
                               generate_name=True)
 
-    # Progress writes wait in the queue's slow lane: grants (activations, expiries) go first.
     reconciler.notifier = Notifier(f"urn:kubepim:{config.cluster_name}", warn,
-                                   lambda name: reconciler.enqueue(name, slow=True),
-                                   lambda: reconciler.leading())
+                                   reconciler.enqueue, lambda: reconciler.leading())
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""
