@@ -244,3 +244,15 @@ def test_our_own_binding_delete_is_recognised_once_and_forgotten_if_never_seen()
     state.drop_own_deletes_before(200.0)
     assert not state.was_own_delete("RoleBinding/ns/kubepim-b")
     assert state.was_own_delete("RoleBinding/ns/kubepim-c")
+
+
+def test_a_stale_own_delete_record_never_swallows_a_later_bindings_delete() -> None:
+    """Our delete's event came before our record (or never): a binding made again under the
+    same name, then deleted by someone else, is still reported as not ours."""
+    state = State()
+    state.deleted_binding("RoleBinding/ns/kubepim-a", at=1.0)  # its event already went by
+    state.wrote_binding("RoleBinding/ns/kubepim-a", "20", "uid-2")  # granted again
+    assert not state.was_own_delete("RoleBinding/ns/kubepim-a")
+    state.deleted_binding("RoleBinding/ns/kubepim-b", at=1.0)
+    state.binding_seen("RoleBinding/ns/kubepim-b", present=True)  # someone made it again
+    assert not state.was_own_delete("RoleBinding/ns/kubepim-b")

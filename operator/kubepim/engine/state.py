@@ -285,6 +285,7 @@ class State:
         """Record our create of binding ``key`` (at ``version``, for ``request_uid``)."""
         self._own_writes[key] = (version, request_uid)
         self._bindings.add(key)
+        self._own_deletes.pop(key, None)  # an older delete's record: never this one's
 
     def own_write(self, key: str, request_uid: str | None = None) -> str | None:
         """The version of ``key`` this replica wrote (for ``request_uid``, if given)."""
@@ -319,6 +320,9 @@ class State:
         """The binding watch saw ``key`` exist or go."""
         if present:
             self._bindings.add(key)
+            # It exists again: a record of our earlier delete must not swallow the DELETED of
+            # this binding (someone else's delete is restored, not ignored).
+            self._own_deletes.pop(key, None)
         else:
             self._bindings.discard(key)
             self._own_writes.pop(key, None)
