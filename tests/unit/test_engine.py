@@ -228,3 +228,31 @@ def test_a_failed_settle_write_is_retried_until_the_request_is_settled(
     assert kube.settles == 2
     ids = [json.loads(r.getMessage())["id"] for r in caplog.records if r.name == "kubepim.audit"]
     assert set(ids) == {"u-1/1"}  # the Expired line, logged again before settling (same id)
+
+
+def test_a_timer_or_an_ask_is_not_swallowed_by_the_echo_of_a_version_already_decided() -> None:
+    # An Active request decided at version 10 (before its expiry); its expiry timer (or the
+    # notifier asking for its progress to be written) comes while the watch's copy of that
+    # same version still waits in the queue: the copy says nothing new, the wake-up does.
+    active = body("10", approved=True, status={
+        "phase": "Active", "eligibility": "e", "namespaceUid": "ns-uid",
+        "activatedAt": "2000-01-01T00:00:00Z", "expiresAt": "2000-01-01T01:00:00Z",
+        "history": [{"time": "2000-01-01T00:00:00Z", "action": "Activated",
+                     "actor": "kubepim", "reason": "approved"}]})
+
+    async def scenario(woken: bool) -> list[str]:
+        kube = RecordingKube(active)
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        reconciler.state.decided("r", "10")
+        reconciler.enqueue("r", active)  # the echo
+        if woken:
+            reconciler.enqueue("r")  # the wake-up, before a worker took the key
+        runner = asyncio.create_task(reconciler.queue.run())
+        assert await reconciler.queue.drain(2.0)
+        runner.cancel()
+        return kube.calls
+
+    assert asyncio.run(scenario(woken=False)) == []  # an echo alone: nothing to do
+    calls = asyncio.run(scenario(woken=True))
+    assert calls[0] == "get_request" and "patch_request_status" in calls  # Expired written

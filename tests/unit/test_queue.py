@@ -114,18 +114,21 @@ def test_delayed_keys_fire_in_deadline_order_and_the_earliest_add_wins() -> None
         async def process(key: str) -> None:
             seen.append(key)
 
-        queue = WorkQueue(process, workers=1)
+        woken: list[str] = []
+        queue = WorkQueue(process, workers=1, woken=woken.append)
         runner = asyncio.create_task(queue.run())
         queue.add_after("late", 0.06)
         queue.add_after("early", 0.02)
         queue.add_after("late", 0.5)  # a later add does not postpone the earlier one
         assert len(queue) == 2
-        await _until(lambda: seen == ["early", "late"])
+        queue.add("event")  # (not a delayed add: the woken hook is not told)
+        await _until(lambda: seen == ["event", "early", "late"])
+        assert woken == ["early", "late"]  # each told before it is added
         queue.add_after("cancelled", 0.01)
         queue.cancel("cancelled")
         queue.add_after("after", 0.03)
         await _until(lambda: seen[-1] == "after")
-        assert "cancelled" not in seen
+        assert "cancelled" not in seen and "cancelled" not in woken
         runner.cancel()
 
     _run(scenario)

@@ -42,8 +42,11 @@ class WorkQueue:
         clock: Callable[[], float] = time.monotonic,
         gate: Callable[[], bool] = lambda: True,
         held: tuple[type[BaseException], ...] = (),
+        woken: Callable[[str], None] = lambda key: None,
     ) -> None:
         self._process = process
+        # Told of every key a timer or a retry adds (before it is added): not a watch event's.
+        self._woken = woken
         # Workers take keys only while ``gate()`` holds (this replica leads); a key whose
         # processing raised one of ``held`` is put back at once, not counted as a failure.
         self._gate = gate
@@ -266,6 +269,7 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
+                self._woken(key)
                 self.add(key)
             self._timer.clear()
             timeout = max(self._delayed[0][0] - now, 0) if self._delayed else None

@@ -81,12 +81,16 @@ class Reconciler:
         # Every reconcile goes through the queue: it owns retries (backoff on failure) and the
         # expiry and pending-timeout timers (delayed keys).
         self.queue = WorkQueue(self._process, gate=lambda: self.leading(),
-                               held=(NotLeading,))
+                               held=(NotLeading,), woken=lambda key: self._woken.add(key))
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
         self._deleted: dict[str, dict[str, Any]] = {}
         self._again: set[str] = set()
+        # Keys added by something other than a watch event since a worker last took them (a
+        # timer, a retry, the notifier, a binding): a held body that is no newer than the
+        # version decided cannot answer those, so the request is read instead of skipped.
+        self._woken: set[str] = set()
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
@@ -182,6 +186,8 @@ class Reconciler:
             return
         if again:
             self._again.add(name)
+        elif body is None:
+            self._woken.add(name)
         if body is not None:
             held = self._bodies.get(name)
             if held is None or _version(body) is None or _version(held) is None or \
@@ -241,6 +247,7 @@ class Reconciler:
         self._bodies.clear()
         self._deleted.clear()
         self._again.clear()
+        self._woken.clear()
         self.state.reset()
         if self.notifier is not None:
             self.notifier.reset()
@@ -249,6 +256,8 @@ class Reconciler:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
         if not self.leading():
             raise NotLeading(f"{key} waits: this replica is not leading")
+        woken = key in self._woken
+        self._woken.discard(key)  # (kept, if the key is held back: it is read then)
         if key.startswith(_BINDING):
             await self._check_binding(key.removeprefix(_BINDING))
             return
@@ -263,7 +272,7 @@ class Reconciler:
             return
         again = key in self._again
         self._again.discard(key)
-        await self.reconcile(key, self._bodies.pop(key, None), again=again)
+        await self.reconcile(key, self._bodies.pop(key, None), again=again, woken=woken)
 
     async def _deleted_or_settled(self, body: dict[str, Any]) -> None:
         """A DELETED event: the request was deleted, or it left the watch's selection (settled).
@@ -283,14 +292,16 @@ class Reconciler:
             self.enqueue(name, current)  # still ours to finish
 
     async def reconcile(self, name: str, body: dict[str, Any] | None = None,
-                        again: bool = False) -> None:
+                        again: bool = False, woken: bool = False) -> None:
         """Reconcile one request by name now, retrying on conflicting writes.
 
         ``body`` is the object as a watch event delivered it: decided on as delivered (saves a
         read) unless a version at least as new was already decided on or written, in which case
         there is nothing to do (``again``: unless it is exactly the version decided, which is
-        decided again). Without a body (timers) the request is read. Raises on failure (the
-        queue retries); :class:`NotLeading` when this replica may not write.
+        decided again). Without a body (timers) the request is read; ``woken`` (a timer, a retry
+        or the notifier asked too): a body no newer than the version decided is read instead of
+        skipped. Raises on failure (the queue retries); :class:`NotLeading` when this replica
+        may not write.
         """
         if not self.leading():
             raise NotLeading(f"{name} not reconciled: this replica is not leading")
@@ -300,6 +311,8 @@ class Reconciler:
                 newer = self.state.newer_than_decided(name, version)
                 if newer is False and again and self.state.is_decided(name, version):
                     newer = True  # (an older copy: a newer version was decided just now)
+                if newer is False and woken:
+                    newer = None  # an expiry or a drained notification queue: read, decide
                 if newer is False:
                     return  # any later change comes with its own, newer event
                 if newer is None:
