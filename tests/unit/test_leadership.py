@@ -134,3 +134,32 @@ def test_a_standby_takes_the_lease_after_the_holder_stops_renewing() -> None:
         assert store.lease["spec"]["leaseTransitions"] == 1
 
     asyncio.run(scenario())
+
+
+def test_a_leader_paused_past_its_lease_that_finds_it_released_starts_a_new_term() -> None:
+    async def scenario() -> list[str]:
+        events: list[str] = []
+
+        async def elected() -> None:
+            events.append("elected")
+
+        async def lost() -> None:
+            events.append("lost")
+
+        store = FakeLeases()
+        elector = LeaderElector(store, "ns", "lease", "me", 10.0, elected, lost,  # type: ignore[arg-type]
+                                clock=lambda: 0.0)
+        await elector.tick()
+        await elector.takeover_done(timeout=5)
+        # Paused: meanwhile another replica took the lease, led, and released it on shutdown.
+        assert store.lease is not None
+        store.version += 1
+        store.lease = {"metadata": {"resourceVersion": str(store.version)},
+                       "spec": {**store.lease["spec"], "holderIdentity": ""}}
+        await elector.tick()  # resumed: the lease is free, and taken again
+        await elector.takeover_done(timeout=5)
+        assert elector.leading()
+        return events
+
+    # Not a renewal of the old term: what it remembered is dropped and the takeover runs again.
+    assert asyncio.run(scenario()) == ["elected", "lost", "elected"]

@@ -87,6 +87,11 @@ class LeaderElector:
                 logger.warning("lost the lease to %s: standing by", state and state.holder)
                 await self._lose()
             return
+        if step == "acquire" and self._elected:
+            # Free or expired while we believed we held it (paused past the lease; another
+            # replica may have led and released it since): what we remember may be stale.
+            logger.warning("the lease was free or expired while held here: a new term")
+            await self._lose()
         wall = datetime.datetime.now(datetime.UTC)
         spec = {
             "holderIdentity": self.identity,
