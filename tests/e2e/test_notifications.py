@@ -152,9 +152,6 @@ def _events(received: list[tuple[dict[str, str], bytes]], key: bytes) -> list[di
     return events
 
 
-@pytest.mark.xfail(strict=False, reason="known defect, open in issue 15: in 2 of 4 full-suite "
-                   "runs the request stayed unsettled after its Expired notification (alone: "
-                   "passes); being investigated")
 def test_a_signed_cloudevent_per_transition_reaches_the_receiver_once(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str, receiver: _Receiver,
     cleanup: list[str],

@@ -12,6 +12,7 @@ import pytest
 
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import ApiError, NotLeading
+from kubepim.notify.notifier import Notifier
 
 from .test_reconcile_reads import ELIGIBILITY, RecordingKube, body
 
@@ -182,7 +183,19 @@ def test_a_binding_claiming_an_owner_that_is_not_an_object_name_names_no_request
     assert owning_request({"metadata": {"labels": {"pim.kubepim.dev/request": "a/b"}}}) is None
 
 
-class SettleFailsOnce(RecordingKube):
+class StoringKube(RecordingKube):
+    """Stores every status write (merged, as a merge patch would be)."""
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        written = await super().patch_request_status(name, status, resource_version)
+        self.stored = {**self.stored, "status": {**self.stored["status"], **status},
+                       "metadata": {**self.stored["metadata"],
+                                    "resourceVersion": written["metadata"]["resourceVersion"]}}
+        return self.stored
+
+
+class SettleFailsOnce(StoringKube):
     """Stores every status write; the first settle write fails as a 503 would."""
 
     def __init__(self, stored: dict[str, Any]) -> None:
@@ -195,11 +208,7 @@ class SettleFailsOnce(RecordingKube):
             self.settles += 1
             if self.settles == 1:
                 raise ApiError(503, "unavailable")
-        written = await super().patch_request_status(name, status, resource_version)
-        self.stored = {**self.stored, "status": {**self.stored["status"], **status},
-                       "metadata": {**self.stored["metadata"],
-                                    "resourceVersion": written["metadata"]["resourceVersion"]}}
-        return self.stored
+        return await super().patch_request_status(name, status, resource_version)
 
 
 def test_a_failed_settle_write_is_retried_until_the_request_is_settled(
@@ -256,3 +265,33 @@ def test_a_timer_or_an_ask_is_not_swallowed_by_the_echo_of_a_version_already_dec
     assert asyncio.run(scenario(woken=False)) == []  # an echo alone: nothing to do
     calls = asyncio.run(scenario(woken=True))
     assert calls[0] == "get_request" and "patch_request_status" in calls  # Expired written
+
+
+def test_no_request_is_settled_before_the_notification_routes_were_listed() -> None:
+    # A new leader that could not list the routes yet does not know what a final request is
+    # owed: it writes Expired (access never waits) but settles only once the routes are known.
+    expired = body("10", approved=True, status={
+        "phase": "Active", "eligibility": "e", "namespaceUid": "ns-uid",
+        "activatedAt": "2000-01-01T00:00:00Z", "expiresAt": "2000-01-01T01:00:00Z",
+        "history": [{"time": "2000-01-01T00:00:00Z", "action": "Activated",
+                     "actor": "kubepim", "reason": "approved"}]})
+
+    async def scenario() -> list[dict[str, Any]]:
+        kube = StoringKube(expired)
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        reconciler.notifier = Notifier("urn:kubepim:test", _no_warning, reconciler.enqueue,
+                                       lambda: True)
+        await reconciler.reconcile("r", expired)
+        before = dict(kube.stored["status"])
+        reconciler.notifier.loaded = True  # listed: none owes it anything
+        await reconciler.reconcile("r")
+        return [before, kube.stored["status"]]
+
+    before, after = asyncio.run(scenario())
+    assert before["phase"] == "Expired" and not before.get("settled")
+    assert after["phase"] == "Expired" and after["settled"] is True
+
+
+async def _no_warning(_: dict[str, Any], reason: str, message: str) -> None:
+    raise AssertionError(f"no Warning expected: {reason} {message}")

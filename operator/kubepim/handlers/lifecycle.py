@@ -99,12 +99,19 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # Lines before the queue: a reconcile that settled one of these requests before its
         # lines were replayed would take it out of a retried takeover's list.
         replay_audit_lines(requests, elector.previous_renewal)
-        # The routes before any reconcile: settling waits for what they are owed.
+        # The routes before any reconcile: settling waits for what they are owed. Never in
+        # the way of the takeover: until they are listed, grants and expiry go on and final
+        # requests wait unsettled (listed again in the background, then a resync).
         try:
             await notifications.load(reconciler, config.namespace)
-        except Exception as error:  # never in the way of the takeover: the watch has them soon
-            logger.warning("could not list NotificationRoutes at takeover (%s: %s)",
-                           type(error).__name__, error)
+        except Exception as error:
+            logger.warning("could not list NotificationRoutes at takeover (%s: %s); final "
+                           "requests stay unsettled until they are", type(error).__name__, error)
+            if not _LOADERS:  # (a takeover tried again: one loader is enough)
+                loader = asyncio.create_task(notifications.load_until_done(
+                    reconciler, config.namespace, lambda: resync_once(reconciler)))
+                _LOADERS.add(loader)
+                loader.add_done_callback(_LOADERS.discard)
         reconciler.queue.resume()
         removed = await sweep_orphans(reconciler, requests)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
@@ -174,10 +181,14 @@ async def _serve_webhooks(
             await setup.close()
 
 
+# The background listing of NotificationRoutes after a takeover that could not list them.
+_LOADERS: set[asyncio.Task[None]] = set()
+
+
 @kopf.on.cleanup(registry=registry)
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop background tasks, hand the lease over, remove temporary certificates."""
-    for task in getattr(memo, "background", []):
+    for task in [*getattr(memo, "background", []), *_LOADERS]:
         task.cancel()
     elector = getattr(memo, "elector", None)
     if elector is not None:

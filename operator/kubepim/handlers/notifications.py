@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -22,6 +23,7 @@ from kubepim.api import duration
 from kubepim.api.common import GROUP, Condition
 from kubepim.api.notification import NotificationRouteSpec
 from kubepim.domain import notify
+from kubepim.k8s.client import NotFound
 from kubepim.notify.channels import Credentials, endpoint
 from kubepim.notify.notifier import Route
 
@@ -170,24 +172,59 @@ def type_name(error: BaseException) -> str:
     return type(error).__name__
 
 
-async def check_all(reconciler: Reconciler, namespace: str) -> None:
-    """Check every route known (each failure logged, none stops the others)."""
+async def check_all(reconciler: Reconciler, namespace: str) -> bool:
+    """Check every route known (each failure logged, none stops the others); True if none."""
+    failed = False
     for name, body in list(reconciler.routes.items()):
         try:
             await report(reconciler, namespace, name, body)
         except Exception as error:
+            failed = True
             logger.warning("could not check NotificationRoute %s (%s: %s)", name,
                            type_name(error), error)
+    return not failed
 
 
 async def load(reconciler: Reconciler, namespace: str) -> None:
-    """List and check every route, so a new leader knows them before it decides anything.
+    """List and check every route, so a new leader knows them before it settles anything.
 
-    A final request is settled only once what its routes are owed is sent.
+    A final request is settled only once what its routes are owed is sent: until every route
+    was listed and checked, none is (grants and expiry do not wait). Raises if the list or a
+    check failed (:func:`load_until_done` tries again).
     """
-    for item in await reconciler.kube.list_routes():
+    try:
+        items = await reconciler.kube.list_routes()
+    except NotFound:
+        # The kind is not installed (CRDs of an older chart): no route can exist.
+        logger.warning("the NotificationRoute kind is not installed: nothing is notified "
+                       "(install the chart's CRDs)")
+        items = []
+    for item in items:
         reconciler.routes.setdefault(item["metadata"]["name"], item)
-    await check_all(reconciler, namespace)
+    if not await check_all(reconciler, namespace):
+        raise RuntimeError("a NotificationRoute could not be checked")
+    if reconciler.notifier is not None and reconciler.leading():
+        reconciler.notifier.loaded = True
+
+
+async def load_until_done(reconciler: Reconciler, namespace: str,
+                          then: Callable[[], Awaitable[None]]) -> None:
+    """Try :func:`load` again with backoff (1 s doubling to 30 s) while leading; then ``then``.
+
+    ``then``: the resync, which reconciles the final requests whose settling waited.
+    """
+    delay = 1.0
+    while reconciler.leading() and reconciler.notifier is not None \
+            and not reconciler.notifier.loaded:
+        await asyncio.sleep(delay)
+        delay = min(30.0, delay * 2)
+        try:
+            await load(reconciler, namespace)
+        except Exception as error:
+            logger.warning("could not list NotificationRoutes (%s: %s); trying again in %.0f s",
+                           type_name(error), error, delay)
+    if reconciler.leading():
+        await then()
 
 
 async def recheck_forever(reconciler: Reconciler, namespace: str,

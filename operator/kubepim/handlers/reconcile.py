@@ -487,7 +487,7 @@ class Reconciler:
             return False, None  # a break-glass review is awaited
         uid = str(written["metadata"].get("uid") or "")
         if self._owes(uid):
-            return False, None  # the notifier asks again once its routes are done
+            return False, None  # the notifier asks again once its routes are listed and done
         progress = self.notifier.progress(uid) if self.notifier else {}
         try:
             answer = await self.kube.patch_request_status(
@@ -503,7 +503,7 @@ class Reconciler:
         return True, None
 
     def _owes(self, uid: str) -> bool:
-        return self.notifier is not None and self.notifier.owes(uid)
+        return self.notifier is not None and self.notifier.owes_unknown(uid)
 
     def _notify(self, body: dict[str, Any], eligibilities: dict[str, RoleEligibilitySpec],
                 request: AccessRequest | None = None) -> None:

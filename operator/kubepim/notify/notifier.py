@@ -105,6 +105,9 @@ class Notifier:
         self._warn = warn  # posts a Warning Event on a request
         self._settle = settle  # asks the reconciler to look at a request again
         self._leading = leading
+        # Whether the routes were listed since this replica last took over: until then nothing
+        # is known of what a final request is owed, so none is settled (see owes_unknown).
+        self.loaded = False
         self._work: dict[str, dict[str, _Work]] = {}  # request uid → route → its work
         self._slots = asyncio.Semaphore(_CONCURRENCY)
         self._session: aiohttp.ClientSession | None = None
@@ -199,6 +202,10 @@ class Notifier:
         return any(work.queue or work.task is not None
                    for work in self._work.get(uid, {}).values())
 
+    def owes_unknown(self, uid: str) -> bool:
+        """Whether a final request may not be settled yet: owed, or the routes not yet listed."""
+        return not self.loaded or self.owes(uid)
+
     def progress(self, uid: str) -> dict[str, dict[str, Any]]:
         """``status.notifications`` entries newer than the status's own (for the next write)."""
         return {route: {"next": work.done, "failed": work.failed,
@@ -230,6 +237,7 @@ class Notifier:
 
     def reset(self) -> None:
         """Leadership lost: stop sending; the next leader picks up from the statuses."""
+        self.loaded = False
         for uid in list(self._work):
             for route in list(self._work.get(uid, {})):
                 self._drop(uid, route)
