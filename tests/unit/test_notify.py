@@ -338,3 +338,60 @@ def test_a_pending_request_is_reminded_and_an_active_one_warned_before_expiry() 
         assert progress["ops"]["reminders"] == 2 and "alice-db-1" in asked
 
     asyncio.run(scenario())
+
+
+def test_a_request_found_gone_by_name_leaves_no_work_or_timer_behind() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True)
+        route = _route(events=["Reminder"], reminders={"after": "1h"})
+        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                        Credentials({"hmacKey": "k"})))
+        now = datetime.datetime.now(datetime.UTC)
+        pending = access_request(history=[entry("Requested", now, "alice").wire()],
+                                 phase="Pending")
+        notifier.observe(_body(pending), pending, None, None)
+        waiting = notifier.busy()  # a reminder timer, an hour away
+        notifier.forget_name("someone-else")
+        kept = notifier.busy()
+        notifier.forget_name("alice-db-1")  # read, and not found: gone without its event
+        gone = not notifier.busy()
+        await notifier.close()
+        return waiting, kept, gone
+
+    assert asyncio.run(scenario()) == (True, True, True)
+
+
+def test_a_reminder_due_while_leadership_is_in_doubt_is_sent_once_it_is_not() -> None:
+    async def scenario() -> list[str]:
+        receiver = _Receiver()
+        runner, url = await _serve(receiver)
+        leading = [False]
+        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None,
+                            lambda: leading[0])
+        route = _route(channel={"type": "Webhook", "url": url, "secretRef": {"name": "h"}},
+                       events=["Reminder"], reminders={"after": "1s", "count": 1})
+        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                        Credentials({"hmacKey": "k"})))
+        now = datetime.datetime.now(datetime.UTC)
+        pending = access_request(history=[entry("Requested", now, "alice").wire()],
+                                 phase="Pending")
+        leading[0] = True
+        notifier.observe(_body(pending), pending, None, None)
+        leading[0] = False  # renewal late when the reminder falls due (after 1 s)
+        loop = asyncio.get_running_loop()
+        first = notifier._work["u-1"]["ops"].timer
+        try:
+            deadline = loop.time() + 10
+            while notifier._work["u-1"]["ops"].timer is first and loop.time() < deadline:
+                await asyncio.sleep(0.05)  # until it fell due, found no lease, and re-armed
+            assert notifier._work["u-1"]["ops"].timer is not first and receiver.seen == []
+            leading[0] = True  # renewed
+            deadline = loop.time() + 10
+            while not receiver.seen and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+        return [json.loads(body)["id"] for _, body in receiver.seen]
+
+    assert asyncio.run(scenario()) == ["u-1/reminder-1"]

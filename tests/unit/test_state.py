@@ -120,6 +120,25 @@ def test_a_relisted_eligibility_that_changed_is_reported() -> None:
         [{"metadata": {"name": "f", "resourceVersion": "12"}, "spec": changed}], 20) == ["e", "f"]
 
 
+def test_a_deleted_eligibilitys_labels_outlive_it_while_a_request_it_governed_is_held() -> None:
+    # A route selecting eligibilities by label still routes the Revoked notifications of the
+    # requests a deleted eligibility governed; the labels go once nothing of it is held.
+    state = State()
+    spec = {"subjects": [{"kind": "User", "name": "alice"}],
+            "roles": [{"kind": "Role", "name": "db-reader"}], "namespaces": ["payments"],
+            "approval": {"users": ["bob"]}}
+    state.apply_eligibility_list([{"metadata": {"name": "e", "resourceVersion": "5",
+                                                "labels": {"team": "db"}}, "spec": spec}], 10)
+    state.place("r", Phase.ACTIVE, "e", "payments", NOW)
+    state.observe_eligibility("e", None, "11", {"team": "db"})  # deleted
+    assert state.eligibility_labels("e") == {"team": "db"}
+    state.apply_eligibility_list([], 20)
+    assert state.eligibility_labels("e") == {"team": "db"}  # r is still held under it
+    state.place("r", Phase.REVOKED, "e", "payments", None)
+    state.apply_eligibility_list([], 30)
+    assert state.eligibility_labels("e") is None
+
+
 def test_moving_a_request_updates_both_indexes() -> None:
     state = State()
     state.place("r", Phase.PENDING, "old", "a", None)

@@ -445,6 +445,9 @@ class State:
                     fresh[name] = current[name]
         self._eligibility_versions = versions
         self._eligibilities = fresh
+        for name in [name for name in self._eligibility_labels
+                     if name not in versions and name not in self._governed]:
+            del self._eligibility_labels[name]  # gone, and nothing it governed is held
         if first:
             return []  # the first list: nothing was decided on the cache before it
         return sorted(name for name in set(current) | set(fresh)
@@ -462,10 +465,10 @@ class State:
         if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
             return
         self._eligibility_versions[name] = (seen, spec is not None)
-        if spec is None:
-            self._eligibility_labels.pop(name, None)
-        else:
-            self._eligibility_labels[name] = dict(labels or {})
+        # Kept on deletion too (the event carries the last labels): the Revoked notifications
+        # of the requests it governed are routed by them. Dropped by the next list once none
+        # of its requests is held.
+        self._eligibility_labels[name] = dict(labels or {})
         if self._eligibilities is None:
             return  # the first use lists everything anyway
         updated = dict(self._eligibilities)

@@ -323,6 +323,8 @@ class Reconciler:
                 if body is None:
                     # Gone without a DELETED event (a watch that listed again): forget it.
                     self.forget(name)
+                    if self.notifier is not None:
+                        self.notifier.forget_name(name)
                     return
                 try:
                     await self._reconcile(body, utcnow())

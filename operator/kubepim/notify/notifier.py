@@ -235,6 +235,12 @@ class Notifier:
         for route in list(self._work.get(uid, {})):
             self._drop(uid, route)
 
+    def forget_name(self, name: str) -> None:
+        """No request of this name exists any more (its uid unknown): forget any of its work."""
+        for uid in [uid for uid, works in self._work.items()
+                    if any(work.name == name for work in works.values())]:
+            self.forget(uid)
+
     def reset(self) -> None:
         """Leadership lost: stop sending; the next leader picks up from the statuses."""
         self.loaded = False
@@ -293,7 +299,12 @@ class Notifier:
 
     def _fire(self, uid: str, route_name: str, kind: str, sequence: int) -> None:
         work = self._work.get(uid, {}).get(route_name)
-        if work is None or not self._leading() or work.timer_for != (kind, sequence):
+        if work is None or work.timer_for != (kind, sequence):
+            return
+        if not self._leading():
+            # Renewal late: try again in a second (a lost lease resets all work, timers too).
+            work.timer = asyncio.get_running_loop().call_later(
+                1.0, self._fire, uid, route_name, kind, sequence)
             return
         work.timer, work.timer_for = None, None
         request = AccessRequest.model_validate(work.snapshot)
