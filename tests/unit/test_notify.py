@@ -395,3 +395,61 @@ def test_a_reminder_due_while_leadership_is_in_doubt_is_sent_once_it_is_not() ->
         return [json.loads(body)["id"] for _, body in receiver.seen]
 
     assert asyncio.run(scenario()) == ["u-1/reminder-1"]
+
+
+@pytest.mark.parametrize(("route", "status", "due"), [
+    ({"reviewMissingAfter": "24h"}, {"reviewRequired": True}, NOW + datetime.timedelta(hours=24)),
+    ({"reviewMissingAfter": "24h"}, {"reviewRequired": True, "phase": "Expired"},
+     NOW + datetime.timedelta(hours=24)),
+    ({"reviewMissingAfter": "24h"}, {"reviewRequired": True, "reviewedBy": "bob"}, None),
+    ({"reviewMissingAfter": "24h"}, {}, None),
+    ({}, {"reviewRequired": True}, None),
+    ({"reviewMissingAfter": "24h", "events": ["BreakGlass"]}, {"reviewRequired": True}, None),
+], ids=["an unreviewed grant is told of its missing review after the route's delay",
+        "also once it expired unreviewed", "not once an approver reviewed it",
+        "not a grant that needs no review", "not by a route that did not ask",
+        "not by a route whose events leave ReviewMissing out"])
+def test_a_missing_break_glass_review_is_due_after_the_routes_delay_from_activation(
+        route: dict[str, Any], status: dict[str, Any], due: datetime.datetime | None) -> None:
+    req = access_request(request(breakGlass=True), **{"activatedAt": NOW.isoformat(),
+                                                      "phase": "Active", **status})
+    assert notify.review_missing_at(_route(**route), req) == due
+
+
+def test_an_unreviewed_break_glass_grant_is_told_once_to_the_security_route() -> None:
+    async def scenario() -> tuple[list[str], dict[str, Any], str]:
+        receiver = _Receiver()
+        runner, url = await _serve(receiver)
+        asked: list[str] = []
+        notifier = Notifier("urn:kubepim:test", _no_warning, asked.append, lambda: True)
+        route = _route(channel={"type": "Webhook", "url": url, "secretRef": {"name": "h"}},
+                       match={"breakGlassOnly": True}, events=["ReviewMissing"],
+                       reviewMissingAfter="1s")
+        notifier.set_route("security", Route(route, NOW - datetime.timedelta(days=1),
+                                             Credentials({"hmacKey": "k"})))
+        now = datetime.datetime.now(datetime.UTC)
+        expired = access_request(request(breakGlass=True),
+                                 history=[entry("BreakGlass", now, "alice").wire(),
+                                          entry("Expired", now, "kubepim").wire()],
+                                 phase="Expired", reviewRequired=True,
+                                 activatedAt=now.isoformat())
+        loop = asyncio.get_running_loop()
+        try:
+            notifier.observe(_body(expired), expired, None, None)
+            deadline = loop.time() + 10
+            while not (receiver.seen and asked) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            progress = notifier.progress("u-1")
+            notifier.observe(_body(expired), expired, None, None)  # reconciled again: not twice
+            timer = notifier._work["u-1"]["security"].timer
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+        data = json.loads(receiver.seen[0][1])
+        return ([json.loads(body)["id"] for _, body in receiver.seen], progress["security"],
+                f"{data['type']} {timer}")
+
+    ids, progress, rest = asyncio.run(scenario())
+    assert ids == ["u-1/review-missing"]
+    assert progress["reviewMissing"] is True
+    assert rest == "dev.kubepim.accessrequest.reviewmissing None"  # nothing more to time

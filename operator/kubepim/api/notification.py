@@ -22,7 +22,7 @@ ChannelType = Literal["Webhook", "Email", "Slack", "SlackWebhook", "Teams"]
 NotificationEvent = Literal[
     "Requested", "Approved", "Denied", "Activated", "Expired", "Revoked", "Withdrawn",
     "TimedOut", "Rejected", "BreakGlass", "Reviewed", "BindingRestored",
-    "Reminder", "ExpiringSoon",
+    "Reminder", "ExpiringSoon", "ReviewMissing",
 ]
 EVENTS: tuple[str, ...] = NotificationEvent.__args__  # type: ignore[attr-defined]
 
@@ -129,6 +129,9 @@ _SPEC_RULES: list[dict[str, str]] = [
      "message": "reminders.after must be at least 1m"},
     {"rule": "!has(self.expiryWarning) || duration(self.expiryWarning) >= duration('1m')",
      "message": "expiryWarning must be at least 1m"},
+    {"rule": "!has(self.reviewMissingAfter) || "
+             "duration(self.reviewMissingAfter) >= duration('1m')",
+     "message": "reviewMissingAfter must be at least 1m"},
 ]
 
 
@@ -148,6 +151,11 @@ class NotificationRouteSpec(Model):
     expiry_warning: str | None = Field(
         default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
         description="Warn this long before a grant expires (event ExpiringSoon), e.g. 10m.")
+    review_missing_after: str | None = Field(
+        default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
+        description="Tell when a break-glass grant is still not reviewed (acknowledged by an "
+        "approver) this long after it was activated (event ReviewMissing), e.g. 24h: for a "
+        "security team's route.")
 
 
 class NotificationRouteStatus(Model):

@@ -157,6 +157,8 @@ class Delivery(Model):
     reminders: int = Field(default=0, ge=0, description="Reminders sent of this Pending "
                            "request.")
     warned: bool = Field(default=False, description="The warning before expiry was sent.")
+    review_missing: bool = Field(default=False, description="The missing break-glass review "
+                                 "was told.")
     thread: str | None = Field(default=None, max_length=128, description="The channel's "
                                "reference of the first message (Slack: its ts), so later "
                                "ones edit it and reply in its thread, also after a restart.")

@@ -115,6 +115,24 @@ def warning_at(route: NotificationRouteSpec,
     return expires - duration.parse(route.expiry_warning)
 
 
+def review_missing_at(route: NotificationRouteSpec,
+                      request: AccessRequest) -> datetime.datetime | None:
+    """When a break-glass grant still not reviewed is to be told of, or None.
+
+    ``reviewMissingAfter`` after its activation, whatever its phase since (a grant that
+    expired unreviewed is still owed its review).
+    """
+    status = request.status
+    if route.review_missing_after is None or status is None or not status.review_required \
+            or status.reviewed_by is not None or not wants(route, "ReviewMissing"):
+        return None
+    activated = status.activated_at or (status.history[0].time if status.history else None)
+    if activated is None:
+        return None
+    due: datetime.datetime = activated + duration.parse(route.review_missing_after)
+    return due
+
+
 def reminder(kind: str, when: datetime.datetime, request: AccessRequest,
              sequence: int) -> HistoryEntry:
     """The entry a reminder or expiry warning is told as (never written to the history)."""
@@ -125,6 +143,11 @@ def reminder(kind: str, when: datetime.datetime, request: AccessRequest,
         return HistoryEntry(time=when, action="Reminder", actor="kubepim",
                             reason=f"still pending (reminder {sequence}; {given} approval(s) "
                             "so far)")
+    if kind == "ReviewMissing":
+        activated = status.activated_at.isoformat() if status and status.activated_at else "?"
+        return HistoryEntry(time=when, action="ReviewMissing", actor="kubepim",
+                            reason=f"the break-glass grant activated at {activated} is not "
+                            "reviewed yet")
     expires = status.expires_at.isoformat() if status and status.expires_at else "?"
     return HistoryEntry(time=when, action="ExpiringSoon", actor="kubepim",
                         reason=f"the grant expires at {expires}")
@@ -195,7 +218,8 @@ def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleElig
     """What every channel says of one transition: the CloudEvent's data, the message's fields.
 
     Free text is clipped (not escaped: each channel escapes for its own markup). A reminder or
-    expiry warning (``index`` -1) has an id of its own: ``uid/reminder-N``, ``uid/expiring``.
+    expiry warning (``index`` -1) has an id of its own: ``uid/reminder-N``, ``uid/expiring``,
+    ``uid/review-missing``.
     """
     spec, status = request.spec, request.status
     name = str(body["metadata"]["name"])
@@ -204,7 +228,8 @@ def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleElig
     required = eligibility.approval.required if eligibility else None
     uid = str(body["metadata"].get("uid") or "")
     ident = f"{uid}/{index}" if index >= 0 else (
-        f"{uid}/reminder-{sequence}" if entry.action == "Reminder" else f"{uid}/expiring")
+        f"{uid}/reminder-{sequence}" if entry.action == "Reminder" else
+        f"{uid}/review-missing" if entry.action == "ReviewMissing" else f"{uid}/expiring")
     return {
         "id": ident,
         "request": name,
@@ -227,6 +252,7 @@ def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleElig
         "expiresAt": status.expires_at.isoformat() if status and status.expires_at else None,
         "approve": f"kubectl pim approve {name}",
         "deny": f"kubectl pim deny {name} --reason '...'",
+        "acknowledge": f"kubectl pim ack {name}",
     }
 
 
@@ -304,4 +330,7 @@ def summary(data: Mapping[str, Any]) -> str:
         return f"Still waiting for approval: {head} ({data['reason']}). Approve: {data['approve']}"
     if action == "ExpiringSoon":
         return f"Expiring soon: {head} ({data['reason']})"
+    if action == "ReviewMissing":
+        return (f"BREAK-GLASS NOT REVIEWED: {head} ({data['reason']}). An approver "
+                f"acknowledges it: {data['acknowledge']}")
     return f"{action}: {head} ({data['reason']})"

@@ -77,15 +77,18 @@ class _Work:
     eligibility: RoleEligibilitySpec | None = None
     reminders: int = 0  # reminders sent (Pending)
     warned: bool = False  # the expiry warning sent (Active)
+    review_missing: bool = False  # the missing break-glass review told
     recorded_reminders: int = 0
     recorded_warned: bool = False
+    recorded_review_missing: bool = False
     timer: asyncio.TimerHandle | None = None
     timer_for: tuple[str, int] | None = None  # (kind, sequence) the timer fires
 
     def unrecorded(self) -> bool:
         """Whether this work has progress the status does not hold yet."""
         return (self.done > self.recorded or self.reminders > self.recorded_reminders
-                or self.warned > self.recorded_warned)
+                or self.warned > self.recorded_warned
+                or self.review_missing > self.recorded_review_missing)
 
     def stop_timer(self) -> None:
         """Cancel the reminder or warning timer, if any."""
@@ -175,8 +178,11 @@ class Notifier:
                              thread=delivery.thread if delivery else None,
                              reminders=delivery.reminders if delivery else 0,
                              warned=delivery.warned if delivery else False,
+                             review_missing=delivery.review_missing if delivery else False,
                              recorded_reminders=delivery.reminders if delivery else 0,
-                             recorded_warned=delivery.warned if delivery else False)
+                             recorded_warned=delivery.warned if delivery else False,
+                             recorded_review_missing=(delivery.review_missing if delivery
+                                                      else False))
             work.recorded = max(work.recorded, recorded)
             work.final, work.snapshot, work.eligibility = final, body, eligibility
             work.recorded_routes = len(request.status.notifications)
@@ -210,6 +216,7 @@ class Notifier:
         """``status.notifications`` entries newer than the status's own (for the next write)."""
         return {route: {"next": work.done, "failed": work.failed,
                         "reminders": work.reminders, "warned": work.warned,
+                        **({"reviewMissing": True} if work.review_missing else {}),
                         **({"thread": work.thread} if work.thread else {})}
                 for route, work in self._work.get(uid, {}).items()
                 if work.unrecorded() and (work.recorded_routes < _MAX_ROUTES or work.known)}
@@ -224,6 +231,8 @@ class Notifier:
             work.recorded_reminders = max(work.recorded_reminders,
                                           int(entry.get("reminders", 0)))
             work.recorded_warned = work.recorded_warned or bool(entry.get("warned"))
+            work.recorded_review_missing = work.recorded_review_missing or bool(
+                entry.get("reviewMissing"))
             if not work.unrecorded() and not work.queue and work.task is None \
                     and work.timer is None:
                 del works[route]
@@ -268,31 +277,38 @@ class Notifier:
             if work.task is not None:
                 work.task.cancel()
 
-    # Reminders of Pending requests and warnings before expiry
+    # Reminders of Pending requests, warnings before expiry, missing break-glass reviews
 
     def _schedule(self, uid: str, route_name: str, route: Route, work: _Work,
                   request: AccessRequest) -> None:
-        """Set the route's timer for this request as its phase asks (or none)."""
+        """Set the route's timer for this request to the earliest one its state asks (or none).
+
+        One timer per route and request: when it has fired and been delivered, the next is set.
+        """
         status = request.status
         phase = status.phase if status else None
-        at, kind, sequence = None, "", 0
-        if phase == Phase.PENDING:
-            requested = status.history[0].time if status and status.history else None
-            if requested is not None:
-                sequence = work.reminders + 1
-                at, kind = notify.reminder_at(route.spec, requested, work.reminders), "Reminder"
-        elif phase == Phase.ACTIVE and not work.warned and status is not None:
-            at, kind = notify.warning_at(route.spec, status.expires_at), "ExpiringSoon"
-            if at is not None and status.expires_at is not None \
-                    and status.expires_at <= datetime.datetime.now(datetime.UTC):
-                at = None  # expired already: the Expired notification says it
-        if at is None:
+        now = datetime.datetime.now(datetime.UTC)
+        due: list[tuple[datetime.datetime, str, int]] = []
+        if phase == Phase.PENDING and status is not None and status.history:
+            at = notify.reminder_at(route.spec, status.history[0].time, work.reminders)
+            if at is not None:
+                due.append((at, "Reminder", work.reminders + 1))
+        if phase == Phase.ACTIVE and not work.warned and status is not None:
+            at = notify.warning_at(route.spec, status.expires_at)
+            if at is not None and status.expires_at is not None and status.expires_at > now:
+                due.append((at, "ExpiringSoon", 0))  # (expired already: Expired says it)
+        if not work.review_missing:
+            at = notify.review_missing_at(route.spec, request)
+            if at is not None:
+                due.append((at, "ReviewMissing", 0))
+        if not due:
             work.stop_timer()
             return
+        at, kind, sequence = min(due)
         if work.timer is not None and work.timer_for == (kind, sequence):
             return
         work.stop_timer()
-        delay = max(0.0, (at - datetime.datetime.now(datetime.UTC)).total_seconds())
+        delay = max(0.0, (at - now).total_seconds())
         work.timer_for = (kind, sequence)
         work.timer = asyncio.get_running_loop().call_later(
             delay, self._fire, uid, route_name, kind, sequence)
@@ -329,14 +345,17 @@ class Notifier:
                     return
                 work.queue.pop(0)
                 work.done = max(work.done, item.index + 1)
-                if item.entry.action == "Reminder" and item.index < 0:
-                    work.reminders = max(work.reminders, item.sequence)
+                if item.index < 0:  # a reminder, warning or missing review: the next timer
+                    if item.entry.action == "Reminder":
+                        work.reminders = max(work.reminders, item.sequence)
+                    elif item.entry.action == "ExpiringSoon":
+                        work.warned = True
+                    elif item.entry.action == "ReviewMissing":
+                        work.review_missing = True
                     route = self.routes.get(route_name)
                     if route is not None:
                         self._schedule(uid, route_name, route, work,
                                        AccessRequest.model_validate(work.snapshot))
-                elif item.entry.action == "ExpiringSoon" and item.index < 0:
-                    work.warned = True
         finally:
             work.task = None
         if self._work.get(uid, {}).get(route_name) is work:
