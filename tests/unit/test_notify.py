@@ -453,3 +453,18 @@ def test_an_unreviewed_break_glass_grant_is_told_once_to_the_security_route() ->
     assert ids == ["u-1/review-missing"]
     assert progress["reviewMissing"] is True
     assert rest == "dev.kubepim.accessrequest.reviewmissing None"  # nothing more to time
+
+
+def test_teams_cards_render_no_markup_a_user_wrote() -> None:
+    req = access_request(request(justification="[click](https://evil) **now** _x_",
+                                 ticket="<at>all</at>"),
+                         history=_history("Requested"))
+    data = notify.facts(_body(req), req, None, 0, req.status.history[0])  # type: ignore[union-attr]
+    card = channels._teams_card(data)["attachments"][0]["content"]
+    # Free text only in TextRuns (no Markdown there); nothing of it in a Markdown field.
+    marked = [b["text"] for b in card["body"] if b["type"] == "TextBlock"] + [
+        f["value"] for b in card["body"] if b["type"] == "FactSet" for f in b["facts"]]
+    assert not any("evil" in text or "<at>" in text for text in marked)
+    runs = [r["text"] for b in card["body"] if b["type"] == "RichTextBlock" for r in b["inlines"]]
+    assert "[click](https://evil) **now** _x_" in runs and "<at>all</at>" in runs
+    assert channels._markdown_escaped("a_b [c](d)") == r"a\_b \[c\]\(d\)"

@@ -177,7 +177,9 @@ def _slack_text(data: Mapping[str, Any]) -> str:
     if data["action"] in ("Requested", "BreakGlass"):
         lines.append(f"*Why:* {esc(data['justification']) or '-'}"
                      + (f"  *Ticket:* {esc(data['ticket'])}" if data.get("ticket") else ""))
-        lines.append(f"`{esc(data['approve'])}`")
+    command = _COMMAND.get(str(data["action"]))
+    if command is not None and data["action"] != "Reminder":  # (its summary says it)
+        lines.append(f"`{esc(data[command])}`")
     return "\n".join(lines)
 
 
@@ -227,21 +229,49 @@ async def _slack_call(session: aiohttp.ClientSession, url: str, payload: Any,
 
 
 def _teams_card(data: Mapping[str, Any]) -> dict[str, Any]:
-    facts = [{"title": title, "value": str(data.get(key) or "-")} for title, key in (
-        ("Requester", "requester"), ("Role", "role"), ("Namespace", "namespace"),
-        ("Duration", "duration"), ("Why", "justification"), ("Ticket", "ticket"),
-        ("Phase", "phase"))]
+    """An Adaptive Card in which no text a user wrote is read as markup.
+
+    TextBlock and Fact values render a Markdown subset (links, emphasis, lists): free text (the
+    summary with its reason, the justification, the ticket) goes in a RichTextBlock's TextRuns,
+    which render no Markdown; the fact values (names and enums) are escaped as well.
+    """
+    def run(text: Any, **style: Any) -> dict[str, Any]:
+        return {"type": "TextRun", "text": str(text), **style}
+
+    def block(*runs: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "RichTextBlock", "inlines": list(runs)}
+
+    facts = [{"title": title, "value": _markdown_escaped(str(data.get(key) or "-"))}
+             for title, key in (("Requester", "requester"), ("Role", "role"),
+                                ("Namespace", "namespace"), ("Duration", "duration"),
+                                ("Phase", "phase"))]
+    body: list[dict[str, Any]] = [
+        block(run(notify.summary(data), weight="Bolder")),
+        {"type": "FactSet", "facts": facts},
+        block(run("Why: ", weight="Bolder"), run(data.get("justification") or "-")),
+    ]
+    if data.get("ticket"):
+        body.append(block(run("Ticket: ", weight="Bolder"), run(data["ticket"])))
+    command = _COMMAND.get(str(data["action"]))
+    if command is not None:
+        body.append(block(run(data[command], fontType="Monospace")))
     return {"type": "message", "attachments": [{
         "contentType": "application/vnd.microsoft.card.adaptive",
-        "content": {
-            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-            "type": "AdaptiveCard", "version": "1.4",
-            "body": [{"type": "TextBlock", "wrap": True, "weight": "Bolder",
-                      "text": notify.summary(data)},
-                     {"type": "FactSet", "facts": facts},
-                     {"type": "TextBlock", "wrap": True, "fontType": "Monospace",
-                      "text": str(data["approve"])}],
-        }}]}
+        "content": {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard", "version": "1.4", "body": body}}]}
+
+
+# What the reader of a card may do about it: the kubectl command shown (facts' key).
+_COMMAND = {"Requested": "approve", "Reminder": "approve", "BreakGlass": "acknowledge",
+            "ReviewMissing": "acknowledge"}
+
+
+def _markdown_escaped(text: str) -> str:
+    """``text`` with every ASCII punctuation character backslash-escaped (CommonMark's rule)."""
+    return "".join(f"\\{c}" if c in _PUNCTUATION else c for c in text.replace("\n", " "))
+
+
+_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 # Email over SMTP
