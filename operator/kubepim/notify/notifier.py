@@ -44,6 +44,10 @@ _CONCURRENCY = 16
 # A Slack message reference as Slack gives it ("1700000000.123456"); anything else a receiver
 # answers is not kept (it is written into the request's status).
 _THREAD = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
+# How long a drained route's progress of a request that is not final waits to ride along with
+# the request's next status write before it is written on its own (one write per request for a
+# grant's Requested, Approved and Activated, not three). A restart meanwhile sends those again.
+_ASK_DELAY = 3.0
 # status.notifications holds at most 64 routes (the CRD's limit): new ones past this are not
 # recorded (they are sent, and after a restart sent again).
 _MAX_ROUTES = 60
@@ -74,6 +78,8 @@ class _Work:
     task: asyncio.Task[None] | None = None
     final: bool = False
     snapshot: dict[str, Any] = field(default_factory=dict)  # the body the facts come from
+    request: AccessRequest | None = None  # the snapshot, parsed (the reconciler's own parse)
+    asking: bool = False  # a delayed ask for the progress to be written is pending
     eligibility: RoleEligibilitySpec | None = None
     reminders: int = 0  # reminders sent (Pending)
     warned: bool = False  # the expiry warning sent (Active)
@@ -150,7 +156,7 @@ class Notifier:
                 self._background(self._warn_safely(
                     work, f"route {name} was {why}: {len(abandoned)} notification(s) of this "
                     "request not sent"))
-            self._ask(work)
+            self._ask(uid, name, work)
 
     # The reconciler's side
 
@@ -185,6 +191,7 @@ class Notifier:
                                                       else False))
             work.recorded = max(work.recorded, recorded)
             work.final, work.snapshot, work.eligibility = final, body, eligibility
+            work.request = request
             work.recorded_routes = len(request.status.notifications)
             work.known = name in request.status.notifications
             fresh = notify.due(name, route.spec, route.created, request,
@@ -323,7 +330,7 @@ class Notifier:
                 1.0, self._fire, uid, route_name, kind, sequence)
             return
         work.timer, work.timer_for = None, None
-        request = AccessRequest.model_validate(work.snapshot)
+        request = work.request or AccessRequest.model_validate(work.snapshot)
         entry = notify.reminder(kind, datetime.datetime.now(datetime.UTC), request, sequence)
         work.queue.append(notify.Due(route_name, -1, entry, sequence))
         if work.task is None:
@@ -354,21 +361,33 @@ class Notifier:
                         work.review_missing = True
                     route = self.routes.get(route_name)
                     if route is not None:
-                        self._schedule(uid, route_name, route, work,
-                                       AccessRequest.model_validate(work.snapshot))
+                        self._schedule(uid, route_name, route, work, work.request
+                                       or AccessRequest.model_validate(work.snapshot))
         finally:
             work.task = None
         if self._work.get(uid, {}).get(route_name) is work:
-            self._ask(work)
+            self._ask(uid, route_name, work)
 
-    def _ask(self, work: _Work) -> None:
+    def _ask(self, uid: str, route_name: str, work: _Work, waited: bool = False) -> None:
         """A route's queue for a request drained: have its progress written by a reconcile.
 
-        Not left to the request's next transition, which may be hours away (a restart
-        meanwhile would send again); a final request is settled by the same write.
+        A final request's at once (the same write settles it); any other's after
+        :data:`_ASK_DELAY`, unless a status write of the request recorded it meanwhile. Not
+        left to the request's next transition, which may be hours away (a restart meanwhile
+        would send again).
         """
-        if not work.queue and work.task is None and work.unrecorded():
+        if waited:
+            work.asking = False
+            if self._work.get(uid, {}).get(route_name) is not work:
+                return  # forgotten, or recorded and dropped
+        if work.queue or work.task is not None or not work.unrecorded():
+            return
+        if work.final or waited:
             self._settle(work.name)
+        elif not work.asking:
+            work.asking = True
+            asyncio.get_running_loop().call_later(_ASK_DELAY, self._ask, uid, route_name,
+                                                  work, True)
 
     def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -388,7 +407,7 @@ class Notifier:
         True once delivered or given up on; False when this replica stopped leading (the next
         leader sends it).
         """
-        request = AccessRequest.model_validate(work.snapshot)
+        request = work.request or AccessRequest.model_validate(work.snapshot)
         data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry,
                             item.sequence)
         channel = route.spec.channel.type
