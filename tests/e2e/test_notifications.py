@@ -280,24 +280,36 @@ class _Mailbox:
         return "250 OK"
 
 
-def test_approvers_get_mail_from_a_real_smtp_server(
+def test_approvers_and_then_the_requester_get_mail_from_a_real_smtp_server(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str, cleanup: list[str],
 ) -> None:
-    cleanup.append(namespace)
+    requester_route = f"{namespace}-requester"
+    cleanup += [namespace, requester_route]
     mailbox = _Mailbox()
     smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
+    server = {"host": "127.0.0.1", "port": smtp.port, "starttls": False,
+              "from": "kubepim@example.com"}
     try:
         _route(kubectl, namespace, {"type": "Email", "smtp": {
-            "host": "127.0.0.1", "port": smtp.port, "starttls": False,
-            "from": "kubepim@example.com", "to": ["approvers@example.com"]}},
-            events=["Requested"])
+            **server, "to": ["approvers@example.com"]}}, events=["Requested"])
+        # The requester's own route: their address from their authenticated username.
+        pim.apply(kubectl, {"apiVersion": pim.API_VERSION, "kind": "NotificationRoute",
+                            "metadata": {"name": requester_route},
+                            "spec": {"channel": {"type": "Email", "smtp": {
+                                **server, "toRequester": True,
+                                "requesterDomain": "example.com"}},
+                                "match": {"eligibilities": [namespace]},
+                                "events": ["Activated"]}})
         assert _ready(kubectl, namespace)["status"] == "True"
+        assert _ready(kubectl, requester_route)["status"] == "True"
         pim.pod_reader_for_alice(kubectl, namespace)
         pim.apply(kubectl, pim.access_request(
             namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
             justification="INC-9: <b>pods</b>"), as_user="alice")
         poll(lambda: len(mailbox.mail) >= 1, timeout=20, what="the approvers' mail")
+        pim.approve(kubectl, namespace, "bob")
+        poll(lambda: len(mailbox.mail) >= 2, timeout=20, what="the requester's mail")
     finally:
         smtp.stop()
     mail = mailbox.mail[0]
@@ -306,7 +318,21 @@ def test_approvers_get_mail_from_a_real_smtp_server(
              for part in mail.walk() if not part.is_multipart()}
     assert f"kubectl pim approve {namespace}" in parts["text/plain"]
     assert "&lt;b&gt;pods&lt;/b&gt;" in parts["text/html"]  # escaped in HTML
-    assert len(mailbox.mail) == 1
+    told = mailbox.mail[1]
+    assert told["To"] == "alice@example.com" and "Activated" in told["Subject"]
+    assert len(mailbox.mail) == 2
+
+
+def test_an_email_route_without_recipients_is_refused_at_apply(
+    kubectl: Kubectl, namespace: str,
+) -> None:
+    refused = kubectl("apply", "-f", "-", check=False, stdin=json.dumps({
+        "apiVersion": pim.API_VERSION, "kind": "NotificationRoute",
+        "metadata": {"name": f"{namespace}-nobody"},
+        "spec": {"channel": {"type": "Email", "smtp": {
+            "host": "127.0.0.1", "from": "kubepim@example.com"}}}}))
+    assert refused.returncode != 0
+    assert "smtp needs recipients: to (addresses), toRequester: true, or both" in refused.stderr
 
 
 def test_slack_gets_one_message_edited_in_place_with_a_thread_reply_per_transition(

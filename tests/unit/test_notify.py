@@ -468,3 +468,19 @@ def test_teams_cards_render_no_markup_a_user_wrote() -> None:
     runs = [r["text"] for b in card["body"] if b["type"] == "RichTextBlock" for r in b["inlines"]]
     assert "[click](https://evil) **now** _x_" in runs and "<at>all</at>" in runs
     assert channels._markdown_escaped("a_b [c](d)") == r"a\_b \[c\]\(d\)"
+
+
+@pytest.mark.parametrize(("username", "domain", "address"), [
+    ("alice@example.com", None, "alice@example.com"),
+    ("oidc:alice@example.com", None, "alice@example.com"),
+    ("alice", "example.com", "alice@example.com"),
+    ("alice", None, None),
+    ("system:serviceaccount:ci:deployer", "example.com", None),
+    ("alice\r\nBcc: all@example.com", "example.com", None),
+    ("Alice Smith", "example.com", None),
+], ids=["a username that is an address", "after an OIDC prefix",
+        "a plain username with the route's domain", "a plain username without a domain",
+        "never a service account", "no header injection", "no spaces"])
+def test_the_requesters_address_comes_from_their_authenticated_username(
+        username: str, domain: str | None, address: str | None) -> None:
+    assert notify.requester_address(username, domain) == address

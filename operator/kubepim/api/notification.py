@@ -37,6 +37,11 @@ class SecretRef(Model):
 class Smtp(Model):
     """An SMTP server that takes mail for the recipients (STARTTLS unless on loopback)."""
 
+    model_config = cel_rules([
+        {"rule": "(has(self.to) && size(self.to) > 0) || "
+                 "(has(self.toRequester) && self.toRequester)",
+         "message": "smtp needs recipients: to (addresses), toRequester: true, or both"}])
+
     host: str = Field(min_length=1, max_length=253, description="SMTP server host name.")
     port: int = Field(default=587, ge=1, le=65535, description="SMTP port (submission: 587).")
     starttls: bool = Field(
@@ -44,8 +49,14 @@ class Smtp(Model):
         "unless the host is a loopback address).")
     sender: str = Field(min_length=3, max_length=254, alias="from",
                         description="The From address, e.g. kubepim@example.com.")
-    to: list[str] = Field(min_length=1, max_length=50,
+    to: list[str] = Field(default_factory=list, max_length=50,
                           description="Recipients, e.g. the approvers' list address.")
+    to_requester: bool = Field(
+        default=False, description="Also mail the requester: their username when it is an "
+        "email address (after any prefix such as oidc:), else username@requesterDomain.")
+    requester_domain: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$",
+        description="The mail domain of usernames that are not addresses, e.g. example.com.")
 
 
 _CHANNEL_RULES: list[dict[str, str]] = [

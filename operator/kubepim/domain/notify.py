@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -206,6 +207,27 @@ def _redacted(url: str) -> str:
     except ValueError:
         return "(not a URL)"
     return f"{parsed.scheme}://{host}/…" if parsed.scheme else "(not a URL)"
+
+
+_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_LOCAL = re.compile(r"[A-Za-z0-9._%+-]{1,64}")
+
+
+def requester_address(username: str | None, domain: str | None) -> str | None:
+    """The requester's mail address from their (API-server-authenticated) username, or None.
+
+    The username itself if it is an address, after any prefix such as ``oidc:``; else
+    ``username@domain`` when a domain is given and the username is a plain local part. Never
+    for system identities (service accounts, nodes).
+    """
+    if not username or username.startswith("system:"):
+        return None
+    bare = username.rsplit(":", 1)[-1]
+    if _ADDRESS.fullmatch(bare):
+        return bare
+    if domain and _LOCAL.fullmatch(bare):
+        return f"{bare}@{domain}"
+    return None
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:

@@ -281,11 +281,19 @@ def _email(channel: Channel, credentials: Credentials, data: Mapping[str, Any]) 
     smtp = channel.smtp
     if smtp is None:
         raise GiveUp("an Email channel needs smtp")
-    if any(c in value for value in (smtp.sender, *smtp.to) for c in "\r\n"):
+    recipients = list(smtp.to)
+    if smtp.to_requester:
+        address = notify.requester_address(data.get("requester"), smtp.requester_domain)
+        if address is None and not recipients:
+            raise GiveUp(f"the requester {data.get('requester')!r} has no mail address: their "
+                         "username is not one and the route gives no requesterDomain")
+        if address is not None and address not in recipients:
+            recipients.append(address)
+    if any(c in value for value in (smtp.sender, *recipients) for c in "\r\n"):
         raise GiveUp("an address holds a line break")
     message = email.message.EmailMessage()
     message["From"] = smtp.sender
-    message["To"] = ", ".join(smtp.to)
+    message["To"] = ", ".join(recipients)
     message["Subject"] = notify.clip(f"[kubepim] {data['action']}: {data['requester']} → "
                                      f"{data['role']}", 150)
     # The notification's id: a mail client (or a deduplicating relay) sees a repeat as one.
@@ -308,7 +316,7 @@ def _email(channel: Channel, credentials: Credentials, data: Mapping[str, Any]) 
                 client.login(user, password)
             refused = client.send_message(message)
             if refused:  # some recipients took it, these did not: not worth resending to all
-                raise GiveUp(f"SMTP refused {len(refused)} of {len(smtp.to)} recipient(s)")
+                raise GiveUp(f"SMTP refused {len(refused)} of {len(recipients)} recipient(s)")
     except smtplib.SMTPRecipientsRefused as error:
         codes = {code for code, _ in error.recipients.values()}
         if all(400 <= code < 500 for code in codes):
