@@ -468,6 +468,7 @@ def test_teams_cards_render_no_markup_a_user_wrote() -> None:
     runs = [r["text"] for b in card["body"] if b["type"] == "RichTextBlock" for r in b["inlines"]]
     assert "[click](https://evil) **now** _x_" in runs and "<at>all</at>" in runs
     assert channels._markdown_escaped("a_b [c](d)") == r"a\_b \[c\]\(d\)"
+    assert channels._markdown_escaped("- team-a") == r"\- team-a"  # no list; names intact
 
 
 @pytest.mark.parametrize(("username", "domain", "address"), [

@@ -98,6 +98,7 @@ class WorkQueue:
     def add_after(self, key: str, seconds: float) -> None:
         """Add ``key`` once ``seconds`` have passed (the earliest of several such adds wins)."""
         if seconds <= 0:
+            self._woken(key)  # (a timer all the same: due already)
             self.add(key)
             return
         deadline = self._clock() + seconds

@@ -467,7 +467,8 @@ class State:
         self._eligibility_versions[name] = (seen, spec is not None)
         # Kept on deletion too (the event carries the last labels): the Revoked notifications
         # of the requests it governed are routed by them. Dropped by the next list once none
-        # of its requests is held.
+        # of its Pending or Active requests is held (a final one awaiting its break-glass
+        # review is not counted: its later notifications route without the labels).
         self._eligibility_labels[name] = dict(labels or {})
         if self._eligibilities is None:
             return  # the first use lists everything anyway

@@ -107,11 +107,10 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         except Exception as error:
             logger.warning("could not list NotificationRoutes at takeover (%s: %s); final "
                            "requests stay unsettled until they are", type(error).__name__, error)
-            if not _LOADERS:  # (a takeover tried again: one loader is enough)
-                loader = asyncio.create_task(notifications.load_until_done(
+            loader = memo.get("route_loader")
+            if loader is None or loader.done():  # (a takeover tried again: one is enough)
+                memo.route_loader = asyncio.create_task(notifications.load_until_done(
                     reconciler, config.namespace, lambda: resync_once(reconciler)))
-                _LOADERS.add(loader)
-                loader.add_done_callback(_LOADERS.discard)
         reconciler.queue.resume()
         removed = await sweep_orphans(reconciler, requests)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
@@ -181,14 +180,11 @@ async def _serve_webhooks(
             await setup.close()
 
 
-# The background listing of NotificationRoutes after a takeover that could not list them.
-_LOADERS: set[asyncio.Task[None]] = set()
-
-
 @kopf.on.cleanup(registry=registry)
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop background tasks, hand the lease over, remove temporary certificates."""
-    for task in [*getattr(memo, "background", []), *_LOADERS]:
+    loader = getattr(memo, "route_loader", None)
+    for task in [*getattr(memo, "background", []), *([loader] if loader else [])]:
         task.cancel()
     elector = getattr(memo, "elector", None)
     if elector is not None:

@@ -124,7 +124,11 @@ async def report(reconciler: Reconciler, namespace: str, name: str, body: dict[s
     status = {"observedGeneration": generation, "conditions": [condition.wire()]}
     current = body.get("status") or {}
     if {k: current.get(k) for k in status} != status:
-        await reconciler.kube.patch_route_status(name, status)
+        try:
+            await reconciler.kube.patch_route_status(name, status)
+        except Exception as error:  # the route was checked and handed over: only this failed
+            logger.warning("could not write NotificationRoute %s's status (%s: %s)", name,
+                           type_name(error), error)
 
 
 def _time(text: str | None) -> datetime.datetime | None:
@@ -203,28 +207,35 @@ async def load(reconciler: Reconciler, namespace: str) -> None:
         reconciler.routes.setdefault(item["metadata"]["name"], item)
     if not await check_all(reconciler, namespace):
         raise RuntimeError("a NotificationRoute could not be checked")
-    if reconciler.notifier is not None and reconciler.leading():
-        reconciler.notifier.loaded = True
+    if reconciler.notifier is not None:
+        reconciler.notifier.loaded = True  # (a lost lease clears it: reset)
 
 
 async def load_until_done(reconciler: Reconciler, namespace: str,
                           then: Callable[[], Awaitable[None]]) -> None:
-    """Try :func:`load` again with backoff (1 s doubling to 30 s) while leading; then ``then``.
+    """Try :func:`load` again with backoff while this replica holds the lease; then ``then``.
 
-    ``then``: the resync, which reconciles the final requests whose settling waited.
+    1 s doubling to 30 s; waiting while the lease's renewal is late. ``then``: the resync,
+    which reconciles the final requests whose settling waited.
     """
     delay = 1.0
-    while reconciler.leading() and reconciler.notifier is not None \
+    while reconciler.elected() and reconciler.notifier is not None \
             and not reconciler.notifier.loaded:
         await asyncio.sleep(delay)
+        if not reconciler.leading():
+            continue  # renewal late: the lease decides, not this loop
         delay = min(30.0, delay * 2)
         try:
             await load(reconciler, namespace)
         except Exception as error:
             logger.warning("could not list NotificationRoutes (%s: %s); trying again in %.0f s",
                            type_name(error), error, delay)
-    if reconciler.leading():
-        await then()
+    if reconciler.elected() and reconciler.notifier is not None and reconciler.notifier.loaded:
+        try:
+            await then()
+        except Exception as error:  # the periodic resync settles them in any case
+            logger.warning("resync after listing NotificationRoutes failed (%s: %s)",
+                           type_name(error), error)
 
 
 async def recheck_forever(reconciler: Reconciler, namespace: str,

@@ -91,6 +91,9 @@ class Reconciler:
         # timer, a retry, the notifier, a binding): a held body that is no newer than the
         # version decided cannot answer those, so the request is read instead of skipped.
         self._woken: set[str] = set()
+        # Leadership terms ended on this replica (see reset): a reconcile started in one that
+        # ended records nothing, even if the replica leads again by the time it finishes.
+        self.term = 0
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
@@ -248,6 +251,7 @@ class Reconciler:
         self._deleted.clear()
         self._again.clear()
         self._woken.clear()
+        self.term += 1  # a reconcile of the term that ended must not refill the state
         self.state.reset()
         if self.notifier is not None:
             self.notifier.reset()
@@ -257,7 +261,7 @@ class Reconciler:
         if not self.leading():
             raise NotLeading(f"{key} waits: this replica is not leading")
         woken = key in self._woken
-        self._woken.discard(key)  # (kept, if the key is held back: it is read then)
+        self._woken.discard(key)
         if key.startswith(_BINDING):
             await self._check_binding(key.removeprefix(_BINDING))
             return
@@ -272,7 +276,12 @@ class Reconciler:
             return
         again = key in self._again
         self._again.discard(key)
-        await self.reconcile(key, self._bodies.pop(key, None), again=again, woken=woken)
+        try:
+            await self.reconcile(key, self._bodies.pop(key, None), again=again, woken=woken)
+        except NotLeading:
+            if woken:
+                self._woken.add(key)  # held back, taken again later: still a wake-up
+            raise
 
     async def _deleted_or_settled(self, body: dict[str, Any]) -> None:
         """A DELETED event: the request was deleted, or it left the watch's selection (settled).
@@ -345,6 +354,7 @@ class Reconciler:
 
     async def _reconcile(self, body: dict[str, Any], now: datetime.datetime) -> None:
         name = body["metadata"]["name"]
+        term = self.term
         try:
             request = AccessRequest.model_validate(body)
         except ValidationError as error:
@@ -457,8 +467,9 @@ class Reconciler:
         else:
             done_with = status.settled
 
-        if not self.leading():
-            # Lost the lease while this reconcile ran: the state was reset; do not refill it.
+        if not self.leading() or self.term != term:
+            # Lost the lease while this reconcile ran (perhaps won again since): the state was
+            # reset; do not refill it.
             raise NotLeading(f"{name}: leadership lost during its reconcile")
         phase = transitions[-1].phase if transitions else status.phase
         governing = plan.eligibility or status.eligibility

@@ -178,7 +178,7 @@ def _slack_text(data: Mapping[str, Any]) -> str:
         lines.append(f"*Why:* {esc(data['justification']) or '-'}"
                      + (f"  *Ticket:* {esc(data['ticket'])}" if data.get("ticket") else ""))
     command = _COMMAND.get(str(data["action"]))
-    if command is not None and data["action"] != "Reminder":  # (its summary says it)
+    if command is not None:
         lines.append(f"`{esc(data[command])}`")
     return "\n".join(lines)
 
@@ -262,16 +262,21 @@ def _teams_card(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # What the reader of a card may do about it: the kubectl command shown (facts' key).
-_COMMAND = {"Requested": "approve", "Reminder": "approve", "BreakGlass": "acknowledge",
-            "ReviewMissing": "acknowledge"}
+# (Reminders and missing reviews say theirs in their summary line.)
+_COMMAND = {"Requested": "approve", "BreakGlass": "acknowledge"}
 
 
 def _markdown_escaped(text: str) -> str:
-    """``text`` with every ASCII punctuation character backslash-escaped (CommonMark's rule)."""
-    return "".join(f"\\{c}" if c in _PUNCTUATION else c for c in text.replace("\n", " "))
+    """``text`` on one line with the characters that make Markdown backslash-escaped.
+
+    Emphasis, links, code and a leading list marker: not every punctuation character, as
+    CommonMark would allow, since some Teams clients show the backslashes.
+    """
+    line = "".join(f"\\{c}" if c in _MARKUP else c for c in text.replace("\n", " "))
+    return f"\\{line}" if line[:1] in ("-", "+") else line
 
 
-_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_MARKUP = frozenset("\\`*_[]()<>#~{}")
 
 
 # Email over SMTP

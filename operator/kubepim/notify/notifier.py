@@ -143,6 +143,7 @@ class Notifier:
             work = self._work[uid].get(name)
             if work is None:
                 continue
+            work.stop_timer()  # (nor reminders, warnings or missing reviews through it)
             if work.task is not None:
                 work.task.cancel()
                 work.task = None
@@ -308,6 +309,8 @@ class Notifier:
             at = notify.review_missing_at(route.spec, request)
             if at is not None:
                 due.append((at, "ReviewMissing", 0))
+        if any(item.index < 0 for item in work.queue):
+            return  # one fired and not yet delivered: its delivery sets the next timer
         if not due:
             work.stop_timer()
             return
@@ -323,6 +326,13 @@ class Notifier:
     def _fire(self, uid: str, route_name: str, kind: str, sequence: int) -> None:
         work = self._work.get(uid, {}).get(route_name)
         if work is None or work.timer_for != (kind, sequence):
+            return
+        if route_name not in self.routes:  # deleted or not Ready since: nothing to send
+            work.timer, work.timer_for = None, None
+            if work.unrecorded():
+                self._ask(uid, route_name, work)
+            elif not work.queue and work.task is None:
+                self._drop(uid, route_name)
             return
         if not self._leading():
             # Renewal late: try again in a second (a lost lease resets all work, timers too).
