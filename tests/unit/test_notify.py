@@ -485,3 +485,22 @@ def test_teams_cards_render_no_markup_a_user_wrote() -> None:
 def test_the_requesters_address_comes_from_their_authenticated_username(
         username: str, domain: str | None, address: str | None) -> None:
     assert notify.requester_address(username, domain) == address
+
+
+def test_a_route_deleted_while_a_reminder_is_timed_leaves_nothing_owed() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True)
+        route = _route(events=["Reminder"], reminders={"after": "1h"})
+        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                        Credentials({"hmacKey": "k"})))
+        now = datetime.datetime.now(datetime.UTC)
+        pending = access_request(history=[entry("Requested", now, "alice").wire()],
+                                 phase="Pending")
+        notifier.observe(_body(pending), pending, None, None)
+        timed = notifier._work["u-1"]["ops"].timer is not None
+        notifier.set_route("ops", None)  # deleted: its timer goes with it
+        work = notifier._work.get("u-1", {}).get("ops")
+        await notifier.close()
+        return timed, work is None or (work.timer is None and not notifier.owes("u-1"))
+
+    assert asyncio.run(scenario()) == (True, True)

@@ -124,6 +124,9 @@ def test_delayed_keys_fire_in_deadline_order_and_the_earliest_add_wins() -> None
         queue.add("event")  # (not a delayed add: the woken hook is not told)
         await _until(lambda: seen == ["event", "early", "late"])
         assert woken == ["early", "late"]  # each told before it is added
+        queue.add_after("due-already", -1.0)  # (an expiry passed while its reconcile ran)
+        await _until(lambda: seen[-1] == "due-already")
+        assert woken[-1] == "due-already"
         queue.add_after("cancelled", 0.01)
         queue.cancel("cancelled")
         queue.add_after("after", 0.03)
