@@ -50,6 +50,11 @@ def _scale_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("scale: expiry lag of the live grants (s)",
          f"p50 {s['expiry_lag_s']['p50']:.2f}  p99 {s['expiry_lag_s']['p99']:.2f}  "
          f"max {s['expiry_lag_s']['max']:.2f}", "p99 < 1 s"),
+        *([("scale: expiry lag as the requests record it (s)",
+            f"p50 {s['expiry_lag_recorded_s']['p50']:.2f}  p99 "
+            f"{s['expiry_lag_recorded_s']['p99']:.2f}  (window began "
+            f"{s['expiry_window']['first_expiry_after_takeover_s']:.0f} s after the takeover)",
+            "")] if "expiry_lag_recorded_s" in s else []),
         ("scale: bytes stored per finished request", f"{stored['total']:.0f}  (history "
          f"{stored['history']:.0f}, managedFields {stored['managedFields']:.0f})", ""),
     ]

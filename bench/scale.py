@@ -182,6 +182,22 @@ def _live_grants(bench: Bench, count: int, expire_in: float, window: float) -> l
     return names
 
 
+def _counters(bench: Bench) -> tuple[Any, tuple[float, float], tuple[float, float]]:
+    """API requests so far; the operator's reconcile and queue-wait (sum, count)."""
+    def pair(name: str) -> tuple[float, float]:
+        prefix = f"kubepim_workqueue_{name}_duration_seconds"
+        return _metric(bench, f"{prefix}_sum"), _metric(bench, f"{prefix}_count")
+    return bench.api_requests(), pair("work"), pair("queue")
+
+
+def _expired_at(bench: Bench, name: str) -> float | None:
+    """When the operator recorded the request's expiry (its Expired history entry), if it did."""
+    history = (bench.request(name).get("status") or {}).get("history") or []
+    times = [harness.parse_time(e["time"]).timestamp() for e in history
+             if e.get("action") == "Expired"]
+    return times[0] if times else None
+
+
 def _reconciled(bench: Bench, live: int) -> bool:
     """Every live grant reconciled since the operator started.
 
@@ -265,17 +281,36 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
         wait_until(lambda: _reconciled(bench, live), 300, "every live grant reconciled",
                    interval=0.2)
         result["takeover_s"] = time.perf_counter() - start
+        reconciled_at = time.time()
 
         expires = {n: harness.parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
                    for n in names}
-        last = max(expires.values())
+        first, last = min(expires.values()), max(expires.values())
+        wait_until(lambda: time.time() >= first - 1, max(first - time.time(), 0) + 5,
+                   "the expiry window", interval=0.5)
+        before = _counters(bench)
         wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
+        after = _counters(bench)
         watcher.stop()
         result["expiry_lag_s"] = summary(
             [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names])
         result["expired_before_measures_ended"] = sum(
             1 for n in names if expires[n] < measured)
+        # Where the expiry window fell, and what the operator did in it: the lag as the
+        # requests record it (the Expired entry's time), independent of the watcher above.
+        result["expiry_window"] = {
+            "first_expiry_after_takeover_s": first - reconciled_at,
+            "api_requests": {k: v for k, v in sorted((after[0] - before[0]).items())
+                             if "leases" not in k and v},
+            "reconciles": after[1][1] - before[1][1],
+            "reconcile_mean_s": (after[1][0] - before[1][0]) / max(after[1][1] - before[1][1], 1),
+            "queue_wait_mean_s": (after[2][0] - before[2][0]) / max(after[2][1] - before[2][1], 1),
+        }
+        with ThreadPoolExecutor(16) as pool:
+            recorded = list(pool.map(lambda n: _expired_at(bench, n), names))
+        result["expiry_lag_recorded_s"] = summary(
+            [at - expires[n] for n, at in zip(names, recorded, strict=True) if at is not None])
     finally:
         bench.operator.stop()
         cluster.stop(started)

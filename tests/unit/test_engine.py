@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kubepim.handlers.lifecycle import revoke_overdue
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import ApiError, NotLeading
 from kubepim.notify.notifier import Notifier
@@ -295,3 +296,24 @@ def test_no_request_is_settled_before_the_notification_routes_were_listed() -> N
 
 async def _no_warning(_: dict[str, Any], reason: str, message: str) -> None:
     raise AssertionError(f"no Warning expected: {reason} {message}")
+
+
+def test_a_takeover_sets_every_live_grants_expiry_timer_from_its_list() -> None:
+    # Before any request's own reconcile (those wait in the slow lane behind the watches'
+    # listings): a grant expiring meanwhile is not late for it.
+    def active(name: str, expires: datetime.datetime) -> dict[str, Any]:
+        item = body("10", approved=True, status={
+            "phase": "Active", "eligibility": "e", "expiresAt": expires.isoformat()})
+        item["metadata"]["name"] = name
+        return item
+
+    async def scenario() -> tuple[int, bool, bool]:
+        kube = RecordingKube(body("10"))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        now = datetime.datetime.now(datetime.UTC)
+        overdue = await revoke_overdue(reconciler, [
+            active("past", now - datetime.timedelta(seconds=5)),
+            active("soon", now + datetime.timedelta(seconds=30))])
+        return overdue, "soon" in reconciler.queue, "delete_binding" in kube.calls
+
+    assert asyncio.run(scenario()) == (1, True, True)

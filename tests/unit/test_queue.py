@@ -215,3 +215,34 @@ def test_a_producer_can_wait_for_the_slow_lane_to_drain() -> None:
         runner.cancel()
 
     _run(scenario)
+
+
+def test_at_most_slow_workers_keys_of_the_slow_lane_run_at_once() -> None:
+    async def scenario() -> tuple[int, list[str]]:
+        running, most, order = 0, 0, []
+        release = asyncio.Event()
+
+        async def process(key: str) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            order.append(key)
+            if key.startswith("resync"):
+                await release.wait()
+            running -= 1
+
+        queue = WorkQueue(process, workers=8, slow_workers=2)
+        runner = asyncio.create_task(queue.run())
+        for n in range(6):
+            queue.add(f"resync-{n}", slow=True)
+        await _until(lambda: len(order) == 2)
+        queue.add("expiry")  # a free worker takes it at once, slow lane full or not
+        await _until(lambda: "expiry" in order)
+        release.set()
+        await _until(lambda: len(order) == 7)
+        runner.cancel()
+        return most, order
+
+    most, order = asyncio.run(scenario())
+    assert order[2] == "expiry"  # the other four resync keys waited for a slow slot
+    assert most <= 3  # two slow keys and the expiry, never more

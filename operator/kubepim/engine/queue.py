@@ -8,8 +8,9 @@ added again after a per-key exponential backoff with jitter (milliseconds at fir
 ``cap`` seconds, 1 by default), so a failed expiry is retried at once and not at the next
 resync; timers are delayed adds. While the queue is paused (leadership in doubt) keys are kept,
 not dropped, and no worker takes one. Keys added ``slow`` (the periodic resync's thousands) wait
-in a second lane that workers take from only when the first is empty: an expiry timer or a watch
-event never waits behind a resync.
+in a second lane that workers take from only when the first is empty, and no more than
+``slow_workers`` at once: an expiry timer or a watch event never waits behind a resync, nor for
+the API server and the event loop to finish a flood of them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class WorkQueue:
         gate: Callable[[], bool] = lambda: True,
         held: tuple[type[BaseException], ...] = (),
         woken: Callable[[str], None] = lambda key: None,
+        slow_workers: int = 8,
     ) -> None:
         self._process = process
         # Told of every key a timer or a retry adds (before it is added): not a watch event's.
@@ -57,6 +59,8 @@ class WorkQueue:
         self._queue: deque[str] = deque()
         self._slow: deque[str] = deque()
         self._slow_keys: set[str] = set()  # keys waiting in the slow lane (and only there)
+        self._slow_workers = slow_workers
+        self._slow_taken: set[str] = set()  # slow-lane keys being processed
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._added_at: dict[str, float] = {}
@@ -160,6 +164,7 @@ class WorkQueue:
         self._queue.clear()
         self._slow.clear()
         self._slow_keys.clear()
+        self._slow_taken.clear()
         self._dirty.clear()
         self._added_at.clear()
         self._failures.clear()
@@ -220,10 +225,11 @@ class WorkQueue:
             key = None
             if self._queue:
                 key = self._queue.popleft()
-            while key is None and self._slow:
+            while key is None and self._slow and len(self._slow_taken) < self._slow_workers:
                 candidate = self._slow.popleft()
                 if candidate in self._slow_keys:  # else: moved to the first lane, or taken
                     self._slow_keys.discard(candidate)
+                    self._slow_taken.add(candidate)
                     key = candidate
             if key is not None:
                 self._processing.add(key)
@@ -237,6 +243,9 @@ class WorkQueue:
 
     def _done(self, key: str) -> None:
         self._processing.discard(key)
+        if key in self._slow_taken:
+            self._slow_taken.discard(key)
+            self._notify()  # a slow-lane slot is free
         if key in self._dirty:
             (self._slow if key in self._slow_keys else self._queue).append(key)
             self._notify()

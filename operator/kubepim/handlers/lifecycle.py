@@ -233,16 +233,22 @@ async def revoke_overdue(reconciler: Reconciler, requests: list[dict[str, Any]])
     """Remove the binding of every Active request past its expiry, then record each Expired.
 
     Access goes first, all bindings at once (bounded); the status writes, history and audit
-    lines follow through the ordinary reconcile, which finds the binding already gone.
-    ``requests``: every AccessRequest, as just listed. Returns how many grants were overdue.
+    lines follow through the ordinary reconcile, which finds the binding already gone. Every
+    other Active request's expiry timer is set from the list. ``requests``: every unsettled
+    AccessRequest, as just listed. Returns how many grants were overdue.
     """
     now = utcnow()
     overdue = []
     for item in requests:
         status = item.get("status") or {}
         expires = parse_time(status.get("expiresAt"))
-        if status.get("phase") == Phase.ACTIVE.value and expires is not None and expires <= now:
-            overdue.append(item)
+        if status.get("phase") == Phase.ACTIVE.value and expires is not None:
+            if expires <= now:
+                overdue.append(item)
+            else:
+                # Its expiry timer now, from the list: a grant expiring while the watches'
+                # listings are still being worked through (the slow lane) is not late for it.
+                reconciler.queue.schedule(item["metadata"]["name"], expires)
     gate = asyncio.Semaphore(32)
 
     async def unbind(item: dict[str, Any]) -> None:
