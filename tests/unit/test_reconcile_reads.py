@@ -170,6 +170,30 @@ def test_a_binding_that_already_exists_is_read_and_compared() -> None:
     assert "delete_binding" not in kube.calls  # it matches: left as it is
 
 
+class MadeBeforeRestart(RecordingKube):
+    """The binding exists already, exactly as approved, at version 40."""
+
+    async def create_binding(self, manifest: dict[str, Any]) -> str:
+        self.calls.append("create_binding")
+        self.existing = {**manifest, "metadata": {**manifest["metadata"],
+                                                  "resourceVersion": "40"}}
+        raise Conflict(409, "already exists")
+
+
+def test_a_binding_found_as_approved_is_not_read_again_nor_checked() -> None:
+    # After a restart: read once by the request's reconcile, then known like one we wrote, so
+    # neither the next reconcile nor the binding watch's check of the listing reads it again.
+    kube = MadeBeforeRestart(body("10", approved=True))
+    reconciler = reconciled(kube, body("10", approved=True))
+    assert kube.calls.count("get_binding") == 1
+    assert reconciler.state.is_own_write(BINDING, "40")
+    kube.calls.clear()
+    asyncio.run(reconciler.reconcile("r"))  # a resync
+    asyncio.run(reconciler._check_binding(BINDING))  # the listing's check
+    assert "get_binding" not in kube.calls and "get_request" in kube.calls  # (the resync's)
+    assert kube.calls.count("get_request") == 1
+
+
 def test_a_request_never_granted_reads_its_binding_only_if_the_watch_saw_one() -> None:
     unseen = RecordingKube(body("10"))
     reconciled(unseen, body("10"))

@@ -233,6 +233,8 @@ class Reconciler:
             self.state.binding_seen(key, present=False)
 
     async def _check_binding(self, key: str) -> None:
+        if self.state.own_write(key) is not None:
+            return  # a live grant's, as written or verified since (another version drops it)
         kind, namespace, name = key.split("/", 2)
         binding = await self.kube.get_binding(kind, name, namespace or None)
         if binding is None or not bindings.marked(binding):
@@ -646,6 +648,12 @@ class Reconciler:
                 "which leaves it alone: this grant cannot be made until it is removed or "
                 "renamed (or request again under another name)")
         if actual is not None and bindings.matches(actual, desired):
+            # Exactly what was approved (made before a restart, or by a predecessor): from now
+            # on as ours as one we wrote, so neither its watch event nor a later reconcile
+            # reads it again (another version drops the record).
+            version = actual["metadata"].get("resourceVersion")
+            if version is not None:
+                self.state.wrote_binding(key, str(version), uid)
             return False
         if actual is not None:
             # roleRef is immutable and subjects may have been added: replace the whole object,
