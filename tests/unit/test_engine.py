@@ -12,7 +12,7 @@ import pytest
 
 from kubepim.handlers.lifecycle import revoke_overdue
 from kubepim.handlers.reconcile import Reconciler
-from kubepim.k8s.client import ApiError, NotLeading
+from kubepim.k8s.client import ApiError, Conflict, NotLeading
 from kubepim.notify.notifier import Notifier
 
 from .test_reconcile_reads import ELIGIBILITY, RecordingKube, body
@@ -317,3 +317,41 @@ def test_a_takeover_sets_every_live_grants_expiry_timer_from_its_list() -> None:
         return overdue, "soon" in reconciler.queue, "delete_binding" in kube.calls
 
     assert asyncio.run(scenario()) == (1, True, True)
+
+
+class RefusingStale(StoringKube):
+    """Refuses a status write based on any version but the stored one (409, as the API does)."""
+
+    async def patch_request_status(self, name: str, status: dict[str, Any],
+                                   resource_version: str) -> dict[str, Any]:
+        if resource_version != self.stored["metadata"]["resourceVersion"]:
+            self.calls.append("conflict")
+            raise Conflict(409, "the object has been modified")
+        return await super().patch_request_status(name, status, resource_version)
+
+
+def test_notification_progress_is_written_alone_on_the_version_decided_else_by_a_reconcile(
+) -> None:
+    async def scenario(changed_since: bool) -> tuple[list[str], dict[str, Any], bool]:
+        kube = RefusingStale(body("10"))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        notifier = Notifier("urn:kubepim:test", _no_warning, reconciler.enqueue, lambda: True,
+                            record=reconciler.write_progress)
+        reconciler.notifier = notifier
+        await reconciler.reconcile("r", body("10"))  # Pending written: version 101
+        if changed_since:  # an approval landed since (its event not yet handled)
+            kube.stored = {**kube.stored, "metadata": {**kube.stored["metadata"],
+                                                       "resourceVersion": "150"}}
+        notifier.progress = lambda uid: {"ops": {"next": 1}}  # type: ignore[method-assign]
+        kube.calls.clear()
+        await reconciler._write_progress("r", "u-1")
+        calls = [c for c in kube.calls if c != "post_event"]  # (the Pending Event, posting)
+        return calls, kube.stored["status"], "r" in reconciler.queue._dirty  # (not its timer)
+
+    calls, status, queued = asyncio.run(scenario(changed_since=False))
+    assert calls == ["patch_request_status"]  # no read, no decision: the progress alone
+    assert status["notifications"] == {"ops": {"next": 1}} and not queued
+    calls, status, queued = asyncio.run(scenario(changed_since=True))
+    assert calls == ["conflict"] and "notifications" not in status
+    assert queued  # a reconcile decides the newer version and writes the progress with it

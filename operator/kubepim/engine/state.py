@@ -129,6 +129,10 @@ class State:
             return int(version) > int(seen)
         return False if version == seen else None
 
+    def decided_version(self, name: str) -> str | None:
+        """The newest version of ``name`` decided on or written, if any is held."""
+        return self._versions.get(name)
+
     def is_decided(self, name: str, version: str | None) -> bool:
         """Whether ``version`` is exactly the newest one decided on or written for ``name``."""
         return version is not None and self._versions.get(name) == version

@@ -86,7 +86,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                               generate_name=True)
 
     reconciler.notifier = Notifier(f"urn:kubepim:{config.cluster_name}", warn,
-                                   reconciler.enqueue, lambda: reconciler.leading())
+                                   reconciler.enqueue, lambda: reconciler.leading(),
+                                   record=reconciler.write_progress)
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""

@@ -517,6 +517,44 @@ class Reconciler:
             self.notifier.recorded(uid, answer)
         return True, None
 
+    def write_progress(self, name: str, uid: str) -> None:
+        """The notifier's progress of a request that is not final, written alone (background).
+
+        A merge patch of ``status.notifications`` only, on the version last decided on or
+        written (so nothing the request gained since goes undecided); if the request changed
+        since, or the write fails, a reconcile writes it instead (the queue retries).
+        """
+        task = asyncio.get_running_loop().create_task(self._write_progress(name, uid))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _write_progress(self, name: str, uid: str) -> None:
+        if self.notifier is None or not self.leading():
+            return
+        async with self.lock(name):
+            version = self.state.decided_version(name)
+            progress = self.notifier.progress(uid)
+            if not progress:
+                return  # recorded meanwhile
+            if version is None:
+                self.enqueue(name)
+                return
+            try:
+                answer = await self.kube.patch_request_status(
+                    name, {"notifications": progress}, version)
+            except NotLeading:
+                return  # the next leader sends what is unrecorded again
+            except NotFound:
+                return  # deleted: its DELETED event forgets it
+            except Exception:  # a Conflict (changed since) or a failure: a reconcile does it
+                self.enqueue(name)
+                return
+            if str(answer["metadata"].get("uid") or "") != uid:
+                return  # (a request made again under the name: the reconcile decides)
+            if self.state.is_held(name):
+                self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
+            self.notifier.recorded(uid, answer)
+
     def _owes(self, uid: str) -> bool:
         return self.notifier is not None and self.notifier.owes_unknown(uid)
 

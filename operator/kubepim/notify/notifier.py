@@ -108,11 +108,14 @@ class Notifier:
 
     def __init__(self, source: str, warn: Callable[[dict[str, Any], str, str],
                                                     Awaitable[None]],
-                 settle: Callable[[str], None], leading: Callable[[], bool]) -> None:
+                 settle: Callable[[str], None], leading: Callable[[], bool],
+                 record: Callable[[str, str], None] | None = None) -> None:
         self.source = source
         self.routes: dict[str, Route] = {}
         self._warn = warn  # posts a Warning Event on a request
         self._settle = settle  # asks the reconciler to look at a request again
+        # Writes a request's progress alone (name, uid); without it, a reconcile does.
+        self._record = record
         self._leading = leading
         # Whether the routes were listed since this replica last took over: until then nothing
         # is known of what a final request is owed, so none is settled (see owes_unknown).
@@ -382,9 +385,9 @@ class Notifier:
         """A route's queue for a request drained: have its progress written by a reconcile.
 
         A final request's at once (the same write settles it); any other's after
-        :data:`_ASK_DELAY`, unless a status write of the request recorded it meanwhile. Not
-        left to the request's next transition, which may be hours away (a restart meanwhile
-        would send again).
+        :data:`_ASK_DELAY`, unless a status write of the request recorded it meanwhile, and
+        then by a write of the progress alone (``record``). Not left to the request's next
+        transition, which may be hours away (a restart meanwhile would send again).
         """
         if waited:
             work.asking = False
@@ -392,8 +395,10 @@ class Notifier:
                 return  # forgotten, or recorded and dropped
         if work.queue or work.task is not None or not work.unrecorded():
             return
-        if work.final or waited:
+        if work.final or (waited and self._record is None):
             self._settle(work.name)
+        elif waited and self._record is not None:
+            self._record(work.name, uid)
         elif not work.asking:
             work.asking = True
             asyncio.get_running_loop().call_later(_ASK_DELAY, self._ask, uid, route_name,
