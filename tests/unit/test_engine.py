@@ -26,7 +26,8 @@ class FlakyKube(RecordingKube):
         self.failures = failures
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
         if self.failures:
             self.failures -= 1
             self.calls.append("patch_failed")
@@ -144,7 +145,8 @@ class LostAnswer(RecordingKube):
         self.lost = False
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
         written = await super().patch_request_status(name, status, resource_version)
         self.stored = {**self.stored, "status": {**self.stored["status"], **status},
                        "metadata": {**self.stored["metadata"],
@@ -188,7 +190,8 @@ class StoringKube(RecordingKube):
     """Stores every status write (merged, as a merge patch would be)."""
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
         written = await super().patch_request_status(name, status, resource_version)
         self.stored = {**self.stored, "status": {**self.stored["status"], **status},
                        "metadata": {**self.stored["metadata"],
@@ -204,7 +207,8 @@ class SettleFailsOnce(StoringKube):
         self.settles = 0
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
         if status.get("settled"):
             self.settles += 1
             if self.settles == 1:
@@ -323,8 +327,10 @@ class RefusingStale(StoringKube):
     """Refuses a status write based on any version but the stored one (409, as the API does)."""
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
-        if resource_version != self.stored["metadata"]["resourceVersion"]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
+        if resource_version != self.stored["metadata"]["resourceVersion"] or (
+                uid is not None and uid != self.stored["metadata"]["uid"]):
             self.calls.append("conflict")
             raise Conflict(409, "the object has been modified")
         return await super().patch_request_status(name, status, resource_version)

@@ -84,7 +84,8 @@ class RecordingKube:
         return True
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
-                                   resource_version: str) -> dict[str, Any]:
+                                   resource_version: str, uid: str | None = None
+                                   ) -> dict[str, Any]:
         self.calls.append("patch_request_status")
         self.version += 1
         return {"metadata": {"resourceVersion": str(self.version)}}

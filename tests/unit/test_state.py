@@ -275,3 +275,16 @@ def test_a_stale_own_delete_record_never_swallows_a_later_bindings_delete() -> N
     state.deleted_binding("RoleBinding/ns/kubepim-b", at=1.0)
     state.binding_seen("RoleBinding/ns/kubepim-b", present=True)  # someone made it again
     assert not state.was_own_delete("RoleBinding/ns/kubepim-b")
+
+
+def test_a_binding_changed_while_we_read_it_is_not_taken_for_ours() -> None:
+    # Read at version 40 and found as approved; meanwhile someone changed it (the watch saw 41):
+    # 40 is not recorded, so 41 is checked and restored or removed, not trusted.
+    state = State()
+    state.binding_seen("RoleBinding/payments/kubepim-r", present=True, version="41")
+    assert not state.verified_binding("RoleBinding/payments/kubepim-r", "40", "u-1")
+    assert not state.own_write_current("RoleBinding/payments/kubepim-r")
+    assert state.verified_binding("RoleBinding/payments/kubepim-r", "41", "u-1")
+    assert state.own_write_current("RoleBinding/payments/kubepim-r")
+    state.binding_seen("RoleBinding/payments/kubepim-r", present=True, version="42")
+    assert not state.own_write_current("RoleBinding/payments/kubepim-r")  # changed since

@@ -164,8 +164,7 @@ class WorkQueue:
         self._queue.clear()
         self._slow.clear()
         self._slow_keys.clear()
-        self._slow_taken.clear()
-        self._dirty.clear()
+        self._dirty.clear()  # (_slow_taken empties as the keys being processed finish)
         self._added_at.clear()
         self._failures.clear()
         self._delayed.clear()
@@ -227,6 +226,8 @@ class WorkQueue:
                 key = self._queue.popleft()
             while key is None and self._slow and len(self._slow_taken) < self._slow_workers:
                 candidate = self._slow.popleft()
+                if candidate in self._processing:
+                    continue  # a stale entry: its worker re-queues it when done (_done)
                 if candidate in self._slow_keys:  # else: moved to the first lane, or taken
                     self._slow_keys.discard(candidate)
                     self._slow_taken.add(candidate)

@@ -80,8 +80,9 @@ class State:
         # Bindings this replica deleted, until the watch reports them gone (monotonic time):
         # their DELETED event needs no reconcile of the request (nothing to restore).
         self._own_deletes: dict[str, float] = {}
-        # Bindings that look like ours and exist, as the binding watch and our writes saw them.
-        self._bindings: set[str] = set()
+        # Bindings that look like ours and exist, as the binding watch and our writes saw them,
+        # with the newest resourceVersion seen (0: not known).
+        self._bindings: dict[str, int] = {}
         # Active grants and their expiry, as last reconciled: the gauges read it.
         self._active: dict[str, datetime.datetime] = {}
         # Open requests by governing eligibility and by namespace (each re-decides only these).
@@ -288,8 +289,24 @@ class State:
     def wrote_binding(self, key: str, version: str, request_uid: str) -> None:
         """Record our create of binding ``key`` (at ``version``, for ``request_uid``)."""
         self._own_writes[key] = (version, request_uid)
-        self._bindings.add(key)
+        self._bindings[key] = max(self._bindings.get(key, 0), _int(version))
         self._own_deletes.pop(key, None)  # an older delete's record: never this one's
+
+    def verified_binding(self, key: str, version: str, request_uid: str) -> bool:
+        """Record binding ``key`` read at ``version`` and found as approved, like one we wrote.
+
+        Not if the watch has seen a newer version meanwhile (changed while we read): that one
+        is judged on its own. Whether it was recorded.
+        """
+        if _int(version) < self._bindings.get(key, 0):
+            return False
+        self.wrote_binding(key, version, request_uid)
+        return True
+
+    def own_write_current(self, key: str) -> bool:
+        """Whether we wrote (or verified) ``key`` and the watch has seen no newer version."""
+        own = self.own_write(key)
+        return own is not None and _int(own) >= self._bindings.get(key, 0)
 
     def own_write(self, key: str, request_uid: str | None = None) -> str | None:
         """The version of ``key`` this replica wrote (for ``request_uid``, if given)."""
@@ -320,15 +337,15 @@ class State:
         for key in [k for k, at in self._own_deletes.items() if at < moment]:
             del self._own_deletes[key]
 
-    def binding_seen(self, key: str, present: bool) -> None:
-        """The binding watch saw ``key`` exist or go."""
+    def binding_seen(self, key: str, present: bool, version: str | None = None) -> None:
+        """The binding watch saw ``key`` exist (at ``version``) or go."""
         if present:
-            self._bindings.add(key)
+            self._bindings[key] = max(self._bindings.get(key, 0), _int(version))
             # It exists again: a record of our earlier delete must not swallow the DELETED of
             # this binding (someone else's delete is restored, not ignored).
             self._own_deletes.pop(key, None)
         else:
-            self._bindings.discard(key)
+            self._bindings.pop(key, None)
             self._own_writes.pop(key, None)
 
     # Namespaces.

@@ -233,8 +233,8 @@ class Reconciler:
             self.state.binding_seen(key, present=False)
 
     async def _check_binding(self, key: str) -> None:
-        if self.state.own_write(key) is not None:
-            return  # a live grant's, as written or verified since (another version drops it)
+        if self.state.own_write_current(key):
+            return  # a live grant's, as written or verified, and the watch saw nothing newer
         kind, namespace, name = key.split("/", 2)
         binding = await self.kube.get_binding(kind, name, namespace or None)
         if binding is None or not bindings.marked(binding):
@@ -529,7 +529,10 @@ class Reconciler:
         task.add_done_callback(self._posting.discard)
 
     async def _write_progress(self, name: str, uid: str) -> None:
-        if self.notifier is None or not self.leading():
+        if self.notifier is None:
+            return
+        if not self.leading():
+            self.enqueue(name)  # kept while the renewal is late; nothing on a standby
             return
         async with self.lock(name):
             version = self.state.decided_version(name)
@@ -540,10 +543,12 @@ class Reconciler:
                 self.enqueue(name)
                 return
             try:
+                # (uid: a request made again under this name since is refused, not written)
                 answer = await self.kube.patch_request_status(
-                    name, {"notifications": progress}, version)
+                    name, {"notifications": progress}, version, uid=uid)
             except NotLeading:
-                return  # the next leader sends what is unrecorded again
+                self.enqueue(name)  # kept while the renewal is late; nothing on a standby
+                return
             except NotFound:
                 return  # deleted: its DELETED event forgets it
             except Exception:  # a Conflict (changed since) or a failure: a reconcile does it
@@ -553,6 +558,10 @@ class Reconciler:
                 return  # (a request made again under the name: the reconcile decides)
             if self.state.is_held(name):
                 self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
+                if name in self._again or name in self._bodies:
+                    # A resync's or a watch's copy waits: older now than the version just
+                    # "decided", it would be skipped undecided. Read and decided instead.
+                    self._woken.add(name)
             self.notifier.recorded(uid, answer)
 
     def _owes(self, uid: str) -> bool:
@@ -691,7 +700,7 @@ class Reconciler:
             # reads it again (another version drops the record).
             version = actual["metadata"].get("resourceVersion")
             if version is not None:
-                self.state.wrote_binding(key, str(version), uid)
+                self.state.verified_binding(key, str(version), uid)
             return False
         if actual is not None:
             # roleRef is immutable and subjects may have been added: replace the whole object,

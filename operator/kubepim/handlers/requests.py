@@ -64,7 +64,7 @@ async def _binding_event(body: kopf.Body, event_type: str | None, memo: kopf.Mem
             return  # our own delete (an expiry, a revoke): nothing to restore or decide
         state.binding_seen(key, present=False)
     else:
-        state.binding_seen(key, present=True)
+        state.binding_seen(key, present=True, version=body.metadata.get("resourceVersion"))
         if owner is not None:
             # The watch can deliver our own create before the create call has returned: wait
             # for the reconcile that holds the request's lock to record what it wrote.

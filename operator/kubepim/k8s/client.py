@@ -286,10 +286,14 @@ class Kube:
         return True
 
     async def patch_request_status(
-        self, name: str, status: dict[str, Any], resource_version: str
+        self, name: str, status: dict[str, Any], resource_version: str, uid: str | None = None
     ) -> dict[str, Any]:
-        """Merge-patch the status, failing with Conflict if the object changed since read."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        """Merge-patch the status, failing with Conflict if the object changed since read.
+
+        ``uid``: refused (Conflict or Invalid) unless the object is that one.
+        """
+        metadata = {"resourceVersion": resource_version, **({"uid": uid} if uid else {})}
+        body = {"metadata": metadata, "status": status}
         obj: dict[str, Any] = await self._request(
             "PATCH", f"{_CUSTOM}/accessrequests/{name}/status", body, content_type=_MERGE)
         return obj
