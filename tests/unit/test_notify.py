@@ -504,3 +504,37 @@ def test_a_route_deleted_while_a_reminder_is_timed_leaves_nothing_owed() -> None
         return timed, work is None or (work.timer is None and not notifier.owes("u-1"))
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_deliveries_wait_while_grants_wait_in_the_queue() -> None:
+    async def scenario() -> tuple[float, float, int]:
+        receiver = _Receiver()
+        runner, url = await _serve(receiver)
+        pressing = [True]
+        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True,
+                            pressing=lambda: pressing[0])
+        route = _route(channel={"type": "Webhook", "url": url, "secretRef": {"name": "h"}})
+        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                        Credentials({"hmacKey": "k"})))
+        req = access_request(history=_history("Requested"), phase="Pending")
+        loop = asyncio.get_running_loop()
+        try:
+            notifier.observe(_body(req), req, None, None)
+            waited = 0
+            while waited < 10:  # ten polls of the notifier's: it is still holding back
+                await asyncio.sleep(0.02)
+                waited += 1
+            held = len(receiver.seen)
+            pressing[0] = False
+            cleared = loop.time()
+            deadline = cleared + 10
+            while not receiver.seen and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            received = loop.time()
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+        return cleared, received, held
+
+    cleared, received, held = asyncio.run(scenario())
+    assert held == 0 and received >= cleared  # sent once the queue had nothing waiting

@@ -175,6 +175,10 @@ class WorkQueue:
         """Whether keys are being held back."""
         return not self._open.is_set()
 
+    def pressing(self) -> bool:
+        """Whether keys wait in the first lane (work that is due: timers, watch events)."""
+        return bool(self._queue)
+
     def __len__(self) -> int:
         return len(self._queue) + len(self._slow_keys) + len(self._waiting)
 

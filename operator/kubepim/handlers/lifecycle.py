@@ -87,7 +87,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
 
     reconciler.notifier = Notifier(f"urn:kubepim:{config.cluster_name}", warn,
                                    reconciler.enqueue, lambda: reconciler.leading(),
-                                   record=reconciler.write_progress)
+                                   record=reconciler.write_progress,
+                                   pressing=reconciler.queue.pressing)
 
     async def take_over() -> None:
         """What a new leader does before anything else: the restart work."""

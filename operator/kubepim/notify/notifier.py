@@ -48,6 +48,10 @@ _THREAD = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
 # the request's next status write before it is written on its own (one write per request for a
 # grant's Requested, Approved and Activated, not three). A restart meanwhile sends those again.
 _ASK_DELAY = 3.0
+# While grants wait in the work queue, a delivery waits for them, polling every _YIELD_POLL s,
+# at most _YIELD_MAX s: notifying never delays a grant, and is never starved by a busy queue.
+_YIELD_POLL = 0.02
+_YIELD_MAX = 2.0
 # status.notifications holds at most 64 routes (the CRD's limit): new ones past this are not
 # recorded (they are sent, and after a restart sent again).
 _MAX_ROUTES = 60
@@ -109,13 +113,15 @@ class Notifier:
     def __init__(self, source: str, warn: Callable[[dict[str, Any], str, str],
                                                     Awaitable[None]],
                  settle: Callable[[str], None], leading: Callable[[], bool],
-                 record: Callable[[str, str], None] | None = None) -> None:
+                 record: Callable[[str, str], None] | None = None,
+                 pressing: Callable[[], bool] = lambda: False) -> None:
         self.source = source
         self.routes: dict[str, Route] = {}
         self._warn = warn  # posts a Warning Event on a request
         self._settle = settle  # asks the reconciler to look at a request again
         # Writes a request's progress alone (name, uid); without it, a reconcile does.
         self._record = record
+        self._pressing = pressing  # whether reconciles are waiting (deliveries let them go first)
         self._leading = leading
         # Whether the routes were listed since this replica last took over: until then nothing
         # is known of what a final request is owed, so none is settled (see owes_unknown).
@@ -434,6 +440,7 @@ class Notifier:
             if not self._leading():
                 return False
             try:
+                await self._after_grants()
                 async with self._slots:
                     thread = await send(self._http(), route.spec.channel, route.credentials,
                                         self.source, data, work.thread, self._mail)
@@ -464,6 +471,14 @@ class Notifier:
                     0.0, time.time() - item.entry.time.timestamp()))
                 return True
         return True
+
+    async def _after_grants(self) -> None:
+        """Wait while reconciles wait in the queue (at most :data:`_YIELD_MAX` seconds)."""
+        if not self._pressing():
+            return
+        deadline = time.monotonic() + _YIELD_MAX
+        while self._pressing() and time.monotonic() < deadline:
+            await asyncio.sleep(_YIELD_POLL)
 
     async def _given_up(self, route_name: str, work: _Work, item: notify.Due,
                         data: dict[str, Any], why: str) -> None:
