@@ -1,0 +1,149 @@
+"""The standing-privilege classifier (domain/standing.py): the catalogue of docs/standing.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubepim.domain import standing
+
+from .builders import eligibility
+
+
+def rule(groups: list[str], resources: list[str], verbs: list[str],
+         names: list[str] | None = None) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs,
+            **({"resourceNames": names} if names else {})}
+
+
+@pytest.mark.parametrize(("rules", "scope", "ids", "severity"), [
+    ([rule(["*"], ["*"], ["*"])], "", ("wildcard-admin",), "critical"),
+    ([rule(["*"], ["*"], ["*"])], "team-a", ("wildcard-admin",), "high"),
+    ([rule([""], ["secrets"], ["list"])], "", ("secrets-read",), "critical"),
+    ([rule([""], ["secrets"], ["watch"])], "team-a", ("secrets-read",), "high"),
+    ([rule([""], ["secrets"], ["get"])], "kube-system", ("secrets-read",), "critical"),
+    ([rule([""], ["secrets"], ["get"], names=["tls"])], "team-a", ("secrets-read",), "medium"),
+    ([rule([""], ["pods/exec"], ["create"])], "team-a", ("pods-exec",), "high"),
+    ([rule([""], ["pods/*"], ["create"])], "team-a",
+     ("pods-attach", "pods-exec", "pods-portforward"), "high"),
+    ([rule(["apps"], ["deployments"], ["patch"])], "team-a", ("workload-create",), "high"),
+    ([rule(["batch"], ["cronjobs"], ["create"])], "", ("workload-create",), "critical"),
+    ([rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["bind"])], "",
+     ("rbac-bind-escalate",), "critical"),
+    ([rule(["rbac.authorization.k8s.io"], ["clusterrolebindings"], ["create"]),
+      rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["escalate"])], "",
+     ("rbac-bind-escalate", "rbac-write"), "critical"),
+    ([rule([""], ["nodes/proxy", "persistentvolumes"], ["*"])], "team-a", (), None),
+    ([rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["bind"])], "team-a",
+     ("rbac-bind-escalate",), "high"),
+    ([rule(["authentication.k8s.io"], ["uids"], ["impersonate"])], "", ("impersonate",),
+     "critical"),
+    ([rule([""], ["users"], ["impersonate"], names=["alice"])], "", ("impersonate",),
+     "critical"),
+    ([rule([""], ["nodes/proxy"], ["get"])], "", ("nodes-proxy",), "critical"),
+    ([rule(["certificates.k8s.io"], ["certificatesigningrequests/approval"], ["update"])], "",
+     ("csr-approve",), "high"),
+    ([rule(["admissionregistration.k8s.io"], ["mutatingwebhookconfigurations"], ["patch"])],
+     "", ("admission-webhooks",), "critical"),
+    ([rule([""], ["persistentvolumes"], ["create"])], "", ("pv-create",), "high"),
+    ([rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["update"])], "",
+     ("crd-write",), "medium"),
+    ([rule([""], ["pods", "configmaps"], ["get", "list", "watch"])], "", (), None),
+    ([rule(["apps"], ["secrets"], ["get"])], "", (), None),
+    ([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}], "", (), None),
+], ids=[
+    "everything everywhere is critical cluster-wide",
+    "and high inside one ordinary namespace",
+    "listing secrets is reading them",
+    "so is watching them",
+    "reading secrets in kube-system is critical even namespaced",
+    "a secret named in resourceNames ranks one lower",
+    "exec into pods",
+    "a pods/* subresource wildcard covers exec, attach and port-forward",
+    "patching a deployment runs code as any service account",
+    "creating cronjobs cluster-wide",
+    "binding any cluster role",
+    "writing bindings together with escalate is critical",
+    "a RoleBinding cannot grant cluster-scoped resources",
+    "but bind on clusterroles in a namespace binds any ClusterRole there",
+    "impersonating uids (authentication.k8s.io)",
+    "impersonation limited to one user stays critical",
+    "the kubelet's API through nodes/proxy",
+    "approving certificate signing requests",
+    "mutating admission webhooks",
+    "persistent volumes",
+    "custom resource definitions",
+    "reading pods and configmaps is not privileged",
+    "secrets in the wrong API group are not the core secrets",
+    "non-resource URLs are not in the catalogue",
+])
+def test_the_catalogue_classifies_a_roles_rules(
+        rules: list[dict[str, Any]], scope: str, ids: tuple[str, ...],
+        severity: str | None) -> None:
+    found, worst, _ = standing.classify(rules, scope)
+    assert set(found) == set(ids) and worst == severity
+
+
+def test_verb_and_resource_wildcards_match_every_rule_they_cover() -> None:
+    found, worst, _ = standing.classify([rule([""], ["*"], ["get"])], "")
+    assert {"secrets-read", "pods-exec", "nodes-proxy"} <= set(found) and worst == "critical"
+    found, _, _ = standing.classify([rule(["rbac.authorization.k8s.io"], ["roles"], ["*"])], "")
+    assert set(found) == {"rbac-bind-escalate", "rbac-write"}
+
+
+def _meta(name: str, namespace: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, **({"namespace": namespace} if namespace else {}), **extra}
+
+
+def test_an_aggregated_cluster_role_has_the_rules_it_selects_even_through_another() -> None:
+    roles = standing.resolve_cluster_roles([
+        {"metadata": _meta("top"), "aggregationRule": {"clusterRoleSelectors": [
+            {"matchLabels": {"agg": "top"}}]}},
+        {"metadata": _meta("middle", labels={"agg": "top"}), "aggregationRule": {
+            "clusterRoleSelectors": [{"matchLabels": {"agg": "middle"}}]}},
+        {"metadata": _meta("secrets", labels={"agg": "middle"}),
+         "rules": [rule([""], ["secrets"], ["get"])]},
+    ])
+    assert roles["top"] == [rule([""], ["secrets"], ["get"])] == roles["middle"]
+
+
+def test_a_scan_ranks_findings_and_leaves_out_kubepims_own_and_the_control_planes() -> None:
+    cluster_roles = [{"metadata": _meta("cluster-admin"), "rules": [rule(["*"], ["*"], ["*"])]},
+                     {"metadata": _meta("view"), "rules": [rule([""], ["pods"], ["get"])]}]
+    roles = [{"metadata": _meta("exec", "team-a"), "rules": [rule([""], ["pods/exec"],
+                                                                  ["create"])]}]
+    crbs = [
+        {"metadata": _meta("admins"), "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"},
+         "subjects": [{"kind": "User", "name": "mallory"},
+                      {"kind": "Group", "name": "system:masters"},
+                      {"kind": "Group", "name": "system:authenticated"}]},
+        {"metadata": _meta("viewers"), "roleRef": {"kind": "ClusterRole", "name": "view"},
+         "subjects": [{"kind": "User", "name": "alice"}]},
+    ]
+    rbs = [
+        {"metadata": _meta("debug", "team-a"), "roleRef": {"kind": "Role", "name": "exec"},
+         "subjects": [{"kind": "User", "name": "alice"},
+                      {"kind": "ServiceAccount", "name": "deployer"}]},
+        {"metadata": _meta("kubepim-alice-1", "team-a", labels={
+            "app.kubernetes.io/managed-by": "kubepim"}),
+         "roleRef": {"kind": "Role", "name": "exec"},
+         "subjects": [{"kind": "User", "name": "bob"}]},
+        {"metadata": _meta("ctrl", "kube-system"), "roleRef": {"kind": "ClusterRole",
+                                                               "name": "cluster-admin"},
+         "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": "kube-system"}]},
+    ]
+    eligible = {"team-a-exec": eligibility(subjects=[{"kind": "User", "name": "alice"}],
+                                           roles=[{"kind": "Role", "name": "exec"}],
+                                           namespaces=["team-a"])}
+    findings = standing.scan(roles, cluster_roles, rbs, crbs, eligible)
+    assert [(f.subject, f.binding, f.severity, f.eligible) for f in findings] == [
+        ("Group/system:authenticated", "ClusterRoleBinding/admins", "critical", ()),
+        ("User/mallory", "ClusterRoleBinding/admins", "critical", ()),
+        ("ServiceAccount/team-a/deployer", "RoleBinding/team-a/debug", "high", ()),
+        ("User/alice", "RoleBinding/team-a/debug", "high", ("team-a-exec",)),
+    ]
+    everything = standing.scan(roles, cluster_roles, rbs, crbs, include_system=True)
+    assert {f.subject for f in everything} >= {"Group/system:masters",
+                                               "ServiceAccount/kube-system/x"}
+    assert not any(f.subject == "User/bob" for f in everything)  # a live kubepim grant
