@@ -350,6 +350,18 @@ class Api:
                 return items
             params["continue"] = token
 
+    def list_all(self, path: str) -> list[dict[str, Any]]:
+        """Every object of a collection, a page (500) at a time."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": "500"}
+        while True:
+            page = self.call("GET", path, params=params)
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params["continue"] = token
+
     def request(self, name: str) -> dict[str, Any]:
         """One AccessRequest."""
         found: dict[str, Any] = self.call("GET", f"{GROUP_PATH}/accessrequests/{name}")

@@ -202,6 +202,100 @@ def cmd_eligible(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_RBAC_PATH = "/apis/rbac.authorization.k8s.io/v1"
+
+
+def cmd_standing(api: Api, args: argparse.Namespace) -> int:
+    """Privileged RBAC held outside kubepim, ranked (docs/standing.md has the rules)."""
+    from kubepim.api.eligibility import RoleEligibilitySpec
+    from kubepim.domain import standing
+
+    specs = {}
+    for item in api.eligibilities():
+        try:
+            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
+                item.get("spec") or {})
+        except ValueError:
+            continue
+    namespaces = {str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
+                  for n in api.list_all("/api/v1/namespaces")}
+    findings = standing.scan(
+        api.list_all(f"{_RBAC_PATH}/roles"), api.list_all(f"{_RBAC_PATH}/clusterroles"),
+        api.list_all(f"{_RBAC_PATH}/rolebindings"),
+        api.list_all(f"{_RBAC_PATH}/clusterrolebindings"), specs, namespaces,
+        include_system=args.include_system)
+    worst = standing.SEVERITIES.index(args.min_severity)
+    findings = [f for f in findings if standing.SEVERITIES.index(f.severity) <= worst
+                and (args.namespace is None or args.all_namespaces or f.scope == args.namespace)
+                and (args.subject is None or f.subject == args.subject)
+                and (args.role is None or f.role == args.role)]
+    if args.output == "eligibility":
+        return _as_eligibilities(findings)
+    if args.output in ("json", "yaml"):
+        _dump([f.wire() for f in findings], args.output, sys.stdout)
+        return EXIT_OK
+    wide = args.output == "wide"
+    rows = [["SEVERITY", "SUBJECT", "ROLE", "WHERE", "RULES", *(
+        ["BINDING", "COVERED-BY"] if wide else [])]]
+    for f in findings:
+        rules = ", ".join(f.rules) + (f" (only {', '.join(f.names)})" if f.names else "")
+        rows.append([f.severity, f.subject, f.role, f.scope or "cluster", rules, *(
+            [f.binding, ", ".join(f.eligible) or "-"] if wide else [])])
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+# Rules whose roles are on kubepim's deny-list (cluster-admin, '*', bind, escalate, impersonate):
+# an eligibility for them must say allowPrivilegedRoles.
+_DENY_LISTED = frozenset({"wildcard-admin", "rbac-bind-escalate", "impersonate"})
+
+
+def _as_eligibilities(findings: list[Any]) -> int:
+    """RoleEligibility manifests that would replace the standing bindings found, one per role.
+
+    Approvers are for the user to fill in: until they are, no request under it can be approved
+    (nothing is granted by an eligibility nobody may approve).
+    """
+    if not findings:
+        print("nothing to replace: no standing binding matched", file=sys.stderr)
+        return EXIT_OK
+    by_role: dict[str, list[Any]] = {}
+    for finding in findings:
+        by_role.setdefault(finding.role, []).append(finding)
+    documents = []
+    for role, found in sorted(by_role.items()):
+        kind, _, rest = role.partition("/")
+        name = rest.rsplit("/", 1)[-1]
+        subjects = []
+        for subject in sorted({f.subject for f in found}):
+            subject_kind, _, who = subject.partition("/")
+            if subject_kind == "ServiceAccount":
+                namespace, _, account = who.partition("/")
+                subjects.append({"kind": subject_kind, "namespace": namespace, "name": account})
+            else:
+                subjects.append({"kind": subject_kind, "name": who})
+        places = sorted({f.scope for f in found if f.scope})
+        slug = re.sub(r"[^a-z0-9-]+", "-", f"{name}".lower()).strip("-")[:200] or "role"
+        spec: dict[str, Any] = {"subjects": subjects, "roles": [{"kind": kind, "name": name}],
+                                "approval": {"users": [], "groups": []}}
+        if places:
+            spec["namespaces"] = places
+        if any(not f.scope for f in found):
+            spec["clusterWide"] = True
+        if any(set(f.rules) & _DENY_LISTED for f in found):
+            spec["allowPrivilegedRoles"] = True  # (on kubepim's deny-list: say so explicitly)
+        documents.append({"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "RoleEligibility",
+                          "metadata": {"name": f"standing-{slug}"}, "spec": spec})
+    print("# Replaces these standing bindings (remove them once this is applied):")
+    for f in findings:
+        print(f"#   {f.binding} ({f.subject}, {f.severity})")
+    print("# spec.approval is empty: name approvers (users or groups); until then no request "
+          "under it can be approved.")
+    import yaml  # only when asked for
+    print(yaml.safe_dump_all(documents, sort_keys=False).rstrip())
+    return EXIT_OK
+
+
 def _resolve_role(api: Api, text: str, cluster_wide: bool) -> dict[str, str]:
     """ROLE as kind/name, or a bare name looked up among the roles the caller may request."""
     if "/" in text:
@@ -584,6 +678,17 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_argument("-A", "--all-namespaces", action="store_true",
                              help="requests for every namespace and cluster-wide (the default; "
                              "-n NS keeps those for roles in NS)")
+    sub = add("standing", cmd_standing, "privileged RBAC held outside kubepim, ranked "
+              "(docs/standing.md)", ("wide", "json", "yaml", "eligibility"))
+    sub.add_argument("-A", "--all-namespaces", action="store_true",
+                     help="every namespace and cluster-wide (the default; -n NS keeps NS's)")
+    sub.add_argument("--min-severity", choices=["critical", "high", "medium"],
+                     default="medium", help="leave out what is less severe (default medium)")
+    sub.add_argument("--subject", help="only this subject: User/NAME, Group/NAME or "
+                     "ServiceAccount/NAMESPACE/NAME")
+    sub.add_argument("--role", help="only this role: ClusterRole/NAME or Role/NAMESPACE/NAME")
+    sub.add_argument("--include-system", action="store_true",
+                     help="also the control plane's own identities (left out by default)")
     sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
               ("json", "yaml"))
     sub.add_argument("name", metavar="NAME", nargs="?",
@@ -672,8 +777,8 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-_COMMANDS = ("eligible", "request", "ls", "watch", "show", "approve", "deny", "ack",
-             "withdraw", "end", "revoke")
+_COMMANDS = ("eligible", "request", "ls", "watch", "standing", "show", "approve", "deny",
+             "ack", "withdraw", "end", "revoke")
 _NAMED = ("show", "approve", "deny", "ack", "withdraw", "end", "revoke")
 
 
