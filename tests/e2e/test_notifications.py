@@ -308,6 +308,10 @@ def test_approvers_and_then_the_requester_get_mail_from_a_real_smtp_server(
             namespace, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
             justification="INC-9: <b>pods</b>"), as_user="alice")
         poll(lambda: len(mailbox.mail) >= 1, timeout=20, what="the approvers' mail")
+        # Still Pending: the progress is written alone, on the version decided, with its uid.
+        poll(lambda: ((pim.get_request(kubectl, namespace)["status"].get("notifications")
+                       or {}).get(namespace) or {}).get("next") == 1, timeout=20,
+             what="the route's progress recorded while Pending")
         pim.approve(kubectl, namespace, "bob")
         poll(lambda: len(mailbox.mail) >= 2, timeout=20, what="the requester's mail")
     finally:
