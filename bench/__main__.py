@@ -55,6 +55,10 @@ def _scale_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{s['expiry_lag_recorded_s']['p99']:.2f}  (window began "
             f"{s['expiry_window']['first_expiry_after_takeover_s']:.0f} s after the takeover)",
             "")] if "expiry_lag_recorded_s" in s else []),
+        *([("scale: expiry lag, the same grants alone (s)",
+            f"p50 {s['baseline_expiry_lag_s']['p50']:.2f}  p99 "
+            f"{s['baseline_expiry_lag_s']['p99']:.2f}  max {s['baseline_expiry_lag_s']['max']:.2f}",
+            "")] if "baseline_expiry_lag_s" in s else []),
         ("scale: bytes stored per finished request", f"{stored['total']:.0f}  (history "
          f"{stored['history']:.0f}, managedFields {stored['managedFields']:.0f})", ""),
     ]
