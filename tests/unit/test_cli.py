@@ -264,3 +264,11 @@ def test_a_client_certificate_authenticates_a_real_tls_handshake(tmp_path: Path)
         data["admin.key"], base64.b64encode(other.admin_key.read_bytes()).decode()))
     with pytest.raises(ssl.SSLError):
         load(str(config))
+
+
+def test_names_are_printed_with_control_and_bidi_characters_escaped() -> None:
+    from kubepim.cli.main import _visible
+
+    # A subject name can hold anything: it must not break a table or escape a YAML comment.
+    assert _visible("x\n---\nkind: RoleEligibility") == "x\\x0a---\\x0akind: RoleEligibility"
+    assert _visible("evil\u202etxt.exe") == "evil\\u202etxt.exe"

@@ -25,8 +25,8 @@ def rule(groups: list[str], resources: list[str], verbs: list[str],
     ([rule([""], ["secrets"], ["get"])], "kube-system", ("secrets-read",), "critical"),
     ([rule([""], ["secrets"], ["get"], names=["tls"])], "team-a", ("secrets-read",), "medium"),
     ([rule([""], ["pods/exec"], ["create"])], "team-a", ("pods-exec",), "high"),
-    ([rule([""], ["pods/*"], ["create"])], "team-a",
-     ("pods-attach", "pods-exec", "pods-portforward"), "high"),
+    ([rule([""], ["*/exec"], ["create"])], "team-a", ("pods-exec",), "high"),
+    ([rule([""], ["pods/*"], ["create"])], "team-a", (), None),
     ([rule(["apps"], ["deployments"], ["patch"])], "team-a", ("workload-create",), "high"),
     ([rule(["batch"], ["cronjobs"], ["create"])], "", ("workload-create",), "critical"),
     ([rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["bind"])], "",
@@ -34,7 +34,8 @@ def rule(groups: list[str], resources: list[str], verbs: list[str],
     ([rule(["rbac.authorization.k8s.io"], ["clusterrolebindings"], ["create"]),
       rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["escalate"])], "",
      ("rbac-bind-escalate", "rbac-write"), "critical"),
-    ([rule([""], ["nodes/proxy", "persistentvolumes"], ["*"])], "team-a", (), None),
+    ([rule([""], ["nodes/proxy", "persistentvolumes"], ["get", "create"])], "team-a", (),
+     None),
     ([rule(["rbac.authorization.k8s.io"], ["clusterroles"], ["bind"])], "team-a",
      ("rbac-bind-escalate",), "high"),
     ([rule(["authentication.k8s.io"], ["uids"], ["impersonate"])], "", ("impersonate",),
@@ -49,6 +50,12 @@ def rule(groups: list[str], resources: list[str], verbs: list[str],
     ([rule([""], ["persistentvolumes"], ["create"])], "", ("pv-create",), "high"),
     ([rule(["apiextensions.k8s.io"], ["customresourcedefinitions"], ["update"])], "",
      ("crd-write",), "medium"),
+    ([rule([""], ["secrets"], ["create"])], "kube-system", ("kube-system-secrets-write",),
+     "critical"),
+    ([rule(["certificates.k8s.io"], ["certificatesigningrequests/approval"], ["update"]),
+      rule(["certificates.k8s.io"], ["signers"], ["approve"])], "", ("csr-approve",),
+     "critical"),
+    ([rule(["storage.k8s.io"], ["*"], ["delete"])], "", ("wildcard-partial",), "medium"),
     ([rule([""], ["pods", "configmaps"], ["get", "list", "watch"])], "", (), None),
     ([rule(["apps"], ["secrets"], ["get"])], "", (), None),
     ([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}], "", (), None),
@@ -60,7 +67,8 @@ def rule(groups: list[str], resources: list[str], verbs: list[str],
     "reading secrets in kube-system is critical even namespaced",
     "a secret named in resourceNames ranks one lower",
     "exec into pods",
-    "a pods/* subresource wildcard covers exec, attach and port-forward",
+    "*/exec is exec on every resource (the authorizer's subresource wildcard)",
+    "pods/* is no wildcard to the authorizer",
     "patching a deployment runs code as any service account",
     "creating cronjobs cluster-wide",
     "binding any cluster role",
@@ -74,6 +82,9 @@ def rule(groups: list[str], resources: list[str], verbs: list[str],
     "mutating admission webhooks",
     "persistent volumes",
     "custom resource definitions",
+    "writing secrets in kube-system mints tokens",
+    "approving CSRs with a signer issues any client certificate",
+    "a wildcard no other row names still counts",
     "reading pods and configmaps is not privileged",
     "secrets in the wrong API group are not the core secrets",
     "non-resource URLs are not in the catalogue",
@@ -133,17 +144,26 @@ def test_a_scan_ranks_findings_and_leaves_out_kubepims_own_and_the_control_plane
                                                                "name": "cluster-admin"},
          "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": "kube-system"}]},
     ]
+    crbs.append({"metadata": _meta("cluster-admin", labels={
+        "kubernetes.io/bootstrapping": "rbac-defaults"}),  # the API server's own
+        "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "Group", "name": "system:masters"}]})
     eligible = {"team-a-exec": eligibility(subjects=[{"kind": "User", "name": "alice"}],
                                            roles=[{"kind": "Role", "name": "exec"}],
                                            namespaces=["team-a"])}
     findings = standing.scan(roles, cluster_roles, rbs, crbs, eligible)
+    # A system identity counts when someone else bound it (admins, ctrl); only the API
+    # server's bootstrap binding of system:masters is left out.
     assert [(f.subject, f.binding, f.severity, f.eligible) for f in findings] == [
         ("Group/system:authenticated", "ClusterRoleBinding/admins", "critical", ()),
+        ("Group/system:masters", "ClusterRoleBinding/admins", "critical", ()),
+        ("ServiceAccount/kube-system/x", "RoleBinding/kube-system/ctrl", "critical", ()),
         ("User/mallory", "ClusterRoleBinding/admins", "critical", ()),
         ("ServiceAccount/team-a/deployer", "RoleBinding/team-a/debug", "high", ()),
         ("User/alice", "RoleBinding/team-a/debug", "high", ("team-a-exec",)),
     ]
+    assert all(f.deny_listed == (f.role == "ClusterRole/cluster-admin") for f in findings)
     everything = standing.scan(roles, cluster_roles, rbs, crbs, include_system=True)
-    assert {f.subject for f in everything} >= {"Group/system:masters",
-                                               "ServiceAccount/kube-system/x"}
+    assert ("Group/system:masters", "ClusterRoleBinding/cluster-admin") in {
+        (f.subject, f.binding) for f in everything}
     assert not any(f.subject == "User/bob" for f in everything)  # a live kubepim grant

@@ -239,15 +239,18 @@ def cmd_standing(api: Api, args: argparse.Namespace) -> int:
         ["BINDING", "COVERED-BY"] if wide else [])]]
     for f in findings:
         rules = ", ".join(f.rules) + (f" (only {', '.join(f.names)})" if f.names else "")
-        rows.append([f.severity, f.subject, f.role, f.scope or "cluster", rules, *(
-            [f.binding, ", ".join(f.eligible) or "-"] if wide else [])])
+        rows.append([_visible(cell) for cell in (
+            f.severity, f.subject, f.role, f.scope or "cluster", rules,
+            *([f.binding, ", ".join(f.eligible) or "-"] if wide else []))])
     _table(rows, sys.stdout)
     return EXIT_OK
 
 
-# Rules whose roles are on kubepim's deny-list (cluster-admin, '*', bind, escalate, impersonate):
-# an eligibility for them must say allowPrivilegedRoles.
-_DENY_LISTED = frozenset({"wildcard-admin", "rbac-bind-escalate", "impersonate"})
+def _visible(text: str) -> str:
+    """``text`` with control and bidi characters shown as escapes (names are anyone's input)."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]",
+                  lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                  else f"\\u{ord(m.group()):04x}", text)
 
 
 def _as_eligibilities(findings: list[Any]) -> int:
@@ -259,13 +262,18 @@ def _as_eligibilities(findings: list[Any]) -> int:
     if not findings:
         print("nothing to replace: no standing binding matched", file=sys.stderr)
         return EXIT_OK
-    by_role: dict[str, list[Any]] = {}
+    # One per role and place: an eligibility never lets anyone request a role somewhere they
+    # did not hold it.
+    by_place: dict[tuple[str, str], list[Any]] = {}
     for finding in findings:
-        by_role.setdefault(finding.role, []).append(finding)
-    documents = []
-    for role, found in sorted(by_role.items()):
+        by_place.setdefault((finding.role, finding.scope), []).append(finding)
+    documents, skipped = [], []
+    for (role, scope), found in sorted(by_place.items()):
         kind, _, rest = role.partition("/")
         name = rest.rsplit("/", 1)[-1]
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name) or len(name) > 253:
+            skipped.append(role)  # a RoleEligibility's role reference takes DNS names only
+            continue
         subjects = []
         for subject in sorted({f.subject for f in found}):
             subject_kind, _, who = subject.partition("/")
@@ -274,21 +282,25 @@ def _as_eligibilities(findings: list[Any]) -> int:
                 subjects.append({"kind": subject_kind, "namespace": namespace, "name": account})
             else:
                 subjects.append({"kind": subject_kind, "name": who})
-        places = sorted({f.scope for f in found if f.scope})
-        slug = re.sub(r"[^a-z0-9-]+", "-", f"{name}".lower()).strip("-")[:200] or "role"
+        slug = re.sub(r"[^a-z0-9-]+", "-", f"{kind}-{name}-{scope or 'cluster'}".lower())
+        slug = slug[:200].strip("-") or "role"
         spec: dict[str, Any] = {"subjects": subjects, "roles": [{"kind": kind, "name": name}],
                                 "approval": {"users": [], "groups": []}}
-        if places:
-            spec["namespaces"] = places
-        if any(not f.scope for f in found):
+        if scope:
+            spec["namespaces"] = [scope]
+        else:
             spec["clusterWide"] = True
-        if any(set(f.rules) & _DENY_LISTED for f in found):
+        if any(f.deny_listed for f in found):
             spec["allowPrivilegedRoles"] = True  # (on kubepim's deny-list: say so explicitly)
         documents.append({"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "RoleEligibility",
                           "metadata": {"name": f"standing-{slug}"}, "spec": spec})
     print("# Replaces these standing bindings (remove them once this is applied):")
     for f in findings:
-        print(f"#   {f.binding} ({f.subject}, {f.severity})")
+        if f.role not in skipped:
+            print(_visible(f"#   {f.binding} ({f.subject}, {f.severity})"))
+    for role in skipped:
+        print(_visible(f"# Not expressible as a RoleEligibility (the role's name is not a DNS "
+                       f"name): {role}"))
     print("# spec.approval is empty: name approvers (users or groups); until then no request "
           "under it can be approved.")
     import yaml  # only when asked for

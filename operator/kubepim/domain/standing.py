@@ -17,6 +17,7 @@ from kubepim.api.common import LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec
 
 from . import bindings
+from .admission import privileged
 from .review import selector_matches
 
 Severity = Literal["critical", "high", "medium"]
@@ -81,12 +82,19 @@ CATALOGUE: tuple[Rule, ...] = (
          "KSC C-0278, RT, CIS 5.1.9"),
     Rule("crd-write", ("apiextensions.k8s.io",), ("customresourcedefinitions",),
          (*_WRITE, "delete"), "medium", None, "RT"),
+    Rule("kube-system-secrets-write", (_CORE,), ("secrets",), _WRITE, "critical", "medium",
+         "RP issue_token_secrets (critical in kube-system: mints token Secrets)"),
 )
+# Catalogue rows made of two permissions: (rule, the extra (group, resource, verb)) and the
+# severity when both are held.
+_SIGNERS = ("certificates.k8s.io", "signers", "approve")
 
-# The control plane's own identities, left out unless asked (a documented, configurable list):
-# what kubeadm, kind and the API server bootstrap bind for components that must hold these
-# permissions. system:authenticated, system:unauthenticated and system:serviceaccounts are NOT
-# here: a binding to them is everyone's standing access.
+# The control plane's own identities: left out unless asked, and only in the API server's own
+# bootstrap bindings (labelled kubernetes.io/bootstrapping=rbac-defaults): the same identity in
+# any other binding (cluster-admin bound to kube-system's default ServiceAccount, to
+# system:nodes) is reported. system:authenticated, system:unauthenticated and
+# system:serviceaccounts are never left out: a binding to them is everyone's standing access.
+BOOTSTRAP_LABEL = ("kubernetes.io/bootstrapping", "rbac-defaults")
 SYSTEM_SUBJECTS: frozenset[str] = frozenset({
     "User/system:kube-controller-manager", "User/system:kube-scheduler",
     "User/system:kube-proxy", "User/system:apiserver", "User/kube-apiserver",
@@ -108,6 +116,7 @@ class Finding:
     severity: Severity
     names: tuple[str, ...] = ()  # resourceNames the matching rules were limited to, if all were
     eligible: tuple[str, ...] = field(default=())  # RoleEligibilities covering it
+    deny_listed: bool = False  # the role is on kubepim's deny-list (allowPrivilegedRoles)
 
     def wire(self) -> dict[str, Any]:
         """As ``-o json`` prints it."""
@@ -122,10 +131,14 @@ def _covers(values: Sequence[str], wanted: str) -> bool:
 
 
 def _resource_covers(resources: Sequence[str], wanted: str) -> bool:
+    """As the RBAC authorizer matches: "*", the exact resource, or "*/subresource".
+
+    ("pods/*" is no wildcard to the authorizer: it matches nothing but a subresource named "*".)
+    """
     if "*" in resources or wanted in resources:
         return True
-    base, _, sub = wanted.partition("/")
-    return bool(sub) and (f"{base}/*" in resources or f"*/{sub}" in resources)
+    _, _, sub = wanted.partition("/")
+    return bool(sub) and f"*/{sub}" in resources
 
 
 # Resources a RoleBinding cannot grant (they are cluster-scoped): only a ClusterRoleBinding can.
@@ -189,6 +202,8 @@ def resolve_cluster_roles(cluster_roles: Iterable[Mapping[str, Any]]
 
 
 def _selected(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+        return True  # (an empty selector selects every ClusterRole, as the controller reads it)
     return selector_matches(LabelSelector.model_validate(selector), labels)
 
 
@@ -200,6 +215,7 @@ def classify(rules: Iterable[Mapping[str, Any]], scope: str
     lower for reading secrets, exec and attach, creating workloads (the objects are named);
     never for impersonation, bind/escalate, tokens, CSRs or webhooks (docs/standing.md).
     """
+    rules = list(rules)
     found: dict[str, Severity] = {}
     names: set[str] = set()
     limited_only = True
@@ -221,6 +237,10 @@ def classify(rules: Iterable[Mapping[str, Any]], scope: str
             names.update(limited)
     if "rbac-write" in found and "rbac-bind-escalate" in found:  # together: as bind/escalate
         found["rbac-write"] = found["rbac-bind-escalate"]
+    if "csr-approve" in found and any(_grants(p, *_SIGNERS) for p in rules):
+        found["csr-approve"] = "critical"  # approval and a signer: any client certificate
+    if not found and any(_partial_wildcard(p) for p in rules):
+        found["wildcard-partial"] = "medium"
     if not found:
         return (), None, ()
     ordered = tuple(sorted(found, key=lambda rule_id: (_RANK[found[rule_id]], rule_id)))
@@ -228,6 +248,19 @@ def classify(rules: Iterable[Mapping[str, Any]], scope: str
         return ("wildcard-admin",), found[ordered[0]], tuple(sorted(names)) if limited_only \
             else ()
     return ordered, found[ordered[0]], tuple(sorted(names)) if limited_only else ()
+
+
+def _grants(policy: Mapping[str, Any], group: str, resource: str, verb: str) -> bool:
+    return (_covers(list(policy.get("apiGroups") or []), group)
+            and _resource_covers(list(policy.get("resources") or []), resource)
+            and _covers(list(policy.get("verbs") or []), verb))
+
+
+def _partial_wildcard(policy: Mapping[str, Any]) -> bool:
+    """A "*" in resources or verbs with a writing verb, that no catalogue row names."""
+    resources, verbs = policy.get("resources") or [], set(policy.get("verbs") or [])
+    return ("*" in resources or "*" in verbs) and bool(
+        verbs & {"*", "create", "update", "patch", "delete", "deletecollection"})
 
 
 _NAMES_LOWER = frozenset({"secrets-read", "pods-exec", "pods-attach", "workload-create"})
@@ -286,25 +319,30 @@ def scan(roles: Iterable[Mapping[str, Any]], cluster_roles: Iterable[Mapping[str
             if severity is None:
                 continue
             where = f"{namespace}/" if namespace else ""
+            labels = metadata.get("labels") or {}
+            bootstrap = labels.get(BOOTSTRAP_LABEL[0]) == BOOTSTRAP_LABEL[1]
+            deny = privileged(role_kind, role_name, rules, namespace or None) is not None
             for subject in binding.get("subjects") or []:
                 who = subject_id(subject, namespace or None)
-                if not include_system and is_system(who):
+                if not include_system and bootstrap and is_system(who):
                     continue
                 findings.append(Finding(
                     who, f"{kind}/{where}{metadata.get('name')}", role, namespace, ids,
                     severity, names,
                     covered_by(who, role_kind, role_name, namespace, eligibilities or {},
-                               namespace_labels or {})))
+                               namespace_labels or {}, deny), deny))
     findings.sort(key=lambda f: (_RANK[f.severity], f.subject, f.binding))
     return findings
 
 
 def covered_by(subject: str, role_kind: str, role_name: str, namespace: str,
                eligibilities: Mapping[str, RoleEligibilitySpec],
-               namespace_labels: Mapping[str, Mapping[str, str]]) -> tuple[str, ...]:
+               namespace_labels: Mapping[str, Mapping[str, str]],
+               deny_listed: bool = False) -> tuple[str, ...]:
     """The RoleEligibilities under which the subject could request this role where it holds it.
 
     Standing access they cover could simply be removed: kubepim grants it when it is needed.
+    A deny-listed role is covered only by an eligibility that allows privileged roles.
     """
     kind, _, rest = subject.partition("/")
     names = []
@@ -315,6 +353,8 @@ def covered_by(subject: str, role_kind: str, role_name: str, namespace: str,
             continue
         if not any(r.kind == role_kind and r.name == role_name for r in spec.roles):
             continue
+        if deny_listed and not spec.allow_privileged_roles:
+            continue  # its requests for this role are refused
         if namespace == "":
             if not spec.cluster_wide:
                 continue

@@ -440,8 +440,11 @@ class Notifier:
             if not self._leading():
                 return False
             try:
-                await self._after_grants()
                 async with self._slots:
+                    # (in the slot: at most _CONCURRENCY deliveries poll, however many wait)
+                    await self._after_grants()
+                    if not self._leading():
+                        return False  # lost the lease meanwhile: the next leader sends it
                     thread = await send(self._http(), route.spec.channel, route.credentials,
                                         self.source, data, work.thread, self._mail)
                 work.thread = thread if thread is None or _THREAD.fullmatch(thread) else None
