@@ -328,7 +328,7 @@ def test_approvers_and_then_the_requester_get_mail_from_a_real_smtp_server(
 
 
 def test_an_email_route_without_recipients_is_refused_at_apply(
-    kubectl: Kubectl, namespace: str,
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str,
 ) -> None:
     refused = kubectl("apply", "-f", "-", check=False, stdin=json.dumps({
         "apiVersion": pim.API_VERSION, "kind": "NotificationRoute",

@@ -8,12 +8,12 @@ import json
 import yaml
 
 from tests.e2e import pim
-from tests.e2e.support import Kubectl
+from tests.e2e.support import Kubectl, OperatorProcess
 from tests.e2e.test_plugin import plugin
 
 
 def test_standing_access_is_found_ranked_and_turned_into_an_eligibility(
-    kubectl: Kubectl, namespace: str,
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str,
 ) -> None:
     mallory, dora = f"mallory-{namespace}", f"dora-{namespace}"
     kubectl("create", "role", "exec", "--verb=create", "--resource=pods/exec", "-n", namespace)

@@ -156,9 +156,22 @@ def _me(api: Api) -> dict[str, Any]:
     return api.whoami()
 
 
+def _eligibility_specs(api: Api) -> dict[str, Any]:
+    """Every valid RoleEligibility's spec by name (invalid ones ignored, as admission does)."""
+    from kubepim.api.eligibility import RoleEligibilitySpec
+
+    specs = {}
+    for item in api.eligibilities():
+        try:
+            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
+                item.get("spec") or {})
+        except ValueError:
+            continue
+    return specs
+
+
 def cmd_eligible(api: Api, args: argparse.Namespace) -> int:
     """What the caller may request, from the same domain function admission uses."""
-    from kubepim.api.eligibility import RoleEligibilitySpec
     from kubepim.api.request import Requester
     from kubepim.domain.review import options
 
@@ -166,14 +179,7 @@ def cmd_eligible(api: Api, args: argparse.Namespace) -> int:
     requester = Requester(username=str(user.get("username") or ""),
                           uid=str(user.get("uid") or ""), groups=list(user.get("groups") or []),
                           extra={k: list(v) for k, v in (user.get("extra") or {}).items()})
-    specs = {}
-    for item in api.eligibilities():
-        try:
-            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
-                item.get("spec") or {})
-        except ValueError:
-            continue  # invalid: admission ignores it too
-    found = options(requester, specs)
+    found = options(requester, _eligibility_specs(api))
     if args.output in ("json", "yaml"):
         _dump([{"eligibility": o.eligibility, "roles": [str(r) for r in o.spec.roles],
                 "where": o.places(o.eligibility), "namespaces": o.spec.namespaces,
@@ -207,16 +213,9 @@ _RBAC_PATH = "/apis/rbac.authorization.k8s.io/v1"
 
 def cmd_standing(api: Api, args: argparse.Namespace) -> int:
     """Privileged RBAC held outside kubepim, ranked (docs/standing.md has the rules)."""
-    from kubepim.api.eligibility import RoleEligibilitySpec
     from kubepim.domain import standing
 
-    specs = {}
-    for item in api.eligibilities():
-        try:
-            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
-                item.get("spec") or {})
-        except ValueError:
-            continue
+    specs = _eligibility_specs(api)
     namespaces = {str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
                   for n in api.list_all("/api/v1/namespaces")}
     findings = standing.scan(
