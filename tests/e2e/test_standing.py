@@ -39,6 +39,10 @@ def test_standing_access_is_found_ranked_and_turned_into_an_eligibility(
 
         table = plugin(kubectl, "standing", "--min-severity", "critical")
         assert mallory in table.stdout and dora not in table.stdout
+        gate = plugin(kubectl, "standing", "--subject", f"User/{dora}", "--fail-on", "critical")
+        assert gate.returncode == 0  # high only: passes a gate at critical
+        gate = plugin(kubectl, "standing", "--subject", f"User/{dora}", "--fail-on", "high")
+        assert gate.returncode == 8 and dora in gate.stdout  # fails one at high
 
         manifest = plugin(kubectl, "standing", "--subject", f"User/{mallory}",
                           "-o", "eligibility")

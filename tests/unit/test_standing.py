@@ -167,3 +167,14 @@ def test_a_scan_ranks_findings_and_leaves_out_kubepims_own_and_the_control_plane
     assert ("Group/system:masters", "ClusterRoleBinding/cluster-admin") in {
         (f.subject, f.binding) for f in everything}
     assert not any(f.subject == "User/bob" for f in everything)  # a live kubepim grant
+
+
+def test_an_eligibility_nobody_may_approve_covers_nothing() -> None:
+    unapproved = eligibility(subjects=[{"kind": "User", "name": "alice"}],
+                             roles=[{"kind": "Role", "name": "exec"}], namespaces=["team-a"],
+                             approval={"users": []})
+    assert standing.covered_by("User/alice", "Role", "exec", "team-a",
+                               {"e": unapproved}, {}) == ()
+    approved = unapproved.model_copy(update={"approval": eligibility().approval})
+    assert standing.covered_by("User/alice", "Role", "exec", "team-a",
+                               {"e": approved}, {}) == ("e",)

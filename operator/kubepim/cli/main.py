@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_DENIED, EXIT_TIMED_OUT, EXIT_REJECTED, EXIT_ENDED, EXIT_WAIT_TIMEOUT = 3, 4, 5, 6, 7
+EXIT_FOUND = 8
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  done (request --wait: the grant is Active)
   {EXIT_ERROR}  refused or failed: the message says why (admission's refusal as it is)
@@ -35,6 +36,7 @@ EXIT_CODES = f"""exit codes:
   {EXIT_REJECTED}  request --wait: Rejected (no eligibility covers it, or a limit was reached)
   {EXIT_ENDED}  request --wait: ended otherwise (Withdrawn, Revoked, Expired) before Active
   {EXIT_WAIT_TIMEOUT}  request --wait: still Pending when --timeout passed (the request stays)
+  {EXIT_FOUND}  standing --fail-on: standing access at or above that severity was found
 """
 _FINAL_CODES = {"Denied": EXIT_DENIED, "TimedOut": EXIT_TIMED_OUT, "Rejected": EXIT_REJECTED,
                 "Withdrawn": EXIT_ENDED, "Revoked": EXIT_ENDED, "Expired": EXIT_ENDED}
@@ -228,11 +230,15 @@ def cmd_standing(api: Api, args: argparse.Namespace) -> int:
                 and (args.namespace is None or args.all_namespaces or f.scope == args.namespace)
                 and (args.subject is None or f.subject == args.subject)
                 and (args.role is None or f.role == args.role)]
+    failing = args.fail_on is not None and any(
+        standing.SEVERITIES.index(f.severity) <= standing.SEVERITIES.index(args.fail_on)
+        for f in findings)
     if args.output == "eligibility":
-        return _as_eligibilities(findings)
+        code = _as_eligibilities(findings)
+        return EXIT_FOUND if failing and code == EXIT_OK else code
     if args.output in ("json", "yaml"):
         _dump([f.wire() for f in findings], args.output, sys.stdout)
-        return EXIT_OK
+        return EXIT_FOUND if failing else EXIT_OK
     wide = args.output == "wide"
     rows = [["SEVERITY", "SUBJECT", "ROLE", "WHERE", "RULES", *(
         ["BINDING", "COVERED-BY"] if wide else [])]]
@@ -242,7 +248,7 @@ def cmd_standing(api: Api, args: argparse.Namespace) -> int:
             f.severity, f.subject, f.role, f.scope or "cluster", rules,
             *([f.binding, ", ".join(f.eligible) or "-"] if wide else []))])
     _table(rows, sys.stdout)
-    return EXIT_OK
+    return EXIT_FOUND if failing else EXIT_OK
 
 
 def _visible(text: str) -> str:
@@ -700,6 +706,9 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.add_argument("--role", help="only this role: ClusterRole/NAME or Role/NAMESPACE/NAME")
     sub.add_argument("--include-system", action="store_true",
                      help="also the control plane's own identities (left out by default)")
+    sub.add_argument("--fail-on", choices=["critical", "high", "medium"],
+                     help=f"exit {EXIT_FOUND} if anything at or above this severity is listed "
+                     "(for CI)")
     sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
               ("json", "yaml"))
     sub.add_argument("name", metavar="NAME", nargs="?",

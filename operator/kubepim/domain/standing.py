@@ -355,6 +355,8 @@ def covered_by(subject: str, role_kind: str, role_name: str, namespace: str,
             continue
         if deny_listed and not spec.allow_privileged_roles:
             continue  # its requests for this role are refused
+        if not (spec.approval.users or spec.approval.groups) and spec.break_glass is None:
+            continue  # nobody may approve and no break-glass: nothing is ever granted
         if namespace == "":
             if not spec.cluster_wide:
                 continue
