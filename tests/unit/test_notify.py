@@ -340,16 +340,21 @@ def test_a_pending_request_is_reminded_and_an_active_one_warned_before_expiry() 
     asyncio.run(scenario())
 
 
+def _reminding_an_hour_from_now() -> Notifier:
+    """A notifier whose route "ops" holds a Pending request with a reminder timer an hour away."""
+    notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True)
+    route = _route(events=["Reminder"], reminders={"after": "1h"})
+    notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
+                                    Credentials({"hmacKey": "k"})))
+    now = datetime.datetime.now(datetime.UTC)
+    pending = access_request(history=[entry("Requested", now, "alice").wire()], phase="Pending")
+    notifier.observe(_body(pending), pending, None, None)
+    return notifier
+
+
 def test_a_request_found_gone_by_name_leaves_no_work_or_timer_behind() -> None:
     async def scenario() -> tuple[bool, bool, bool]:
-        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True)
-        route = _route(events=["Reminder"], reminders={"after": "1h"})
-        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
-                                        Credentials({"hmacKey": "k"})))
-        now = datetime.datetime.now(datetime.UTC)
-        pending = access_request(history=[entry("Requested", now, "alice").wire()],
-                                 phase="Pending")
-        notifier.observe(_body(pending), pending, None, None)
+        notifier = _reminding_an_hour_from_now()
         waiting = notifier.busy()  # a reminder timer, an hour away
         notifier.forget_name("someone-else")
         kept = notifier.busy()
@@ -489,14 +494,7 @@ def test_the_requesters_address_comes_from_their_authenticated_username(
 
 def test_a_route_deleted_while_a_reminder_is_timed_leaves_nothing_owed() -> None:
     async def scenario() -> tuple[bool, bool]:
-        notifier = Notifier("urn:kubepim:test", _no_warning, lambda _: None, lambda: True)
-        route = _route(events=["Reminder"], reminders={"after": "1h"})
-        notifier.set_route("ops", Route(route, NOW - datetime.timedelta(days=1),
-                                        Credentials({"hmacKey": "k"})))
-        now = datetime.datetime.now(datetime.UTC)
-        pending = access_request(history=[entry("Requested", now, "alice").wire()],
-                                 phase="Pending")
-        notifier.observe(_body(pending), pending, None, None)
+        notifier = _reminding_an_hour_from_now()
         timed = notifier._work["u-1"]["ops"].timer is not None
         notifier.set_route("ops", None)  # deleted: its timer goes with it
         work = notifier._work.get("u-1", {}).get("ops")

@@ -546,16 +546,11 @@ class Reconciler:
                 # (uid: a request made again under this name since is refused, not written)
                 answer = await self.kube.patch_request_status(
                     name, {"notifications": progress}, version, uid=uid)
-            except NotLeading:
-                self.enqueue(name)  # kept while the renewal is late; nothing on a standby
-                return
             except NotFound:
                 return  # deleted: its DELETED event forgets it
-            except Exception:  # a Conflict (changed since) or a failure: a reconcile does it
-                self.enqueue(name)
+            except Exception:  # changed since, renewal late, or a failure: a reconcile does it
+                self.enqueue(name)  # (kept while the renewal is late; nothing on a standby)
                 return
-            if str(answer["metadata"].get("uid") or "") != uid:
-                return  # (a request made again under the name: the reconcile decides)
             if self.state.is_held(name):
                 self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
                 if name in self._again or name in self._bodies:

@@ -100,6 +100,12 @@ class _Work:
                 or self.warned > self.recorded_warned
                 or self.review_missing > self.recorded_review_missing)
 
+    def parsed(self) -> AccessRequest:
+        """The snapshot as a model (the reconciler's own parse, handed over with it)."""
+        if self.request is None:
+            self.request = AccessRequest.model_validate(self.snapshot)
+        return self.request
+
     def stop_timer(self) -> None:
         """Cancel the reminder or warning timer, if any."""
         if self.timer is not None:
@@ -302,6 +308,8 @@ class Notifier:
 
         One timer per route and request: when it has fired and been delivered, the next is set.
         """
+        if any(item.index < 0 for item in work.queue):
+            return  # one fired and not yet delivered: its delivery sets the next timer
         status = request.status
         phase = status.phase if status else None
         now = datetime.datetime.now(datetime.UTC)
@@ -318,8 +326,6 @@ class Notifier:
             at = notify.review_missing_at(route.spec, request)
             if at is not None:
                 due.append((at, "ReviewMissing", 0))
-        if any(item.index < 0 for item in work.queue):
-            return  # one fired and not yet delivered: its delivery sets the next timer
         if not due:
             work.stop_timer()
             return
@@ -349,8 +355,8 @@ class Notifier:
                 1.0, self._fire, uid, route_name, kind, sequence)
             return
         work.timer, work.timer_for = None, None
-        request = work.request or AccessRequest.model_validate(work.snapshot)
-        entry = notify.reminder(kind, datetime.datetime.now(datetime.UTC), request, sequence)
+        entry = notify.reminder(kind, datetime.datetime.now(datetime.UTC), work.parsed(),
+                                sequence)
         work.queue.append(notify.Due(route_name, -1, entry, sequence))
         if work.task is None:
             work.task = asyncio.create_task(self._deliver(uid, route_name, work))
@@ -380,8 +386,7 @@ class Notifier:
                         work.review_missing = True
                     route = self.routes.get(route_name)
                     if route is not None:
-                        self._schedule(uid, route_name, route, work, work.request
-                                       or AccessRequest.model_validate(work.snapshot))
+                        self._schedule(uid, route_name, route, work, work.parsed())
         finally:
             work.task = None
         if self._work.get(uid, {}).get(route_name) is work:
@@ -401,10 +406,10 @@ class Notifier:
                 return  # forgotten, or recorded and dropped
         if work.queue or work.task is not None or not work.unrecorded():
             return
-        if work.final or (waited and self._record is None):
-            self._settle(work.name)
-        elif waited and self._record is not None:
+        if waited and not work.final and self._record is not None:
             self._record(work.name, uid)
+        elif work.final or waited:
+            self._settle(work.name)
         elif not work.asking:
             work.asking = True
             asyncio.get_running_loop().call_later(_ASK_DELAY, self._ask, uid, route_name,
@@ -428,7 +433,7 @@ class Notifier:
         True once delivered or given up on; False when this replica stopped leading (the next
         leader sends it).
         """
-        request = work.request or AccessRequest.model_validate(work.snapshot)
+        request = work.parsed()
         data = notify.facts(work.snapshot, request, work.eligibility, item.index, item.entry,
                             item.sequence)
         channel = route.spec.channel.type
