@@ -103,22 +103,31 @@ async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
         message += f" (by {transition.actor})"
     kind = "Warning" if transition.warning else "Normal"
     try:
-        try:
-            await kube.post_event(body, kind, transition.action, message, when, index)
-        except Conflict:
-            # Posted before (a repeat after a restart) or pre-claimed by someone else: only an
-            # Event saying exactly this stands in for ours; otherwise ours goes under a name
-            # the API server makes up, so a squatter cannot suppress it.
-            existing = await kube.get_event(kube.event_name(body, index)) or {}
-            if not _says(existing, body, kind, transition.action, message):
-                events_logger.warning("the Event name of %s's %s was taken by another Event; "
-                                      "posting under a generated name", request,
-                                      transition.action)
-                await kube.post_event(body, kind, transition.action, message, when, index,
-                                      generate_name=True)
+        await post_event(kube, body, kind, transition.action, message, when, index,
+                         f"{request}'s {transition.action}")
     except Exception:
         events_logger.exception("could not post the %s Event of %s", transition.action,
                                 request)
+
+
+async def post_event(kube: Kube, body: dict[str, Any], kind: str, reason: str, message: str,
+                     when: datetime.datetime, index: int, what: str) -> None:
+    """Post an Event under kubepim's name for it (``index``), once.
+
+    A 409 means posted before (a repeat after a restart) or pre-claimed by someone else: only an
+    Event saying exactly this stands in for ours; otherwise ours goes under a name the API
+    server makes up, so a squatter cannot suppress it.
+    """
+    try:
+        await kube.post_event(body, kind, reason, message, when, index)
+    except Conflict:
+        namespace = body.get("metadata", {}).get("namespace") or "default"
+        existing = await kube.get_event(kube.event_name(body, index), namespace) or {}
+        if not _says(existing, body, kind, reason, message):
+            events_logger.warning("the Event name of %s was taken by another Event; posting "
+                                  "under a generated name", what)
+            await kube.post_event(body, kind, reason, message, when, index,
+                                  generate_name=True)
 
 
 def _says(event: dict[str, Any], body: dict[str, Any], kind: str, reason: str,

@@ -143,3 +143,18 @@ NOTIFICATION_SECONDS = Histogram(
     "From a transition to its notification delivered, per channel type.",
     ["channel_type"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
     registry=REGISTRY)
+
+STANDING_BINDINGS = Gauge(
+    "kubepim_standing_privileged_bindings",
+    "RoleBindings and ClusterRoleBindings kubepim did not make that grant privileged access, "
+    "by their most severe finding (critical, high, medium; docs/standing.md). The leader's "
+    "count, kept current by a watch between scans; a standby exports none.",
+    ["severity"], registry=REGISTRY)
+STANDING_SCANS = Counter(
+    "kubepim_standing_scans",
+    "Full standing-privilege scans by result (ok, failed: retried with backoff).",
+    ["result"], registry=REGISTRY)
+STANDING_SCAN_SECONDS = Gauge(
+    "kubepim_standing_scan_seconds",
+    "How long the last full standing-privilege scan took (every role and binding, paged).",
+    registry=REGISTRY)

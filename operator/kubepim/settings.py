@@ -42,6 +42,17 @@ class Settings(BaseSettings):
         description="Interval of the retention pass, which pages through settled requests "
         "(the only periodic read of finished ones).",
     )
+    standing_scan_seconds: float = Field(
+        default=600.0, ge=0,
+        description="Interval of the full standing-privilege scan (every role and binding, "
+        "paged; a watch keeps it current between scans, a role change brings it forward); "
+        "0 turns standing-privilege discovery off in the operator (docs/standing.md).",
+    )
+    standing_include_system: bool = Field(
+        default=False,
+        description="Count the control plane's own identities in their bootstrap bindings as "
+        "standing access too (left out by default: docs/standing.md lists them).",
+    )
     namespace: str = Field(
         default="kubepim", description="Namespace of the operator (its leader-election Lease)."
     )

@@ -178,3 +178,33 @@ def test_an_eligibility_nobody_may_approve_covers_nothing() -> None:
     approved = unapproved.model_copy(update={"approval": eligibility().approval})
     assert standing.covered_by("User/alice", "Role", "exec", "team-a",
                                {"e": approved}, {}) == ("e",)
+
+
+def test_one_scanner_classifies_a_cluster_role_by_where_each_binding_grants_it() -> None:
+    # The scanner classifies a role once per kind of place: cluster-wide and kube-system are
+    # critical for reading secrets, an ordinary namespace high; a cached answer for one place
+    # must not leak into another.
+    scanner = standing.Scanner(
+        [], [{"metadata": _meta("secret-reader"), "rules": [rule([""], ["secrets"], ["get"])]}])
+    ref = {"kind": "ClusterRole", "name": "secret-reader"}
+    subjects = [{"kind": "Group", "name": "ops"}]
+    seen = [
+        standing.worst(scanner.binding("RoleBinding", {
+            "metadata": _meta("r", "team-a"), "roleRef": ref, "subjects": subjects})),
+        standing.worst(scanner.binding("RoleBinding", {
+            "metadata": _meta("r", "kube-system"), "roleRef": ref, "subjects": subjects})),
+        standing.worst(scanner.binding("ClusterRoleBinding", {
+            "metadata": _meta("r"), "roleRef": ref, "subjects": subjects})),
+        standing.worst(scanner.binding("RoleBinding", {
+            "metadata": _meta("r", "team-b"), "roleRef": ref, "subjects": subjects})),
+    ]
+    assert seen == ["high", "critical", "critical", "high"]
+
+
+def test_a_binding_to_a_role_the_scanner_was_not_given_is_no_finding() -> None:
+    # (A Role created after the scan read the roles: the role watch brings a new scan.)
+    scanner = standing.Scanner([], [])
+    assert scanner.binding("RoleBinding", {
+        "metadata": _meta("r", "team-a"), "roleRef": {"kind": "Role", "name": "later"},
+        "subjects": [{"kind": "User", "name": "eve"}]}) == []
+    assert standing.worst([]) is None

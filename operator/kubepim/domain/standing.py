@@ -289,6 +289,86 @@ def is_system(subject: str, allowed: frozenset[str] = SYSTEM_SUBJECTS,
     return parts[0] == "ServiceAccount" and len(parts) == 3 and parts[1] in namespaces
 
 
+class Scanner:
+    """Classifies bindings one at a time against the roles it was given.
+
+    A paged scan keeps this and its findings, never the bindings (docs/standing.md): the
+    operator's scan of 20,000 bindings holds the roles and one page. A role's classification is
+    computed once per scope class (cluster-wide, a sensitive namespace, any other namespace).
+    """
+
+    def __init__(self, roles: Iterable[Mapping[str, Any]],
+                 cluster_roles: Iterable[Mapping[str, Any]],
+                 eligibilities: Mapping[str, RoleEligibilitySpec] | None = None,
+                 namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+                 include_system: bool = False) -> None:
+        self._cluster_rules = resolve_cluster_roles(cluster_roles)
+        self._role_rules = {(str(r["metadata"].get("namespace")), str(r["metadata"]["name"])):
+                            list(r.get("rules") or []) for r in roles}
+        self._eligibilities = eligibilities or {}
+        self._namespace_labels = namespace_labels or {}
+        self._include_system = include_system
+        self._classified: dict[tuple[str, str, str], tuple[
+            tuple[str, ...], Severity | None, tuple[str, ...], bool]] = {}
+
+    def _classify(self, role_kind: str, role_name: str, namespace: str
+                  ) -> tuple[tuple[str, ...], Severity | None, tuple[str, ...], bool]:
+        """(rule ids, severity, resourceNames, deny-listed) of a role bound in ``namespace``."""
+        if role_kind == "ClusterRole":
+            place = "" if not namespace else (
+                namespace if namespace in _SENSITIVE_NAMESPACES else "-")
+            key = (role_kind, role_name, place)
+        else:
+            key = (role_kind, role_name, namespace)
+        known = self._classified.get(key)
+        if known is None:
+            rules = (self._cluster_rules.get(role_name, []) if role_kind == "ClusterRole"
+                     else self._role_rules.get((namespace, role_name), []))
+            ids, severity, names = classify(rules, namespace)
+            deny = severity is not None and privileged(
+                role_kind, role_name, rules, namespace or None) is not None
+            known = self._classified[key] = (ids, severity, names, deny)
+        return known
+
+    def binding(self, kind: str, binding: Mapping[str, Any]) -> list[Finding]:
+        """The findings of one RoleBinding or ClusterRoleBinding (``kind``), any order."""
+        if bindings.marked(dict(binding)):
+            return []  # kubepim's: a live grant, not standing access
+        metadata = binding.get("metadata", {})
+        namespace = str(metadata.get("namespace") or "") if kind == "RoleBinding" else ""
+        ref = binding.get("roleRef") or {}
+        role_kind, role_name = str(ref.get("kind")), str(ref.get("name"))
+        ids, severity, names, deny = self._classify(role_kind, role_name, namespace)
+        if severity is None:
+            return []
+        role = (f"ClusterRole/{role_name}" if role_kind == "ClusterRole"
+                else f"Role/{namespace}/{role_name}")
+        where = f"{namespace}/" if namespace else ""
+        labels = metadata.get("labels") or {}
+        bootstrap = labels.get(BOOTSTRAP_LABEL[0]) == BOOTSTRAP_LABEL[1]
+        findings = []
+        for subject in binding.get("subjects") or []:
+            who = subject_id(subject, namespace or None)
+            if not self._include_system and bootstrap and is_system(who):
+                continue
+            findings.append(Finding(
+                who, f"{kind}/{where}{metadata.get('name')}", role, namespace, ids, severity,
+                names, covered_by(who, role_kind, role_name, namespace, self._eligibilities,
+                                  self._namespace_labels, deny), deny))
+        return findings
+
+
+def ranked(findings: Iterable[Finding]) -> list[Finding]:
+    """Most severe first, then by subject and binding."""
+    return sorted(findings, key=lambda f: (_RANK[f.severity], f.subject, f.binding))
+
+
+def worst(findings: Iterable[Finding]) -> Severity | None:
+    """The highest severity among ``findings`` (None: none)."""
+    ranks = [_RANK[f.severity] for f in findings]
+    return SEVERITIES[min(ranks)] if ranks else None
+
+
 def scan(roles: Iterable[Mapping[str, Any]], cluster_roles: Iterable[Mapping[str, Any]],
          role_bindings: Iterable[Mapping[str, Any]],
          cluster_role_bindings: Iterable[Mapping[str, Any]],
@@ -296,43 +376,10 @@ def scan(roles: Iterable[Mapping[str, Any]], cluster_roles: Iterable[Mapping[str
          namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
          include_system: bool = False) -> list[Finding]:
     """Every privileged standing permission, most severe first."""
-    cluster_rules = resolve_cluster_roles(cluster_roles)
-    role_rules = {(str(r["metadata"].get("namespace")), str(r["metadata"]["name"])):
-                  list(r.get("rules") or []) for r in roles}
-    findings: list[Finding] = []
-    for kind, items in (("ClusterRoleBinding", cluster_role_bindings),
-                        ("RoleBinding", role_bindings)):
-        for binding in items:
-            if bindings.marked(dict(binding)):
-                continue  # kubepim's: a live grant, not standing access
-            metadata = binding.get("metadata", {})
-            namespace = str(metadata.get("namespace") or "") if kind == "RoleBinding" else ""
-            ref = binding.get("roleRef") or {}
-            role_kind, role_name = str(ref.get("kind")), str(ref.get("name"))
-            if role_kind == "ClusterRole":
-                rules = cluster_rules.get(role_name, [])
-                role = f"ClusterRole/{role_name}"
-            else:
-                rules = role_rules.get((namespace, role_name), [])
-                role = f"Role/{namespace}/{role_name}"
-            ids, severity, names = classify(rules, namespace)
-            if severity is None:
-                continue
-            where = f"{namespace}/" if namespace else ""
-            labels = metadata.get("labels") or {}
-            bootstrap = labels.get(BOOTSTRAP_LABEL[0]) == BOOTSTRAP_LABEL[1]
-            deny = privileged(role_kind, role_name, rules, namespace or None) is not None
-            for subject in binding.get("subjects") or []:
-                who = subject_id(subject, namespace or None)
-                if not include_system and bootstrap and is_system(who):
-                    continue
-                findings.append(Finding(
-                    who, f"{kind}/{where}{metadata.get('name')}", role, namespace, ids,
-                    severity, names,
-                    covered_by(who, role_kind, role_name, namespace, eligibilities or {},
-                               namespace_labels or {}, deny), deny))
-    findings.sort(key=lambda f: (_RANK[f.severity], f.subject, f.binding))
-    return findings
+    scanner = Scanner(roles, cluster_roles, eligibilities, namespace_labels, include_system)
+    return ranked([finding for kind, items in (("ClusterRoleBinding", cluster_role_bindings),
+                                               ("RoleBinding", role_bindings))
+                   for binding in items for finding in scanner.binding(kind, binding)])
 
 
 def covered_by(subject: str, role_kind: str, role_name: str, namespace: str,

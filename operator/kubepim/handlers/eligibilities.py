@@ -179,6 +179,7 @@ async def clusterrole_event(
 ) -> None:
     """A ClusterRole changed (aggregation included): re-check the deny-list where it matters."""
     rules = None if type == "DELETED" else list(body.get("rules") or [])
+    _standing_scan(memo, type)
     await _role_event(memo.reconciler, "ClusterRole", None, name, rules)
 
 
@@ -189,4 +190,12 @@ async def role_event(
 ) -> None:
     """A Role changed: re-check the deny-list where it matters."""
     rules = None if type == "DELETED" else list(body.get("rules") or [])
+    _standing_scan(memo, type)
     await _role_event(memo.reconciler, "Role", namespace, name, rules)
+
+
+def _standing_scan(memo: kopf.Memo, change: str | None) -> None:
+    """A role changed (not a listing: the scan reads every role itself): scan again soon."""
+    watch = memo.get("standing")
+    if watch is not None and change is not None:
+        watch.roles_changed()

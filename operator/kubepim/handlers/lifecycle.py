@@ -36,6 +36,7 @@ from kubepim.settings import Settings
 
 from . import admission, notifications, registry
 from .reconcile import Reconciler, utcnow
+from .standing import StandingWatch
 from .sweep import resync_forever, resync_once, retention_forever, sweep_orphans
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,11 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         asyncio.create_task(notifications.recheck_forever(reconciler, config.namespace),
                             name="notification-routes"),
     ]
+    if config.standing_scan_seconds > 0:
+        memo.standing = StandingWatch(kube.sibling(), kube, reconciler.state, elector.leading,
+                                      config.standing_scan_seconds,
+                                      config.standing_include_system)
+        memo.background.append(asyncio.create_task(memo.standing.run(), name="standing"))
 
 
 async def _serve_webhooks(
@@ -192,6 +198,9 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     if elector is not None:
         await elector.release()
         await elector.kube.close()
+    watch = getattr(memo, "standing", None)
+    if watch is not None:
+        await watch.close()
     reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
         if reconciler.notifier is not None:

@@ -27,6 +27,8 @@ import aiohttp
 from kubepim.api.common import GROUP, VERSION
 
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubepim"
+# Every binding kubepim did not make (also those with no such label at all).
+FOREIGN_SELECTOR = "app.kubernetes.io/managed-by!=kubepim"
 # The requests the operator watches and lists: those not settled (a CRD selectable field).
 UNSETTLED = "status.settled!=true"
 _CUSTOM = f"/apis/{GROUP}/{VERSION}"
@@ -310,11 +312,11 @@ class Kube:
         uid = str(metadata.get("uid", ""))[:8]
         return f"{str(metadata.get('name'))[:180]}.{uid}.{sequence:06d}"
 
-    async def get_event(self, name: str) -> dict[str, Any] | None:
-        """An Event in namespace default (where Events about cluster-scoped objects go)."""
+    async def get_event(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        """An Event (in default: where Events about cluster-scoped objects go), or None."""
         try:
             obj: dict[str, Any] = await self._request(
-                "GET", f"/api/v1/namespaces/default/events/{name}")
+                "GET", f"/api/v1/namespaces/{namespace}/events/{name}")
         except NotFound:
             return None
         return obj
@@ -323,23 +325,25 @@ class Kube:
         self, involved: dict[str, Any], event_type: str, reason: str, message: str,
         when: datetime.datetime, sequence: int, generate_name: bool = False,
     ) -> None:
-        """Post a core/v1 Event about a cluster-scoped object (stored in namespace default).
+        """Post a core/v1 Event about an object (in its namespace; cluster-scoped: default).
 
         ``sequence`` (the transition's index in status.history) names the Event, so a listing
         sorts in history order and a repeated post of the same transition is refused (409).
         ``generate_name``: let the API server add a random suffix (the name was taken).
         """
         metadata = involved.get("metadata", {})
+        namespace = metadata.get("namespace") or "default"
         when = when + datetime.timedelta(microseconds=sequence % 1000)
         stamp = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         name = self.event_name(involved, sequence)
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {("generateName" if generate_name else "name"):
-                         f"{name}-" if generate_name else name, "namespace": "default"},
+                         f"{name}-" if generate_name else name, "namespace": namespace},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
                 "name": metadata.get("name"), "uid": metadata.get("uid"),
+                **({"namespace": namespace} if metadata.get("namespace") else {}),
             },
             "type": event_type, "reason": reason, "message": message[:1024],
             "source": {"component": "kubepim"}, "reportingComponent": "kubepim",
@@ -347,7 +351,7 @@ class Kube:
             "eventTime": when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": reason, "count": 1,
         }
-        await self._request("POST", "/api/v1/namespaces/default/events", event)
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", event)
 
     # Secrets (only in the operator's namespace: the chart's Role allows no other)
 
@@ -524,6 +528,67 @@ class Kube:
             for item in listing:
                 item["kind"] = kind  # a list's items carry no kind
         return namespaced + cluster
+
+
+    async def rbac_pages(self, plural: str, selector: str | None = None
+                         ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """Roles, ClusterRoles, RoleBindings or ClusterRoleBindings (``plural``) cluster-wide.
+
+        One page (500) at a time, each with the list's resourceVersion (a watch from it misses
+        nothing the list did not show). A list's items carry no kind: it is set on each.
+        """
+        kind = {"roles": "Role", "clusterroles": "ClusterRole", "rolebindings": "RoleBinding",
+                "clusterrolebindings": "ClusterRoleBinding"}[plural]
+        query = {"limit": "500", **({"labelSelector": selector} if selector else {})}
+        while True:
+            page = await self._request("GET", f"{_RBAC}/{plural}", params=query)
+            metadata = page.get("metadata") or {}
+            items = page.get("items") or []
+            for item in items:
+                item["kind"], item["apiVersion"] = kind, "rbac.authorization.k8s.io/v1"
+            yield items, str(metadata.get("resourceVersion") or "")
+            token = metadata.get("continue")
+            if not token:
+                return
+            query["continue"] = token
+
+    async def watch_rbac(self, plural: str, version: str, selector: str | None = None,
+                         seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of ``plural`` from ``version`` (bookmarks included), as they come.
+
+        Ends when the API server ends the watch (after about ``seconds``); raises :class:`Gone`
+        when ``version`` is too old (list again) and :class:`ApiError` for any other refusal.
+        Read in chunks, split on newlines: no line-length limit on a large object.
+        """
+        params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(seconds),
+                  **({"labelSelector": selector} if selector else {})}
+        headers = {"Accept": "application/json"}
+        token = self._authorization()
+        if token:
+            headers["Authorization"] = token
+        async with self._open().get(
+            f"{self._server}{_RBAC}/{plural}", params=params, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=seconds + 60, sock_read=seconds + 60),
+        ) as response:
+            if response.status >= 400:
+                answer = await response.json(content_type=None)
+                message = answer.get("message") if isinstance(answer, dict) else None
+                raise _ERRORS.get(response.status, ApiError)(
+                    response.status, str(message or response.reason))
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event: dict[str, Any] = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        code = int(status.get("code") or 500)
+                        raise _ERRORS.get(code, ApiError)(code, str(status.get("message")))
+                    yield event
 
 
 def _every(seconds: float, fetch: Callable[[], str | None]) -> Callable[[], str | None]:
