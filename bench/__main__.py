@@ -21,20 +21,24 @@ from typing import Any
 
 from kubepim.devcluster import cluster
 
-from . import admission, harness, measures, scale
+from . import admission, harness, measures, scale, standing
 
 FULL: dict[str, Any] = {"activations": 200, "expiry": [1000, 5000], "window": 60, "burst": 1000,
         "memory_requests": 10000, "memory_eligibilities": 1000, "recovery": 5000,
         "recovery_overdue": 2000, "admission": 1000, "flood": 3000,
         "scale": {"namespaces": 2000, "rolebindings": 50000, "eligibilities": 1000,
-                  "finished": 45000, "live": 5000}}
+                  "finished": 45000, "live": 5000},
+        "standing": {"namespaces": 500, "roles": 2500, "cluster_roles": 500,
+                     "rolebindings": 20000, "clusterrolebindings": 300}}
 MEASURES = ("admission", "activation", "burst", "expiry", "recovery", "memory", "flood",
-            "scale")
+            "scale", "standing")
 QUICK: dict[str, Any] = {"activations": 200, "expiry": [200], "window": 20, "burst": 200,
          "memory_requests": 1000, "memory_eligibilities": 100, "recovery": 500,
          "recovery_overdue": 200, "admission": 300, "flood": 500,
          "scale": {"namespaces": 200, "rolebindings": 5000, "eligibilities": 100,
-                   "finished": 4500, "live": 500}}
+                   "finished": 4500, "live": 500},
+         "standing": {"namespaces": 50, "roles": 250, "cluster_roles": 50,
+                      "rolebindings": 2000, "clusterrolebindings": 30}}
 
 
 def _scale_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -120,6 +124,7 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{ad['kubepim_ms']['p50']:.1f} / {ad['kubepim_ms']['p99']:.1f}  "
                      f"(floor {ad['floor_ms']['p50']:.1f} / {ad['floor_ms']['p99']:.1f})",
                      "p99 < 20 ms"))
+    rows += standing.rows(results.get("standing") or {})
     return rows
 
 
@@ -190,6 +195,14 @@ def main() -> None:
                 scale.scale(Path(scratch), sizes["scale"], results.setdefault("scale", {}))
             except Exception as error:
                 results.setdefault("errors", {})["scale"] = repr(error)
+            result_file.write_text(json.dumps(results, indent=2))
+    if "standing" in only:  # its own control plane, seeded with RBAC
+        with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
+            try:
+                standing.standing(Path(scratch), sizes["standing"],
+                                  results.setdefault("standing", {}))
+            except Exception as error:
+                results.setdefault("errors", {})["standing"] = repr(error)
             result_file.write_text(json.dumps(results, indent=2))
     results["seconds"] = time.monotonic() - began
     result_file.write_text(json.dumps(results, indent=2))
