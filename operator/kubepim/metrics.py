@@ -150,9 +150,15 @@ STANDING_BINDINGS = Gauge(
     "by their most severe finding (critical, high, medium; docs/standing.md). The leader's "
     "count, kept current by a watch between scans; a standby exports none.",
     ["severity"], registry=REGISTRY)
+STANDING_CRITICAL_APPEARED = Counter(
+    "kubepim_standing_critical_appeared",
+    "Bindings that became critical standing access (new, or someone added to one) while the "
+    "leader watched, after its first scan (what was there before is in the gauge).",
+    registry=REGISTRY)
 STANDING_SCANS = Counter(
     "kubepim_standing_scans",
-    "Full standing-privilege scans by result (ok, failed: retried with backoff).",
+    "Full standing-privilege scans by result (ok; failed: the scan or the watch after it, "
+    "tried again with backoff).",
     ["result"], registry=REGISTRY)
 STANDING_SCAN_SECONDS = Gauge(
     "kubepim_standing_scan_seconds",

@@ -123,3 +123,23 @@ def test_operator_cannot_bind_a_role_outside_its_list_and_says_so(
     assert kubectl("get", "rolebindings", "-n", namespace, "-o", "name").stdout == ""
     assert not kubectl.can_i("get", "pods", as_user="alice", namespace=namespace)
     assert pim.history(pim.get_request(kubectl, namespace)) == [("Requested", "alice")]
+
+
+def test_standing_discovery_needs_only_to_read_rbac_and_is_configured_from_values() -> None:
+    documents = _documents("--set", "standing.scanSeconds=120")
+    role = next(d for d in documents
+                if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(":operator"))
+    for plural in ("roles", "clusterroles", "rolebindings", "clusterrolebindings"):
+        assert any(plural in rule["resources"]
+                   and {"get", "list", "watch"} <= set(rule["verbs"])
+                   and "rbac.authorization.k8s.io" in rule["apiGroups"] for rule in role["rules"])
+    # Nothing more on foreign bindings than it had for its own: no new write verb came with it.
+    roles = [rule for rule in role["rules"] if {"roles", "clusterroles"} & set(rule["resources"])]
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch", "bind"} for rule in roles)
+    container = next(d for d in documents if d["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBEPIM_STANDING_SCAN_SECONDS"] == "120"
+    assert env["KUBEPIM_STANDING_INCLUDE_SYSTEM"] == "false"
+    refused = _helm("template", "kubepim", str(CHART), "--set", "standing.scanSeconds=-1")
+    assert refused.returncode != 0 and "scanSeconds" in refused.stderr

@@ -41,6 +41,9 @@ def test_standing_access_is_found_ranked_and_turned_into_an_eligibility(
     admins = f"standing-{namespace}"
     kubectl("create", "clusterrolebinding", admins, "--clusterrole=cluster-admin",
             f"--user={mallory}")
+    # Counted (its Event follows the count): the count this test leaves behind is one less.
+    poll(lambda: _warnings(kubectl, admins), timeout=10, what="the operator's Event")
+    counted = _critical(operator)
     try:
         listed = plugin(kubectl, "standing", "-o", "json")
         assert listed.returncode == 0, listed.stderr
@@ -87,21 +90,35 @@ def test_standing_access_is_found_ranked_and_turned_into_an_eligibility(
         assert bad.returncode == 2 and "critical" in bad.stderr  # says what is allowed
     finally:
         kubectl("delete", "clusterrolebinding", admins, "--ignore-not-found", check=False)
+    assert counted is not None
+    poll(lambda: _critical(operator) == counted - 1, timeout=10, what="the count back down")
 
 
-def _critical(operator: OperatorProcess) -> float | None:
+def _warnings(kubectl: Kubectl, binding: str) -> list[dict[str, Any]] | None:
+    """The StandingPrivilege Events about a ClusterRoleBinding (None: none yet)."""
+    events = kubectl.json("get", "events", "-n", "default", "--field-selector",
+                          f"involvedObject.name={binding},reason=StandingPrivilege")
+    return list(events["items"]) or None
+
+
+def _sample(operator: OperatorProcess, series: str) -> float | None:
     url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith('kubepim_standing_privileged_bindings{severity="critical"} '):
+            if line.startswith(series + " "):
                 return float(line.split()[1])
     return None
+
+
+def _critical(operator: OperatorProcess) -> float | None:
+    return _sample(operator, 'kubepim_standing_privileged_bindings{severity="critical"}')
 
 
 def test_the_operator_counts_a_new_critical_binding_warns_once_and_counts_its_removal(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str,
 ) -> None:
     before = poll(lambda: _critical(operator), timeout=30, what="the first standing scan")
+    appeared = _sample(operator, "kubepim_standing_critical_appeared_total")
     admins = f"standing-{namespace}"
     kubectl("create", "clusterrolebinding", admins, "--clusterrole=cluster-admin",
             f"--user=eve-{namespace}")
@@ -110,12 +127,8 @@ def test_the_operator_counts_a_new_critical_binding_warns_once_and_counts_its_re
         poll(lambda: _critical(operator) == before + 1, timeout=10,
              what="the critical count to rise by one")
 
-        def warning() -> list[dict[str, Any]] | None:
-            events = kubectl.json("get", "events", "-n", "default", "--field-selector",
-                                  f"involvedObject.name={admins},reason=StandingPrivilege")
-            return events["items"] or None
-
-        events = poll(warning, timeout=10, what="the StandingPrivilege Warning Event")
+        events = poll(lambda: _warnings(kubectl, admins), timeout=10,
+                      what="the StandingPrivilege Warning Event")
         assert [e["type"] for e in events] == ["Warning"]
         assert f"User/eve-{namespace} holds ClusterRole/cluster-admin cluster-wide" in \
             events[0]["message"]
@@ -124,12 +137,14 @@ def test_the_operator_counts_a_new_critical_binding_warns_once_and_counts_its_re
         told = [line for line in lines if line.get("binding") == f"ClusterRoleBinding/{admins}"]
         assert [(t["action"], t["subjects"]) for t in told] == [
             ("StandingPrivilege", [f"User/eve-{namespace}"])]
+        assert appeared is not None  # new while the leader watched: the alert's counter
+        assert _sample(operator, "kubepim_standing_critical_appeared_total") == appeared + 1
 
         # A change that does not touch who holds what is not told again.
         kubectl("label", "clusterrolebinding", admins, "team=platform")
         kubectl("delete", "clusterrolebinding", admins)
         poll(lambda: _critical(operator) == before, timeout=10,
              what="the critical count back where it was")
-        assert len(poll(warning, timeout=1, what="the Event")) == 1
+        assert len(_warnings(kubectl, admins) or []) == 1
     finally:
         kubectl("delete", "clusterrolebinding", admins, "--ignore-not-found", check=False)

@@ -159,7 +159,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                             name="notification-routes"),
     ]
     if config.standing_scan_seconds > 0:
-        memo.standing = StandingWatch(kube.sibling(), kube, reconciler.state, elector.leading,
+        memo.standing = StandingWatch(kube.sibling(), kube, reconciler.state,
+                                      reconciler.eligibilities, elector.leading,
                                       config.standing_scan_seconds,
                                       config.standing_include_system)
         memo.background.append(asyncio.create_task(memo.standing.run(), name="standing"))

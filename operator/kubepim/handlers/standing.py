@@ -19,18 +19,22 @@ posted under a generated name (docs/threats.md #6). Events expire: the line is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
+
 from kubepim import audit, metrics
+from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import standing
 from kubepim.domain.standing import Finding, Scanner, Severity
 from kubepim.engine.state import State
-from kubepim.k8s.client import FOREIGN_SELECTOR, Gone, Kube, NotLeading
+from kubepim.k8s.client import FOREIGN_SELECTOR, ApiError, Gone, Kube, NotLeading
 
 from .reconcile import utcnow
 
@@ -39,6 +43,7 @@ logger = logging.getLogger(__name__)
 _BINDINGS = (("ClusterRoleBinding", "clusterrolebindings"), ("RoleBinding", "rolebindings"))
 # A burst of role changes (a chart installed, an aggregation updated) makes one scan, not many.
 _SETTLE_SECONDS = 2.0
+_MIN_GAP_SECONDS = 30.0
 
 
 class StandingWatch:
@@ -46,28 +51,36 @@ class StandingWatch:
 
     ``reader``: a client on its own connections (a long watch must not hold one of the
     reconciler's); ``writer``: the reconciler's fenced client, for Events. ``state``: the
-    reconciler's state (eligibilities and namespace labels, to say what covers a finding).
+    reconciler's state (namespace labels); ``eligibilities``: the reconciler's (listed if not
+    yet), to say what already covers a finding.
     """
 
-    def __init__(self, reader: Kube, writer: Kube, state: State, leading: Callable[[], bool],
-                 interval: float, include_system: bool = False) -> None:
+    def __init__(self, reader: Kube, writer: Kube, state: State,
+                 eligibilities: Callable[[], Awaitable[Mapping[str, RoleEligibilitySpec]]],
+                 leading: Callable[[], bool], interval: float,
+                 include_system: bool = False) -> None:
         self._reader, self._writer, self._state = reader, writer, state
+        self._eligibilities = eligibilities
         self._leading = leading
         self._interval = interval
+        # A role changed: the next scan no sooner than this after the last one began (a
+        # cluster whose controllers rewrite Roles all the time is not listed non-stop).
+        self._gap = min(_MIN_GAP_SECONDS, interval)
         self._include_system = include_system
         self._scanner: Scanner | None = None
         self._found: dict[str, Severity] = {}  # binding uid → its worst severity
         self._told: dict[str, str] = {}  # critical binding uid → digest of what was told
+        self._baseline = False  # this term's first scan is done: what turns critical is new
         self._roles_changed = asyncio.Event()
         self.scans = 0
-
-    def roles_changed(self) -> None:
-        """A Role or ClusterRole was added, changed or deleted: scan again soon."""
-        self._roles_changed.set()
 
     async def close(self) -> None:
         """Close the reader's connections (the task was cancelled before)."""
         await self._reader.close()
+
+    def roles_changed(self) -> None:
+        """A Role or ClusterRole was added, changed or deleted: scan again soon."""
+        self._roles_changed.set()
 
     def counts(self) -> dict[str, int]:
         """Privileged standing bindings by severity, as the gauge shows them."""
@@ -77,7 +90,11 @@ class StandingWatch:
         return counts
 
     async def run(self) -> None:
-        """Scan and follow while leading, until cancelled; a failure scans again after backoff."""
+        """Scan and follow while leading, until cancelled; a failure scans again after backoff.
+
+        The backoff grows until a scan and its watch have run their course (a watch that keeps
+        failing right after each scan must not make the leader list everything every 2 s).
+        """
         failures = 0
         while True:
             if not self._leading():
@@ -85,28 +102,33 @@ class StandingWatch:
                 await asyncio.sleep(1)
                 continue
             try:
+                began = time.monotonic()
                 versions = await self.scan()
+                await self._follow(versions, began)
                 failures = 0
-                await self._follow(versions)
             except NotLeading:
                 self._forget()
             except Exception as error:
                 failures += 1
                 metrics.STANDING_SCANS.labels("failed").inc()
                 wait = min(60.0, 2.0 ** failures)
-                logger.warning("standing-privilege scan failed (%s: %s); scanning again in "
-                               "%.0f s", type(error).__name__, error, wait)
+                logger.warning("standing-privilege scan or watch failed (%s: %s); scanning "
+                               "again in %.0f s", type(error).__name__, error, wait)
                 await asyncio.sleep(wait)
 
     async def scan(self) -> dict[str, str]:
         """One full scan; returns each binding list's resourceVersion (where watches start)."""
         started = time.monotonic()
         self._roles_changed.clear()  # (a change while reading is seen by the next scan)
-        roles = [item async for page, _ in self._reader.rbac_pages("roles") for item in page]
-        cluster_roles = [item async for page, _ in self._reader.rbac_pages("clusterroles")
-                         for item in page]
-        scanner = self._new_scanner(roles, cluster_roles)
-        del roles, cluster_roles  # the scanner keeps the rules only
+        # Of each role only what classifying needs (its rules; a ClusterRole's labels and
+        # aggregation too), page by page: not the whole objects of a few thousand roles.
+        roles = [_rules_of(item) async for page, _ in self._reader.rbac_pages("roles")
+                 for item in page]
+        cluster_roles = [_rules_of(item) async for page, _ in
+                         self._reader.rbac_pages("clusterroles") for item in page]
+        scanner = Scanner(roles, cluster_roles, await self._eligibilities(),
+                          self._state.namespaces(), self._include_system)
+        del roles, cluster_roles
         found: dict[str, Severity] = {}
         critical: list[tuple[dict[str, Any], list[Finding]]] = []
         versions: dict[str, str] = {}
@@ -122,6 +144,8 @@ class StandingWatch:
                     found[uid] = severity
                     if severity == "critical" and self._told.get(uid) != _digest(findings):
                         critical.append((_reference(binding), findings))
+        if not self._leading():  # (the reads are not fenced: leadership may have passed)
+            raise NotLeading("the standing-privilege scan ended after leadership did")
         self._scanner, self._found = scanner, found
         self._told = {uid: told for uid, told in self._told.items() if uid in found}
         self._publish()
@@ -134,22 +158,18 @@ class StandingWatch:
                     "%.1f s", counts["critical"], counts["high"], counts["medium"], seconds)
         for reference, findings in critical:
             await self._tell(reference, findings)
+        self._baseline = True
         return versions
 
-    def _new_scanner(self, roles: list[dict[str, Any]],
-                     cluster_roles: list[dict[str, Any]]) -> Scanner:
-        return Scanner(roles, cluster_roles, self._state.eligibilities or {},
-                       self._state.namespaces(), self._include_system)
-
-    async def _follow(self, versions: dict[str, str]) -> None:
+    async def _follow(self, versions: dict[str, str], began: float) -> None:
         """Watch foreign bindings until the next scan is due (schedule, role change, 410)."""
-        deadline = time.monotonic() + self._interval
+        deadline = began + self._interval
         watches = [asyncio.create_task(self._watch(kind, plural, versions[plural]),
                                        name=f"standing-{plural}")
                    for kind, plural in _BINDINGS]
         try:
             while time.monotonic() < deadline and self._leading():
-                if self._roles_changed.is_set():
+                if self._roles_changed.is_set() and time.monotonic() >= began + self._gap:
                     await asyncio.sleep(_SETTLE_SECONDS)
                     return
                 done, _ = await asyncio.wait(watches, timeout=1.0)
@@ -162,22 +182,43 @@ class StandingWatch:
             await asyncio.gather(*watches, return_exceptions=True)
 
     async def _watch(self, kind: str, plural: str, version: str) -> None:
-        """Classify each event of one binding watch; returns when its version is gone."""
+        """Classify each event of one binding watch; returns when its version is gone.
+
+        A watch the API server ends is opened again from the last version seen; one that
+        fails is too, after 1, 2, 4 … s, and after five failures in a row the failure is raised
+        (a scan follows, after run's backoff).
+        """
+        failures = 0
         while True:
+            opened = time.monotonic()
             try:
-                async for event in self._reader.watch_rbac(plural, version, FOREIGN_SELECTOR):
-                    binding = event.get("object") or {}
-                    version = str((binding.get("metadata") or {}).get("resourceVersion")
-                                  or version)
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        binding["kind"] = kind
-                        binding["apiVersion"] = "rbac.authorization.k8s.io/v1"
-                        await self._binding_event(kind, str(event["type"]), binding)
+                async with contextlib.aclosing(self._reader.watch_rbac(
+                        plural, version, FOREIGN_SELECTOR)) as events:
+                    async for event in events:
+                        failures = 0
+                        binding = event.get("object") or {}
+                        version = str((binding.get("metadata") or {}).get("resourceVersion")
+                                      or version)
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            binding["kind"] = kind
+                            binding["apiVersion"] = "rbac.authorization.k8s.io/v1"
+                            await self._binding_event(kind, str(event["type"]), binding)
             except Gone:
                 return
-            # The API server ended the watch (timeoutSeconds): on from the last version seen.
+            except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as error:
+                failures += 1
+                if failures >= 5:
+                    raise
+                logger.info("the standing-privilege watch of %s failed (%s: %s); watching "
+                            "again", plural, type(error).__name__, error)
+                await asyncio.sleep(2.0 ** (failures - 1))
+                continue
+            if time.monotonic() - opened < 5:
+                await asyncio.sleep(1)  # ended at once: not a tight loop of reconnects
 
     async def _binding_event(self, kind: str, change: str, binding: dict[str, Any]) -> None:
+        if not self._leading():
+            return  # (_follow stops within a second)
         uid = str(binding["metadata"].get("uid"))
         findings = [] if change == "DELETED" or self._scanner is None else \
             self._scanner.binding(kind, binding)
@@ -192,21 +233,24 @@ class StandingWatch:
             await self._tell(_reference(binding), findings)
 
     async def _tell(self, binding: dict[str, Any], findings: list[Finding]) -> None:
-        """A Warning Event on the binding and an audit line, once per critical subject set."""
+        """An audit line and a Warning Event on the binding, once per critical subject set."""
+        if not self._leading():
+            raise NotLeading("not telling of standing access: not leading")
         uid, digest = str(binding["metadata"]["uid"]), _digest(findings)
         critical = [f for f in findings if f.severity == "critical"]
         first = critical[0]
         holders = sorted({f.subject for f in critical})
-        subjects = ", ".join(holders) + (" hold" if len(holders) > 1 else " holds")
         covered = sorted({name for f in critical for name in f.eligible})
         where = f"in namespace {first.scope}" if first.scope else "cluster-wide"
+        # Only who holds what (the Event's words must be the same after a restart for the
+        # repeat to be recognised): what covers it, which can change, goes in the line.
         message = (
-            f"critical standing access outside kubepim: {subjects} {first.role} {where} "
-            f"through {first.binding} ({', '.join(first.rules)}). "
-            + (f"RoleEligibility {', '.join(covered)} already covers it: the binding can be "
-               "removed" if covered else
-               f"To make it eligible instead: kubectl pim standing --subject "
-               f"{critical[0].subject} -o eligibility"))
+            f"critical standing access outside kubepim: {', '.join(holders)} "
+            f"{'hold' if len(holders) > 1 else 'holds'} {first.role} {where} through "
+            f"{first.binding} ({', '.join(first.rules)}); kubectl pim standing --subject "
+            f"{holders[0]} -o wide")
+        if self._baseline:  # turned critical while this leader watched: new (the alert)
+            metrics.STANDING_CRITICAL_APPEARED.inc()
         # The line first, once per process (a restart repeats it under the same id: consumers
         # keep the first); then the Event, which a 409 with our exact words stands in for.
         audit.logger.info(json.dumps({
@@ -214,7 +258,6 @@ class StandingWatch:
             "action": "StandingPrivilege", "binding": first.binding, "role": first.role,
             "scope": first.scope or "cluster", "subjects": holders, "rules": list(first.rules),
             "severity": "critical", "coveredBy": covered, "reason": message}, sort_keys=True))
-        self._told[uid] = digest
         try:
             await audit.post_event(self._writer, binding, "Warning", "StandingPrivilege",
                                    message, utcnow(), int(digest[:5], 16) % 1_000_000,
@@ -224,6 +267,7 @@ class StandingWatch:
         except Exception as error:  # the line is the record; an Event is not retried
             logger.warning("could not post the StandingPrivilege Event of %s (%s: %s)",
                            first.binding, type(error).__name__, error)
+        self._told[uid] = digest  # (after the post: a cancelled one is told again)
 
     def _publish(self) -> None:
         for severity, count in self.counts().items():
@@ -231,9 +275,16 @@ class StandingWatch:
 
     def _forget(self) -> None:
         """Not leading: no count (the leader's is the one), nothing remembered."""
-        if self._scanner is not None or self._found:
-            self._scanner, self._found, self._told = None, {}, {}
+        self._scanner, self._found, self._told, self._baseline = None, {}, {}, False
         metrics.STANDING_BINDINGS.clear()
+
+
+def _rules_of(role: dict[str, Any]) -> dict[str, Any]:
+    """What classifying a role needs: its name, namespace, labels, rules and aggregation."""
+    metadata = role.get("metadata") or {}
+    return {"metadata": {key: metadata[key] for key in ("name", "namespace", "labels")
+                         if key in metadata},
+            "rules": role.get("rules") or [], "aggregationRule": role.get("aggregationRule")}
 
 
 def _digest(findings: list[Finding]) -> str:

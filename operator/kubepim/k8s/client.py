@@ -18,7 +18,7 @@ import datetime
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -553,7 +553,7 @@ class Kube:
             query["continue"] = token
 
     async def watch_rbac(self, plural: str, version: str, selector: str | None = None,
-                         seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+                         seconds: int = 300) -> AsyncGenerator[dict[str, Any], None]:
         """The watch events of ``plural`` from ``version`` (bookmarks included), as they come.
 
         Ends when the API server ends the watch (after about ``seconds``); raises :class:`Gone`
@@ -569,17 +569,21 @@ class Kube:
             headers["Authorization"] = token
         async with self._open().get(
             f"{self._server}{_RBAC}/{plural}", params=params, headers=headers,
-            timeout=aiohttp.ClientTimeout(total=seconds + 60, sock_read=seconds + 60),
+            # Bookmarks come about once a minute: a connection silent for two is dead.
+            timeout=aiohttp.ClientTimeout(total=seconds + 60, sock_connect=30, sock_read=120),
         ) as response:
             if response.status >= 400:
                 answer = await response.json(content_type=None)
                 message = answer.get("message") if isinstance(answer, dict) else None
                 raise _ERRORS.get(response.status, ApiError)(
                     response.status, str(message or response.reason))
-            buffer = b""
+            buffer = bytearray()
             async for chunk in response.content.iter_any():
                 buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
+                end = buffer.rfind(b"\n")
+                if end < 0:
+                    continue
+                lines, buffer = bytes(buffer[:end]).split(b"\n"), buffer[end + 1:]
                 for line in lines:
                     if not line.strip():
                         continue
