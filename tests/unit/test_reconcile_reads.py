@@ -11,6 +11,7 @@ import asyncio
 import datetime
 from typing import Any
 
+from kubepim.api.request import AccessRequest
 from kubepim.engine.state import binding_key
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import Conflict
@@ -239,3 +240,51 @@ def test_the_orphan_sweep_reads_only_requests_a_listing_does_not_show_live() -> 
     asyncio.run(sweep_orphans(Reconciler(kube), []))  # type: ignore[arg-type]
     # Without r in the listing, its request is read before anything is decided.
     assert kube.calls[:2] == ["get_request r", "get_request gone"]
+
+
+def test_an_expired_grant_loses_its_binding_when_its_timer_fires_before_any_worker() -> None:
+    # Access first: the timer's reconcile may wait behind a burst of others in the queue; the
+    # binding it wrote goes at once, and the reconcile that records Expired reads nothing more.
+    async def run() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))  # Active; binding version 50
+        granted = reconciler.state.own_write(BINDING, "u-1")
+        assert granted == "50"
+        for _ in range(5):
+            await asyncio.sleep(0)  # (the transitions' Events, posted in the background)
+        kube.calls.clear()
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+        spec = AccessRequest.model_validate(body("10")).spec
+        reconciler.expires("r", "u-1", spec, past)  # its timer, due already (no worker runs)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert kube.calls == ["delete_binding"]
+        assert reconciler.state.deleted_by_us(BINDING)
+        kube.calls.clear()
+        active = {"phase": "Active", "activatedAt": (past - datetime.timedelta(hours=1))
+                  .isoformat().replace("+00:00", "Z"),
+                  "expiresAt": past.isoformat().replace("+00:00", "Z")}
+        await reconciler.reconcile("r", body("200", approved=True, status=active))
+        assert "get_binding" not in kube.calls and "delete_binding" not in kube.calls
+        assert "patch_request_status" in kube.calls  # Expired recorded
+    asyncio.run(run())
+
+
+def test_an_early_revoke_touches_nothing_it_did_not_write() -> None:
+    async def run() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))
+        reconciler.state.drop_write(BINDING)  # changed by someone since: judged on a read
+        for _ in range(5):
+            await asyncio.sleep(0)
+        kube.calls.clear()
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+        reconciler.expires("r", "u-1", AccessRequest.model_validate(body("10")).spec, past)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert kube.calls == []  # left to the reconcile, which reads it and judges
+    asyncio.run(run())

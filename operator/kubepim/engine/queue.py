@@ -45,10 +45,14 @@ class WorkQueue:
         held: tuple[type[BaseException], ...] = (),
         woken: Callable[[str], None] = lambda key: None,
         slow_workers: int = 8,
+        due: Callable[[str], None] = lambda key: None,
     ) -> None:
         self._process = process
         # Told of every key a timer or a retry adds (before it is added): not a watch event's.
         self._woken = woken
+        # Told of every key whose timer fires (before it is added): what cannot wait for a
+        # worker (an expired grant's binding) is done beside the queue.
+        self._due = due
         # Workers take keys only while ``gate()`` holds (this replica leads); a key whose
         # processing raised one of ``held`` is put back at once, not counted as a failure.
         self._gate = gate
@@ -102,7 +106,8 @@ class WorkQueue:
     def add_after(self, key: str, seconds: float) -> None:
         """Add ``key`` once ``seconds`` have passed (the earliest of several such adds wins)."""
         if seconds <= 0:
-            self._woken(key)  # (a timer all the same: due already)
+            self._due(key)  # (a timer all the same: due already)
+            self._woken(key)
             self.add(key)
             return
         deadline = self._clock() + seconds
@@ -284,6 +289,7 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
+                self._due(key)
                 self._woken(key)
                 self.add(key)
             self._timer.clear()

@@ -328,6 +328,10 @@ class State:
         self._own_deletes[key] = at
         self.binding_seen(key, present=False)
 
+    def deleted_by_us(self, key: str) -> bool:
+        """Whether our delete of ``key`` is the last the watch (or our write) knows of."""
+        return key in self._own_deletes and key not in self._bindings
+
     def was_own_delete(self, key: str) -> bool:
         """Whether a DELETED event of ``key`` reports our own delete (the record goes)."""
         return self._own_deletes.pop(key, None) is not None

@@ -260,7 +260,12 @@ async def revoke_overdue(reconciler: Reconciler, requests: list[dict[str, Any]])
             else:
                 # Its expiry timer now, from the list: a grant expiring while the watches'
                 # listings are still being worked through (the slow lane) is not late for it.
-                reconciler.queue.schedule(item["metadata"]["name"], expires)
+                try:
+                    spec = AccessRequest.model_validate(item).spec
+                except ValueError:
+                    continue  # reconcile reports it
+                reconciler.expires(item["metadata"]["name"], str(item["metadata"]["uid"]),
+                                   spec, expires)
     gate = asyncio.Semaphore(32)
 
     async def unbind(item: dict[str, Any]) -> None:

@@ -81,7 +81,16 @@ class Reconciler:
         # Every reconcile goes through the queue: it owns retries (backoff on failure) and the
         # expiry and pending-timeout timers (delayed keys).
         self.queue = WorkQueue(self._process, gate=lambda: self.leading(),
-                               held=(NotLeading,), woken=lambda key: self._woken.add(key))
+                               held=(NotLeading,), woken=lambda key: self._woken.add(key),
+                               due=self._due)
+        # Active grants by request name: (expiresAt, binding key, request uid). When the expiry
+        # timer fires, the binding goes at once, beside the queue (access first, as at a
+        # takeover); the Expired record follows through the queue's reconcile, which finds the
+        # binding gone. Under a burst of expiries the queue's wait is then bookkeeping's alone.
+        self._expiring: dict[str, tuple[datetime.datetime, str, str]] = {}
+        self._revoking: set[asyncio.Task[None]] = set()
+        self._revoke_slots = asyncio.Semaphore(16)
+        self._lag_observed: set[str] = set()  # expiry lag observed at the early revoke
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
@@ -168,6 +177,52 @@ class Reconciler:
         """Everything remembered of a request that is gone: timers, records, gauges."""
         self.queue.cancel(name)
         self.state.forget(name)
+        self._expiring.pop(name, None)
+        self._lag_observed.discard(name)
+
+    def expires(self, name: str, uid: str, spec: AccessRequestSpec,
+                expires_at: datetime.datetime) -> None:
+        """An Active grant: its timer, and its binding revoked the moment the timer fires."""
+        ref = bindings.binding_ref(name, spec)
+        self._expiring[name] = (expires_at, binding_key(ref.kind, ref.namespace, ref.name),
+                                uid)
+        self.queue.schedule(name, expires_at)
+
+    def _due(self, name: str) -> None:
+        """A timer fired: an Active grant past its expiry loses its binding now, beside the queue.
+
+        The reconcile the timer also queues records Expired (and deletes the binding itself if
+        this did not: a failure here is only a lost head start).
+        """
+        held = self._expiring.get(name)
+        if held is None or held[0] > utcnow() or not self.leading():
+            return
+        task = asyncio.create_task(self._revoke(name, *held), name=f"revoke-{name}")
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
+
+    async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
+        async with self._revoke_slots, self.lock(name):
+            if self._expiring.get(name) != (expires, key, uid) or not self.leading():
+                return  # decided since (ended, expired, forgotten) or no longer leading
+            written = self.state.own_write(key, uid)
+            if written is None:
+                return  # not a version we wrote or verified: the reconcile reads and judges it
+            kind, namespace, binding = key.split("/", 2)
+            self.state.drop_write(key)
+            try:
+                # Only the version we wrote or verified (changed since: the reconcile judges).
+                removed = await self.kube.delete_binding(kind, binding, namespace or None,
+                                                         resource_version=written)
+            except Exception as error:  # (NotLeading, Conflict, a timeout: the reconcile's)
+                logger.debug("early revoke of %s left to its reconcile (%s: %s)", name,
+                             type(error).__name__, error)
+                return
+            self._deleted_binding(key, removed)
+            if removed:
+                metrics.EXPIRY_LAG_SECONDS.observe(
+                    metrics.seconds_between(expires, utcnow()) or 0.0)
+                self._lag_observed.add(name)
 
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock held while one request is reconciled (``async with``)."""
@@ -253,6 +308,10 @@ class Reconciler:
         self._deleted.clear()
         self._again.clear()
         self._woken.clear()
+        self._expiring.clear()
+        self._lag_observed.clear()
+        for task in self._revoking:
+            task.cancel()  # (its writes are fenced: a cancelled one was not sent or is moot)
         self.term += 1  # a reconcile of the term that ended must not refill the state
         self.state.reset()
         if self.notifier is not None:
@@ -462,7 +521,8 @@ class Reconciler:
                 task = asyncio.create_task(_in_order(events, self._event_slots))
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
-            self._observe(status, created, plan, transitions, done)
+            self._observe(status, created, plan, transitions, done,
+                          lag_observed=name in self._lag_observed)
             done_with = bool((written.get("status") or {}).get("settled"))
             if not done_with and transitions and transitions[-1].phase.final:
                 done_with, unsettled = await self._settle(name, written)
@@ -478,8 +538,12 @@ class Reconciler:
         self.state.place(name, phase, governing, spec.namespace,
                          expires_at if phase == Phase.ACTIVE else None, settled=done_with,
                          at=time.monotonic(), uid=uid, finishing=unsettled is not None)
+        if phase != Phase.ACTIVE:
+            self._expiring.pop(name, None)
+            if phase is not None and phase.final:
+                self._lag_observed.discard(name)
         if phase == Phase.ACTIVE and expires_at is not None:
-            self.queue.schedule(name, expires_at)
+            self.expires(name, uid, spec, expires_at)
         else:
             timeout = self._timeout(created, governing) if phase == Phase.PENDING else None
             if timeout is not None:
@@ -590,9 +654,12 @@ class Reconciler:
     @staticmethod
     def _observe(
         status: AccessRequestStatus, created: datetime.datetime, plan: Plan,
-        transitions: list[Transition], done: datetime.datetime,
+        transitions: list[Transition], done: datetime.datetime, lag_observed: bool = False,
     ) -> None:
-        """Metrics of the transitions just recorded; ``done`` is when status was written."""
+        """Metrics of the transitions just recorded; ``done`` is when status was written.
+
+        ``lag_observed``: the expiry lag was observed when the binding went, before this write.
+        """
         phase = status.phase
         for transition in transitions:
             metrics.TRANSITIONS.labels(transition.action).inc()
@@ -609,7 +676,7 @@ class Reconciler:
                     metrics.seconds_between(plan.activated_at, done) or 0.0)
                 metrics.GRANT_SECONDS.observe(
                     (plan.expires_at - plan.activated_at).total_seconds())
-            if transition.action == "Expired":
+            if transition.action == "Expired" and not lag_observed:
                 metrics.EXPIRY_LAG_SECONDS.observe(
                     metrics.seconds_between(status.expires_at, done) or 0.0)
 
@@ -714,8 +781,9 @@ class Reconciler:
         never_granted = status.phase in (None, Phase.PENDING) and status.activated_at is None
         ended = status.phase is not None and status.phase.final
         key = binding_key(ref.kind, ref.namespace, ref.name)
-        if (never_granted or ended) and not self.state.binding_exists(key):
-            return False
+        if not self.state.binding_exists(key) and (
+                never_granted or ended or self.state.deleted_by_us(key)):
+            return False  # (deleted by us: at its expiry, beside the queue)
         written = self.state.own_write(key, uid) if uid is not None else None
         if written is not None:
             # Exactly the version we wrote, as far as the watch has said: delete that version
