@@ -4,9 +4,10 @@ A fresh control plane seeded with 3,000 Roles and ClusterRoles (some aggregated)
 RoleBindings (plus a few hundred ClusterRoleBindings) kubepim did not make, across 500
 namespaces, of every kind the catalogue ranks and many it does not. Reported: the operator's
 full scan (its own ``kubepim_standing_scan_seconds``), its RSS over its first 40 s (peak, and
-settled: the last 10 s), beside the same operator with discovery turned off; how soon a new critical binding is
-counted (the watch between scans); ``kubectl pim standing -A -o json`` (the same domain code,
-client side); and beside them ``kubectl get rolebindings -A -o json`` on the same cluster.
+settled: the last 10 s) beside the same operator with discovery turned off, how soon a new
+critical binding is counted (the watch between scans), ``kubectl pim standing -A -o json`` (the
+same domain code, client side), and beside them ``kubectl get rolebindings -A -o json`` on the
+same cluster.
 
 Seeding: straight to the API over aiohttp as the admin, 32 requests in flight (bench/scale.py's
 ``_in_flight``), with the operator stopped.
