@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A subject as standing-privilege findings name it (domain/standing.py parse_subject).
+_SUBJECT = r"^((User|Group)/.+|ServiceAccount/[^/]+/[^/]+)$"
 
 
 class Settings(BaseSettings):
@@ -47,6 +50,12 @@ class Settings(BaseSettings):
         description="Interval of the full standing-privilege scan (every role and binding, "
         "paged; a watch keeps it current between scans, a role change brings it forward); "
         "0 turns standing-privilege discovery off in the operator (docs/standing.md).",
+    )
+    standing_accept: list[Annotated[str, Field(pattern=_SUBJECT)]] = Field(
+        default_factory=list,
+        description="Subjects whose standing access was reviewed and accepted, left out of "
+        "discovery everywhere: a JSON list such as [\"ServiceAccount/flux-system/"
+        "kustomize-controller\"] (User/NAME, Group/NAME or ServiceAccount/NAMESPACE/NAME).",
     )
     standing_include_system: bool = Field(
         default=False,

@@ -126,7 +126,8 @@ def test_operator_cannot_bind_a_role_outside_its_list_and_says_so(
 
 
 def test_standing_discovery_needs_only_to_read_rbac_and_is_configured_from_values() -> None:
-    documents = _documents("--set", "standing.scanSeconds=120")
+    documents = _documents("--set", "standing.scanSeconds=120",
+                           "--set", "standing.accept[0]=ServiceAccount/flux/kc")
     role = next(d for d in documents
                 if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(":operator"))
     for plural in ("roles", "clusterroles", "rolebindings", "clusterrolebindings"):
@@ -141,5 +142,6 @@ def test_standing_discovery_needs_only_to_read_rbac_and_is_configured_from_value
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KUBEPIM_STANDING_SCAN_SECONDS"] == "120"
     assert env["KUBEPIM_STANDING_INCLUDE_SYSTEM"] == "false"
+    assert json.loads(env["KUBEPIM_STANDING_ACCEPT"]) == ["ServiceAccount/flux/kc"]
     refused = _helm("template", "kubepim", str(CHART), "--set", "standing.scanSeconds=-1")
     assert refused.returncode != 0 and "scanSeconds" in refused.stderr

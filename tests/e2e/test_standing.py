@@ -66,6 +66,12 @@ def test_standing_access_is_found_ranked_and_turned_into_an_eligibility(
         assert found[f"ServiceAccount/{namespace}/deployer"]["coveredBy"] == []
         assert not any(s.startswith("Group/system:masters") for s in found)  # the control plane
 
+        accepted = plugin(kubectl, "standing", "--accept", f"User/{mallory}", "-o", "json")
+        assert accepted.returncode == 0, accepted.stderr
+        assert not any(mallory in f["subject"] for f in json.loads(accepted.stdout))
+        bad = plugin(kubectl, "standing", "--accept", mallory)
+        assert bad.returncode == 2 and "User/NAME" in bad.stderr  # says what is allowed
+
         table = plugin(kubectl, "standing", "--min-severity", "critical")
         assert mallory in table.stdout and ops not in table.stdout
         gate = plugin(kubectl, "standing", "--subject", f"Group/{ops}", "--fail-on", "critical")

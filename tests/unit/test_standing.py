@@ -208,3 +208,26 @@ def test_a_binding_to_a_role_the_scanner_was_not_given_is_no_finding() -> None:
         "metadata": _meta("r", "team-a"), "roleRef": {"kind": "Role", "name": "later"},
         "subjects": [{"kind": "User", "name": "eve"}]}) == []
     assert standing.worst([]) is None
+
+
+@pytest.mark.parametrize(("text", "valid"), [
+    ("User/alice", True), ("Group/system:masters", True), ("ServiceAccount/flux/kc", True),
+    ("ServiceAccount/kc", False), ("ServiceAccount/flux/kc/x", False), ("alice", False),
+    ("User/", False), ("Robot/r2", False), ("ServiceAccount//kc", False),
+])
+def test_a_subject_to_accept_is_written_as_findings_name_it(text: str, valid: bool) -> None:
+    if valid:
+        assert standing.parse_subject(text) == text
+    else:
+        with pytest.raises(ValueError, match="ServiceAccount/NAMESPACE/NAME"):
+            standing.parse_subject(text)
+
+
+def test_an_accepted_subject_is_left_out_wherever_it_is_bound() -> None:
+    cluster_roles = [{"metadata": _meta("cluster-admin"), "rules": [rule(["*"], ["*"], ["*"])]}]
+    crbs = [{"metadata": _meta("gitops"), "roleRef": {"kind": "ClusterRole",
+                                                     "name": "cluster-admin"},
+             "subjects": [{"kind": "ServiceAccount", "name": "kc", "namespace": "flux"},
+                          {"kind": "User", "name": "mallory"}]}]
+    found = standing.scan([], cluster_roles, [], crbs, accepted=["ServiceAccount/flux/kc"])
+    assert [f.subject for f in found] == ["User/mallory"]

@@ -224,7 +224,7 @@ def cmd_standing(api: Api, args: argparse.Namespace) -> int:
         api.list_all(f"{_RBAC_PATH}/roles"), api.list_all(f"{_RBAC_PATH}/clusterroles"),
         api.list_all(f"{_RBAC_PATH}/rolebindings"),
         api.list_all(f"{_RBAC_PATH}/clusterrolebindings"), specs, namespaces,
-        include_system=args.include_system)
+        include_system=args.include_system, accepted=args.accept)
     worst = standing.SEVERITIES.index(args.min_severity)
     findings = [f for f in findings if standing.SEVERITIES.index(f.severity) <= worst
                 and (args.namespace is None or args.all_namespaces or f.scope == args.namespace)
@@ -249,6 +249,16 @@ def cmd_standing(api: Api, args: argparse.Namespace) -> int:
             *([f.binding, ", ".join(f.eligible) or "-"] if wide else []))])
     _table(rows, sys.stdout)
     return EXIT_FOUND if failing else EXIT_OK
+
+
+def _subject(text: str) -> str:
+    """--accept's argument: a subject as findings name it, or a message saying the format."""
+    from kubepim.domain import standing
+
+    try:
+        return standing.parse_subject(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _visible(text: str) -> str:
@@ -706,6 +716,10 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.add_argument("--role", help="only this role: ClusterRole/NAME or Role/NAMESPACE/NAME")
     sub.add_argument("--include-system", action="store_true",
                      help="also the control plane's own identities (left out by default)")
+    sub.add_argument("--accept", action="append", default=[], type=_subject,
+                     metavar="SUBJECT", help="leave out a subject whose standing access you "
+                     "have reviewed and accept (repeatable; the operator's setting: "
+                     "standing.accept)")
     sub.add_argument("--fail-on", choices=["critical", "high", "medium"],
                      help=f"exit {EXIT_FOUND} if anything at or above this severity is listed "
                      "(for CI)")

@@ -103,6 +103,17 @@ SYSTEM_SUBJECTS: frozenset[str] = frozenset({
 })
 SYSTEM_NAMESPACES: frozenset[str] = frozenset({"kube-system"})
 
+SUBJECT_FORMAT = "User/NAME, Group/NAME or ServiceAccount/NAMESPACE/NAME"
+
+
+def parse_subject(text: str) -> str:
+    """A subject as findings name it (``text`` itself); ValueError saying the format if not."""
+    kind, _, rest = text.partition("/")
+    if (kind in ("User", "Group") and rest) or (
+            kind == "ServiceAccount" and rest.count("/") == 1 and all(rest.split("/"))):
+        return text
+    raise ValueError(f"{text!r} is not a subject: write {SUBJECT_FORMAT}")
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -301,8 +312,11 @@ class Scanner:
                  cluster_roles: Iterable[Mapping[str, Any]],
                  eligibilities: Mapping[str, RoleEligibilitySpec] | None = None,
                  namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
-                 include_system: bool = False) -> None:
+                 include_system: bool = False, accepted: Iterable[str] = ()) -> None:
         self._cluster_rules = resolve_cluster_roles(cluster_roles)
+        # Subjects whose standing access was reviewed and accepted (a GitOps controller's
+        # ServiceAccount, say): left out everywhere, by the user's configuration only.
+        self._accepted = frozenset(parse_subject(subject) for subject in accepted)
         self._role_rules = {(str(r["metadata"].get("namespace")), str(r["metadata"]["name"])):
                             list(r.get("rules") or []) for r in roles}
         self._eligibilities = eligibilities or {}
@@ -349,7 +363,8 @@ class Scanner:
         findings = []
         for subject in binding.get("subjects") or []:
             who = subject_id(subject, namespace or None)
-            if not self._include_system and bootstrap and is_system(who):
+            if (not self._include_system and bootstrap and is_system(who)) \
+                    or who in self._accepted:
                 continue
             findings.append(Finding(
                 who, f"{kind}/{where}{metadata.get('name')}", role, namespace, ids, severity,
@@ -374,9 +389,10 @@ def scan(roles: Iterable[Mapping[str, Any]], cluster_roles: Iterable[Mapping[str
          cluster_role_bindings: Iterable[Mapping[str, Any]],
          eligibilities: Mapping[str, RoleEligibilitySpec] | None = None,
          namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
-         include_system: bool = False) -> list[Finding]:
+         include_system: bool = False, accepted: Iterable[str] = ()) -> list[Finding]:
     """Every privileged standing permission, most severe first."""
-    scanner = Scanner(roles, cluster_roles, eligibilities, namespace_labels, include_system)
+    scanner = Scanner(roles, cluster_roles, eligibilities, namespace_labels, include_system,
+                      accepted)
     return ranked([finding for kind, items in (("ClusterRoleBinding", cluster_role_bindings),
                                                ("RoleBinding", role_bindings))
                    for binding in items for finding in scanner.binding(kind, binding)])

@@ -162,7 +162,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         memo.standing = StandingWatch(kube.sibling(), kube, reconciler.state,
                                       reconciler.eligibilities, elector.leading,
                                       config.standing_scan_seconds,
-                                      config.standing_include_system)
+                                      config.standing_include_system, config.standing_accept)
         memo.background.append(asyncio.create_task(memo.standing.run(), name="standing"))
 
 

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -58,7 +58,7 @@ class StandingWatch:
     def __init__(self, reader: Kube, writer: Kube, state: State,
                  eligibilities: Callable[[], Awaitable[Mapping[str, RoleEligibilitySpec]]],
                  leading: Callable[[], bool], interval: float,
-                 include_system: bool = False) -> None:
+                 include_system: bool = False, accepted: Iterable[str] = ()) -> None:
         self._reader, self._writer, self._state = reader, writer, state
         self._eligibilities = eligibilities
         self._leading = leading
@@ -67,6 +67,7 @@ class StandingWatch:
         # cluster whose controllers rewrite Roles all the time is not listed non-stop).
         self._gap = min(_MIN_GAP_SECONDS, interval)
         self._include_system = include_system
+        self._accepted = tuple(accepted)
         self._scanner: Scanner | None = None
         self._found: dict[str, Severity] = {}  # binding uid → its worst severity
         self._told: dict[str, str] = {}  # critical binding uid → digest of what was told
@@ -127,7 +128,7 @@ class StandingWatch:
         cluster_roles = [_rules_of(item) async for page, _ in
                          self._reader.rbac_pages("clusterroles") for item in page]
         scanner = Scanner(roles, cluster_roles, await self._eligibilities(),
-                          self._state.namespaces(), self._include_system)
+                          self._state.namespaces(), self._include_system, self._accepted)
         del roles, cluster_roles
         found: dict[str, Severity] = {}
         critical: list[tuple[dict[str, Any], list[Finding]]] = []
@@ -240,7 +241,6 @@ class StandingWatch:
         critical = [f for f in findings if f.severity == "critical"]
         first = critical[0]
         holders = sorted({f.subject for f in critical})
-        covered = sorted({name for f in critical for name in f.eligible})
         where = f"in namespace {first.scope}" if first.scope else "cluster-wide"
         # Only who holds what (the Event's words must be the same after a restart for the
         # repeat to be recognised): what covers it, which can change, goes in the line.
@@ -253,11 +253,15 @@ class StandingWatch:
             metrics.STANDING_CRITICAL_APPEARED.inc()
         # The line first, once per process (a restart repeats it under the same id: consumers
         # keep the first); then the Event, which a 409 with our exact words stands in for.
+        # Its content is the same whenever it is repeated (an id is one fact): the time is the
+        # binding's creation, what it says is what the digest covers; what covers it (which
+        # changes) is for the inventory (kubectl pim standing -o wide), not the line.
         audit.logger.info(json.dumps({
-            "id": f"{uid}/standing/{digest[:12]}", "time": utcnow().isoformat(),
+            "id": f"{uid}/standing/{digest[:12]}", "request": None,
+            "time": binding["metadata"].get("creationTimestamp"),
             "action": "StandingPrivilege", "binding": first.binding, "role": first.role,
             "scope": first.scope or "cluster", "subjects": holders, "rules": list(first.rules),
-            "severity": "critical", "coveredBy": covered, "reason": message}, sort_keys=True))
+            "severity": "critical", "reason": message}, sort_keys=True))
         try:
             await audit.post_event(self._writer, binding, "Warning", "StandingPrivilege",
                                    message, utcnow(), int(digest[:5], 16) % 1_000_000,
@@ -289,7 +293,8 @@ def _rules_of(role: dict[str, Any]) -> dict[str, Any]:
 
 def _digest(findings: list[Finding]) -> str:
     """What a binding's critical findings say: who holds what (a change is told again)."""
-    critical = sorted((f.subject, f.role, f.scope) for f in findings if f.severity == "critical")
+    critical = sorted((f.subject, f.role, f.scope, f.rules) for f in findings
+                      if f.severity == "critical")
     return hashlib.sha256(json.dumps(critical).encode()).hexdigest()
 
 
@@ -297,5 +302,5 @@ def _reference(binding: dict[str, Any]) -> dict[str, Any]:
     """Just what an Event needs of a binding (a scan keeps no whole binding)."""
     metadata = binding.get("metadata") or {}
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding.get("kind"),
-            "metadata": {key: metadata[key] for key in ("name", "namespace", "uid")
-                         if key in metadata}}
+            "metadata": {key: metadata[key] for key in ("name", "namespace", "uid",
+                                                        "creationTimestamp") if key in metadata}}
