@@ -231,3 +231,21 @@ def test_an_accepted_subject_is_left_out_wherever_it_is_bound() -> None:
                           {"kind": "User", "name": "mallory"}]}]
     found = standing.scan([], cluster_roles, [], crbs, accepted=["ServiceAccount/flux/kc"])
     assert [f.subject for f in found] == ["User/mallory"]
+
+
+def test_a_role_learnt_after_the_scan_classifies_its_bindings_from_then_on() -> None:
+    scanner = standing.Scanner([], [{"metadata": _meta("view"),
+                                     "rules": [rule([""], ["pods"], ["get"])]}])
+    binding = {"metadata": _meta("r", "team-a"), "roleRef": {"kind": "Role", "name": "later"},
+               "subjects": [{"kind": "User", "name": "eve"}]}
+    assert not scanner.knows("Role", "later", "team-a") and scanner.binding("RoleBinding",
+                                                                            binding) == []
+    scanner.learn("Role", "later", "team-a", [rule([""], ["secrets"], ["list"])])
+    assert scanner.knows("Role", "later", "team-a")
+    assert standing.worst(scanner.binding("RoleBinding", binding)) == "high"
+    # A cluster role changed since: its cached classification goes with it.
+    crb = {"metadata": _meta("c"), "roleRef": {"kind": "ClusterRole", "name": "view"},
+           "subjects": [{"kind": "User", "name": "eve"}]}
+    assert scanner.binding("ClusterRoleBinding", crb) == []
+    scanner.learn("ClusterRole", "view", None, [rule(["*"], ["*"], ["*"])])
+    assert standing.worst(scanner.binding("ClusterRoleBinding", crb)) == "critical"

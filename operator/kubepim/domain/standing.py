@@ -344,6 +344,22 @@ class Scanner:
             known = self._classified[key] = (ids, severity, names, deny)
         return known
 
+    def knows(self, role_kind: str, role_name: str, namespace: str | None) -> bool:
+        """Whether the scanner was given (or has learnt) this role."""
+        if role_kind == "ClusterRole":
+            return role_name in self._cluster_rules
+        return (namespace or "", role_name) in self._role_rules
+
+    def learn(self, role_kind: str, role_name: str, namespace: str | None,
+              rules: list[dict[str, Any]]) -> None:
+        """A role made after the scanner was built (its rules as the API server has them)."""
+        if role_kind == "ClusterRole":
+            self._cluster_rules[role_name] = list(rules)
+        else:
+            self._role_rules[(namespace or "", role_name)] = list(rules)
+        for key in [k for k in self._classified if k[:2] == (role_kind, role_name)]:
+            del self._classified[key]
+
     def binding(self, kind: str, binding: Mapping[str, Any]) -> list[Finding]:
         """The findings of one RoleBinding or ClusterRoleBinding (``kind``), any order."""
         if bindings.marked(dict(binding)):

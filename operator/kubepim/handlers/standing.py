@@ -221,6 +221,8 @@ class StandingWatch:
         if not self._leading():
             return  # (_follow stops within a second)
         uid = str(binding["metadata"].get("uid"))
+        if change != "DELETED" and self._scanner is not None:
+            await self._learn_role(binding)
         findings = [] if change == "DELETED" or self._scanner is None else \
             self._scanner.binding(kind, binding)
         severity = standing.worst(findings)
@@ -232,6 +234,22 @@ class StandingWatch:
         self._publish()
         if severity == "critical" and self._told.get(uid) != _digest(findings):
             await self._tell(_reference(binding), findings)
+
+    async def _learn_role(self, binding: dict[str, Any]) -> None:
+        """The binding's role, if made after the last scan (create a Role, then bind it).
+
+        Read once, so the binding is counted now rather than at the scan that role's creation
+        brings forward; a role that does not exist (yet) grants nothing.
+        """
+        assert self._scanner is not None
+        ref = binding.get("roleRef") or {}
+        kind, name = str(ref.get("kind")), str(ref.get("name"))
+        namespace = binding["metadata"].get("namespace") if kind == "Role" else None
+        if kind not in ("Role", "ClusterRole") or self._scanner.knows(kind, name, namespace):
+            return
+        rules = await self._reader.role_rules(kind, name, namespace)
+        if rules is not None:
+            self._scanner.learn(kind, name, namespace, rules)
 
     async def _tell(self, binding: dict[str, Any], findings: list[Finding]) -> None:
         """An audit line and a Warning Event on the binding, once per critical subject set."""
