@@ -210,6 +210,17 @@ def test_active_grant_at_or_after_expiry_expires(
     assert plan.message == message
 
 
+def test_an_expiry_recorded_late_says_when_access_ended_not_when_it_was_recorded() -> None:
+    # The binding went 0.2 s after expiry (beside the queue); the status write came 12 s late.
+    expires = NOW - datetime.timedelta(seconds=12)
+    plan = decide(request(), _active(expires_at=expires), CREATED, TEAM, PAYMENTS_LABELS, NOW,
+                  access_ended_at=expires + datetime.timedelta(milliseconds=200))
+    assert plan.message == "access ended at its expiry 2026-11-23T11:59:48Z"
+    plan = decide(request(), _active(expires_at=expires), CREATED, TEAM, PAYMENTS_LABELS, NOW,
+                  access_ended_at=expires + datetime.timedelta(seconds=3))
+    assert plan.message.endswith("; revoked 3s late")
+
+
 def test_active_grant_before_expiry_keeps_its_binding() -> None:
     expires = NOW + datetime.timedelta(seconds=1)
     plan = _decide(_active(expires_at=expires))

@@ -288,3 +288,21 @@ def test_an_early_revoke_touches_nothing_it_did_not_write() -> None:
             await asyncio.sleep(0)
         assert kube.calls == []  # left to the reconcile, which reads it and judges
     asyncio.run(run())
+
+
+def test_a_deleted_request_does_not_take_the_timer_of_one_made_again_under_its_name() -> None:
+    async def run() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))  # u-1: Active
+        assert "r" in reconciler._expiring
+        gone = body("5")
+        gone["metadata"]["uid"] = "u-0"  # its predecessor's deletion, handled late
+        await reconciler.request_deleted(gone)
+        assert "r" in reconciler._expiring  # u-1's expiry still armed
+        assert reconciler.state.active_grants() == 1
+        assert "delete_binding" not in kube.calls  # u-1's binding is not u-0's
+        await reconciler.request_deleted(body("11", approved=True))  # u-1 itself
+        assert "r" not in reconciler._expiring
+    asyncio.run(run())

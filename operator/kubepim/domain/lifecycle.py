@@ -100,8 +100,12 @@ def decide(
     privileged: Mapping[RoleKey, str] | None = None,
     case: Case = "insensitive",
     namespace_uid: str | None = None,
+    access_ended_at: datetime.datetime | None = None,
 ) -> Plan:
     """Next step of one request. Final phases only keep the binding absent.
+
+    ``access_ended_at``: when the operator removed an expired grant's binding ahead of this
+    decision (the Expired entry says how late access ended, not how late it was recorded).
 
     ``uid`` is the request's metadata.uid: approvals stamped for another request are ignored.
     ``privileged``: deny-listed roles as their rules are now (see :func:`review.review`);
@@ -110,7 +114,8 @@ def decide(
     again under the same name does not bring a grant back.
     """
     phase = status.phase
-    inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case, namespace_uid)
+    inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case, namespace_uid,
+                     access_ended_at)
     if phase is not None and phase.final:
         plan = Plan(message=status.message)
     elif phase == Phase.ACTIVE:
@@ -129,6 +134,7 @@ class _Inputs:
     privileged: Mapping[RoleKey, str]
     case: Case
     namespace_uid: str | None
+    access_ended_at: datetime.datetime | None = None
 
     def review(self, spec: AccessRequestSpec, status: AccessRequestStatus,
                requested_at: datetime.datetime | None = None) -> Review:
@@ -160,7 +166,7 @@ def _decide_active(
 ) -> Plan:
     assert status.expires_at is not None  # set together with the phase
     if status.expires_at <= now:
-        late = (now - status.expires_at).total_seconds()
+        late = ((inputs.access_ended_at or now) - status.expires_at).total_seconds()
         note = f"; revoked {late:.0f}s late" if late >= 1 else ""
         return _final("Expired", Phase.EXPIRED, OPERATOR,
                       f"access ended at its expiry {_iso(status.expires_at)}{note}")

@@ -289,7 +289,10 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
-                self._due(key)
+                try:
+                    self._due(key)
+                except Exception:  # never the timers' end: the key is added all the same
+                    logger.exception("the due hook failed for %s", key)
                 self._woken(key)
                 self.add(key)
             self._timer.clear()

@@ -93,6 +93,7 @@ class State:
         # Requests this replica settled, until the watch reports them leaving its selection (a
         # DELETED event that is not a deletion): when (monotonic) each was settled.
         self._settled: dict[str, tuple[str, float]] = {}  # name -> (uid, when)
+        self._uids: dict[str, str] = {}  # name -> uid of the request held under it
         # Final requests whose settle write failed: every event of them is read and decided.
         self._finishing: set[str] = set()
         # Final requests whose final transition's audit lines this replica logged (by name:
@@ -157,6 +158,8 @@ class State:
         ``finishing``: final, its settle write failed: every event of it is read and decided.
         """
         self._unplace(name)
+        if uid:
+            self._uids[name] = uid
         if settled:
             self._settled[name] = (uid, at)
             return
@@ -184,8 +187,14 @@ class State:
                 if not index[key]:
                     del index[key]
 
+    def holds_another(self, name: str, uid: str) -> bool:
+        """Whether ``name`` is held as a request other than ``uid`` (made again since)."""
+        held = self._uids.get(name)
+        return bool(uid) and held is not None and held != uid
+
     def forget(self, name: str) -> None:
         """Everything remembered of a request that is gone (gauges included)."""
+        self._uids.pop(name, None)
         self._unplace(name)
         self._versions.pop(name, None)
         self._settled.pop(name, None)
@@ -522,6 +531,7 @@ class State:
         self._in_namespace.clear()
         self._placed.clear()
         self._settled.clear()
+        self._uids.clear()
         self._finishing.clear()
         self._final_logged.clear()
         self._unconfirmed.clear()

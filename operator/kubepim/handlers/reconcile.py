@@ -90,7 +90,9 @@ class Reconciler:
         self._expiring: dict[str, tuple[datetime.datetime, str, str]] = {}
         self._revoking: set[asyncio.Task[None]] = set()
         self._revoke_slots = asyncio.Semaphore(16)
-        self._lag_observed: set[str] = set()  # expiry lag observed at the early revoke
+        # When the early revoke removed a grant's binding (its lag observed then; the Expired
+        # entry says how late access ended by it).
+        self._revoked_at: dict[str, datetime.datetime] = {}
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
@@ -173,12 +175,19 @@ class Reconciler:
         found = await self.namespace(name)
         return found[1] if found is not None else None
 
-    def forget(self, name: str) -> None:
-        """Everything remembered of a request that is gone: timers, records, gauges."""
+    def forget(self, name: str, uid: str = "") -> None:
+        """Everything remembered of a request that is gone: timers, records, gauges.
+
+        ``uid``: of the request that is gone; if another request is held under its name (made
+        again since), that one is kept (its expiry timer above all) and read again instead.
+        """
+        if self.state.holds_another(name, uid):
+            self.enqueue(name)
+            return
         self.queue.cancel(name)
         self.state.forget(name)
         self._expiring.pop(name, None)
-        self._lag_observed.discard(name)
+        self._revoked_at.pop(name, None)
 
     def expires(self, name: str, uid: str, spec: AccessRequestSpec,
                 expires_at: datetime.datetime) -> None:
@@ -202,7 +211,7 @@ class Reconciler:
         task.add_done_callback(self._revoking.discard)
 
     async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
-        async with self._revoke_slots, self.lock(name):
+        async with self.lock(name), self._revoke_slots:  # (a slot only once it can act)
             if self._expiring.get(name) != (expires, key, uid) or not self.leading():
                 return  # decided since (ended, expired, forgotten) or no longer leading
             written = self.state.own_write(key, uid)
@@ -220,9 +229,9 @@ class Reconciler:
                 return
             self._deleted_binding(key, removed)
             if removed:
-                metrics.EXPIRY_LAG_SECONDS.observe(
-                    metrics.seconds_between(expires, utcnow()) or 0.0)
-                self._lag_observed.add(name)
+                ended = utcnow()
+                metrics.EXPIRY_LAG_SECONDS.observe(metrics.seconds_between(expires, ended) or 0.0)
+                self._revoked_at[name] = ended
 
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock held while one request is reconciled (``async with``)."""
@@ -309,7 +318,7 @@ class Reconciler:
         self._again.clear()
         self._woken.clear()
         self._expiring.clear()
-        self._lag_observed.clear()
+        self._revoked_at.clear()
         for task in self._revoking:
             task.cancel()  # (its writes are fenced: a cancelled one was not sent or is moot)
         self.term += 1  # a reconcile of the term that ended must not refill the state
@@ -333,7 +342,7 @@ class Reconciler:
                 async with self.lock(name):
                     await self._deleted_or_settled(body)
                 self._deleted.pop(key.removeprefix(_DELETED), None)
-                self.forget(name)
+                self.forget(name, str(body["metadata"].get("uid") or ""))
             return
         again = key in self._again
         self._again.discard(key)
@@ -435,7 +444,7 @@ class Reconciler:
         plan = decide(spec, status, created, eligibilities, labels, now,
                       uid=body["metadata"]["uid"], privileged=self.state.privileged,
                       case=self.case,
-                      namespace_uid=namespace_uid)
+                      namespace_uid=namespace_uid, access_ended_at=self._revoked_at.get(name))
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
             # watch last delivered them (it may not have listed them yet).
@@ -450,7 +459,8 @@ class Reconciler:
                     fresh[key] = reason
                 plan = decide(spec, status, created, eligibilities, labels, now,
                               uid=body["metadata"]["uid"], privileged=fresh, case=self.case,
-                              namespace_uid=namespace_uid)
+                              namespace_uid=namespace_uid,
+                              access_ended_at=self._revoked_at.get(name))
 
         if status.phase is None:
             plan = self._within_limits(plan, body, spec)
@@ -522,7 +532,7 @@ class Reconciler:
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done,
-                          lag_observed=name in self._lag_observed)
+                          lag_observed=name in self._revoked_at)
             done_with = bool((written.get("status") or {}).get("settled"))
             if not done_with and transitions and transitions[-1].phase.final:
                 done_with, unsettled = await self._settle(name, written)
@@ -541,7 +551,7 @@ class Reconciler:
         if phase != Phase.ACTIVE:
             self._expiring.pop(name, None)
             if phase is not None and phase.final:
-                self._lag_observed.discard(name)
+                self._revoked_at.pop(name, None)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.expires(name, uid, spec, expires_at)
         else:
@@ -708,7 +718,7 @@ class Reconciler:
         outlive it in the log.
         """
         name = body["metadata"]["name"]
-        self.forget(name)
+        self.forget(name, str(body["metadata"].get("uid") or ""))
         self.state.drop_unconfirmed(str(body["metadata"].get("uid") or ""))
         if self.notifier is not None:
             self.notifier.forget(str(body["metadata"].get("uid") or ""))

@@ -196,14 +196,15 @@ class StandingWatch:
                 async with contextlib.aclosing(self._reader.watch_rbac(
                         plural, version, FOREIGN_SELECTOR)) as events:
                     async for event in events:
-                        failures = 0
                         binding = event.get("object") or {}
-                        version = str((binding.get("metadata") or {}).get("resourceVersion")
-                                      or version)
                         if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                             binding["kind"] = kind
                             binding["apiVersion"] = "rbac.authorization.k8s.io/v1"
                             await self._binding_event(kind, str(event["type"]), binding)
+                        # Past this event only once it was handled (a failure sees it again).
+                        version = str((binding.get("metadata") or {}).get("resourceVersion")
+                                      or version)
+                        failures = 0
             except Gone:
                 return
             except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as error:
@@ -219,7 +220,8 @@ class StandingWatch:
 
     async def _binding_event(self, kind: str, change: str, binding: dict[str, Any]) -> None:
         if not self._leading():
-            return  # (_follow stops within a second)
+            # Not dropped: in doubt (a late renewal) or lost, a scan follows once leading.
+            raise NotLeading("a standing-privilege watch event while not leading")
         uid = str(binding["metadata"].get("uid"))
         if change != "DELETED" and self._scanner is not None:
             await self._learn_role(binding)
@@ -228,9 +230,10 @@ class StandingWatch:
         severity = standing.worst(findings)
         if severity is None:
             self._found.pop(uid, None)
-            self._told.pop(uid, None)
         else:
             self._found[uid] = severity
+        if severity != "critical":
+            self._told.pop(uid, None)  # (critical again later: told again)
         self._publish()
         if severity == "critical" and self._told.get(uid) != _digest(findings):
             await self._tell(_reference(binding), findings)
@@ -248,8 +251,9 @@ class StandingWatch:
         if kind not in ("Role", "ClusterRole") or self._scanner.knows(kind, name, namespace):
             return
         rules = await self._reader.role_rules(kind, name, namespace)
-        if rules is not None:
-            self._scanner.learn(kind, name, namespace, rules)
+        # A role that does not exist grants nothing, and is not read again for every event of
+        # bindings naming it: its creation brings a scan.
+        self._scanner.learn(kind, name, namespace, rules or [])
 
     async def _tell(self, binding: dict[str, Any], findings: list[Finding]) -> None:
         """An audit line and a Warning Event on the binding, once per critical subject set."""

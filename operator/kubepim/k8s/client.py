@@ -18,6 +18,7 @@ import datetime
 import json
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,9 @@ class Kube:
         self, kind: str, name: str, namespace: str | None
     ) -> list[dict[str, Any]] | None:
         """The rules of a Role or ClusterRole, or None when it does not exist."""
+        # Quoted: a role's name may hold "?" or "#" (a path segment name), which must not be
+        # read as a query or a fragment (another role's rules).
+        name = urllib.parse.quote(name, safe="")
         path = (f"{_RBAC}/clusterroles/{name}" if kind == "ClusterRole"
                 else f"{_RBAC}/namespaces/{namespace}/roles/{name}")
         try:
