@@ -48,6 +48,15 @@ def _metric(bench: Bench, name: str) -> float:
     return 0.0
 
 
+def _labelled(bench: Bench, name: str) -> dict[str, float]:
+    """A counter's samples by their (first) label value, from the operator's /metrics."""
+    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in response.read().decode().splitlines()
+                if line.startswith(name + "{")}
+
+
 async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
                      concurrency: int = 32) -> None:
     """Run ``job(i)`` for every i < count, ``concurrency`` at a time, retrying load shedding."""
@@ -292,6 +301,7 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
         wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
         after = _counters(bench)
+        result["early_revokes"] = _labelled(bench, "kubepim_expiry_early_revokes_total")
         watcher.stop()
         result["expiry_lag_s"] = summary(
             [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names])
@@ -329,6 +339,7 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
         wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
         watcher.stop()
+        result["baseline_early_revokes"] = _labelled(bench, "kubepim_expiry_early_revokes_total")
         result["baseline_expiry_lag_s"] = summary(
             [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names])
     finally:

@@ -48,6 +48,13 @@ ACTIVATION_SECONDS = Histogram(
     "kubepim_activation_seconds", "Time from the last approval landing to the binding created.",
     buckets=_LATENCY, registry=REGISTRY)
 
+EARLY_REVOKES = Counter(
+    "kubepim_expiry_early_revokes",
+    "Expired grants' bindings handled when their timer fired, beside the queue, by result: "
+    "removed; gone (already); decided (the request's reconcile got there first); unverified "
+    "(not a version this replica wrote or verified: left to the reconcile); failed (likewise).",
+    ["result"], registry=REGISTRY)
+
 EXPIRY_LAG_SECONDS = Histogram(
     "kubepim_expiry_lag_seconds", "Time from a grant's expiresAt to its binding removed.",
     buckets=_LATENCY, registry=REGISTRY)

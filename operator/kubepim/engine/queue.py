@@ -212,6 +212,19 @@ class WorkQueue:
             await asyncio.sleep(0.005)
         return True
 
+    async def quiet(self, timeout: float) -> bool:
+        """Wait until no key waits in either lane (work others may give way to); False on timeout.
+
+        For background work that must never go ahead of grants, expiries or a takeover's
+        listings (a standing-privilege scan).
+        """
+        deadline = self._clock() + timeout
+        while self._queue or self._slow_keys:
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     async def slow_below(self, count: int, timeout: float) -> bool:
         """Wait until fewer than ``count`` keys wait in the slow lane; False on timeout."""
         deadline = self._clock() + timeout

@@ -162,7 +162,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         memo.standing = StandingWatch(kube.sibling(), kube, reconciler.state,
                                       reconciler.eligibilities, elector.leading,
                                       config.standing_scan_seconds,
-                                      config.standing_include_system, config.standing_accept)
+                                      config.standing_include_system, config.standing_accept,
+                                      reconciler.queue)
         memo.background.append(asyncio.create_task(memo.standing.run(), name="standing"))
 
 

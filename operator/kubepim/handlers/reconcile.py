@@ -205,7 +205,7 @@ class Reconciler:
         """
         held = self._expiring.get(name)
         if held is None or held[0] > utcnow() or not self.leading():
-            return
+            return  # (not an Active grant's expiry: a pending timeout, a retry)
         task = asyncio.create_task(self._revoke(name, *held), name=f"revoke-{name}")
         self._revoking.add(task)
         task.add_done_callback(self._revoking.discard)
@@ -213,9 +213,11 @@ class Reconciler:
     async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
         async with self.lock(name), self._revoke_slots:  # (a slot only once it can act)
             if self._expiring.get(name) != (expires, key, uid) or not self.leading():
+                metrics.EARLY_REVOKES.labels("decided").inc()
                 return  # decided since (ended, expired, forgotten) or no longer leading
             written = self.state.own_write(key, uid)
             if written is None:
+                metrics.EARLY_REVOKES.labels("unverified").inc()
                 return  # not a version we wrote or verified: the reconcile reads and judges it
             kind, namespace, binding = key.split("/", 2)
             self.state.drop_write(key)
@@ -224,9 +226,11 @@ class Reconciler:
                 removed = await self.kube.delete_binding(kind, binding, namespace or None,
                                                          resource_version=written)
             except Exception as error:  # (NotLeading, Conflict, a timeout: the reconcile's)
+                metrics.EARLY_REVOKES.labels("failed").inc()
                 logger.debug("early revoke of %s left to its reconcile (%s: %s)", name,
                              type(error).__name__, error)
                 return
+            metrics.EARLY_REVOKES.labels("removed" if removed else "gone").inc()
             self._deleted_binding(key, removed)
             if removed:
                 ended = utcnow()
@@ -792,7 +796,8 @@ class Reconciler:
         ended = status.phase is not None and status.phase.final
         key = binding_key(ref.kind, ref.namespace, ref.name)
         if not self.state.binding_exists(key) and (
-                never_granted or ended or self.state.deleted_by_us(key)):
+                never_granted or ended or name in self._revoked_at
+                or self.state.deleted_by_us(key)):
             return False  # (deleted by us: at its expiry, beside the queue)
         written = self.state.own_write(key, uid) if uid is not None else None
         if written is not None:

@@ -33,6 +33,7 @@ from kubepim import audit, metrics
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import standing
 from kubepim.domain.standing import Finding, Scanner, Severity
+from kubepim.engine.queue import WorkQueue
 from kubepim.engine.state import State
 from kubepim.k8s.client import FOREIGN_SELECTOR, ApiError, Gone, Kube, NotLeading
 
@@ -58,8 +59,12 @@ class StandingWatch:
     def __init__(self, reader: Kube, writer: Kube, state: State,
                  eligibilities: Callable[[], Awaitable[Mapping[str, RoleEligibilitySpec]]],
                  leading: Callable[[], bool], interval: float,
-                 include_system: bool = False, accepted: Iterable[str] = ()) -> None:
+                 include_system: bool = False, accepted: Iterable[str] = (),
+                 queue: WorkQueue | None = None) -> None:
         self._reader, self._writer, self._state = reader, writer, state
+        # The reconciler's queue: a scan waits until it is quiet and gives way to due work
+        # between pages (grants, expiries and a takeover's listings go first).
+        self._queue = queue
         self._eligibilities = eligibilities
         self._leading = leading
         self._interval = interval
@@ -119,6 +124,8 @@ class StandingWatch:
 
     async def scan(self) -> dict[str, str]:
         """One full scan; returns each binding list's resourceVersion (where watches start)."""
+        if self._queue is not None:
+            await self._queue.quiet(timeout=120)  # (then scans anyway: never starved for good)
         started = time.monotonic()
         self._roles_changed.clear()  # (a change while reading is seen by the next scan)
         # Of each role only what classifying needs (its rules; a ClusterRole's labels and
@@ -136,6 +143,7 @@ class StandingWatch:
         for kind, plural in _BINDINGS:
             async for page, version in self._reader.rbac_pages(plural, FOREIGN_SELECTOR):
                 versions.setdefault(plural, version)
+                await self._give_way()
                 for binding in page:
                     findings = scanner.binding(kind, binding)
                     severity = standing.worst(findings)
@@ -161,6 +169,14 @@ class StandingWatch:
             await self._tell(reference, findings)
         self._baseline = True
         return versions
+
+    async def _give_way(self) -> None:
+        """Between pages: while due work waits in the queue, let it go first (2 s at most)."""
+        if self._queue is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while self._queue.pressing() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _follow(self, versions: dict[str, str], began: float) -> None:
         """Watch foreign bindings until the next scan is due (schedule, role change, 410)."""
