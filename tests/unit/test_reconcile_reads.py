@@ -306,3 +306,18 @@ def test_a_deleted_request_does_not_take_the_timer_of_one_made_again_under_its_n
         await reconciler.request_deleted(body("11", approved=True))  # u-1 itself
         assert "r" not in reconciler._expiring
     asyncio.run(run())
+
+
+def test_a_late_deleted_event_of_a_predecessor_leaves_the_request_made_again_alone() -> None:
+    # The path a real DELETED event takes: the queue's deleted key, then left_selection.
+    async def run() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        await reconciler.reconcile("r", body("10", approved=True))  # u-1: Active
+        gone = body("5")
+        gone["metadata"]["uid"] = "u-0"
+        reconciler.enqueue_deletion(gone)
+        await reconciler._process("deleted:u-0")
+        assert "r" in reconciler._expiring and reconciler.state.active_grants() == 1
+    asyncio.run(run())

@@ -9,6 +9,7 @@ live grant is not standing access) and, by default, the control plane's own iden
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -108,9 +109,7 @@ SUBJECT_FORMAT = "User/NAME, Group/NAME or ServiceAccount/NAMESPACE/NAME"
 
 def parse_subject(text: str) -> str:
     """A subject as findings name it (``text`` itself); ValueError saying the format if not."""
-    kind, _, rest = text.partition("/")
-    if (kind in ("User", "Group") and rest) or (
-            kind == "ServiceAccount" and rest.count("/") == 1 and all(rest.split("/"))):
+    if re.fullmatch(r"(User|Group)/.+|ServiceAccount/[^/]+/[^/]+", text):  # (no newline)
         return text
     raise ValueError(f"{text!r} is not a subject: write {SUBJECT_FORMAT}")
 

@@ -213,6 +213,8 @@ class State:
 
         Then the event means it left the watch's selection, not that it was deleted.
         """
+        if self.holds_another(name, uid):
+            return False  # a request made again under its name is held: not this one's to drop
         settled = self._settled.get(name, ("", 0.0))[0] == uid != ""
         self.forget(name)
         return settled

@@ -92,7 +92,7 @@ class Reconciler:
         self._revoke_slots = asyncio.Semaphore(16)
         # When the early revoke removed a grant's binding (its lag observed then; the Expired
         # entry says how late access ended by it).
-        self._revoked_at: dict[str, datetime.datetime] = {}
+        self._revoked_at: dict[str, tuple[str, datetime.datetime]] = {}  # name -> (uid, when)
         # Bodies delivered by watch events, newest per request, until a worker takes the key;
         # and deleted requests whose binding and final audit line are still to be done.
         self._bodies: dict[str, dict[str, Any]] = {}
@@ -197,6 +197,11 @@ class Reconciler:
                                 uid)
         self.queue.schedule(name, expires_at)
 
+    def _access_ended(self, name: str, uid: str | None) -> datetime.datetime | None:
+        """When the early revoke removed this request's binding (None: it did not)."""
+        ended = self._revoked_at.get(name)
+        return ended[1] if ended is not None and ended[0] == uid else None
+
     def _due(self, name: str) -> None:
         """A timer fired: an Active grant past its expiry loses its binding now, beside the queue.
 
@@ -211,7 +216,7 @@ class Reconciler:
         task.add_done_callback(self._revoking.discard)
 
     async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
-        async with self.lock(name), self._revoke_slots:  # (a slot only once it can act)
+        async with self._revoke_slots, self.lock(name):  # (locks are not held while queued)
             if self._expiring.get(name) != (expires, key, uid) or not self.leading():
                 metrics.EARLY_REVOKES.labels("decided").inc()
                 return  # decided since (ended, expired, forgotten) or no longer leading
@@ -235,7 +240,7 @@ class Reconciler:
             if removed:
                 ended = utcnow()
                 metrics.EXPIRY_LAG_SECONDS.observe(metrics.seconds_between(expires, ended) or 0.0)
-                self._revoked_at[name] = ended
+                self._revoked_at[name] = (uid, ended)
 
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock held while one request is reconciled (``async with``)."""
@@ -448,7 +453,7 @@ class Reconciler:
         plan = decide(spec, status, created, eligibilities, labels, now,
                       uid=body["metadata"]["uid"], privileged=self.state.privileged,
                       case=self.case,
-                      namespace_uid=namespace_uid, access_ended_at=self._revoked_at.get(name))
+                      namespace_uid=namespace_uid, access_ended_at=self._access_ended(name, uid))
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
             # watch last delivered them (it may not have listed them yet).
@@ -464,7 +469,7 @@ class Reconciler:
                 plan = decide(spec, status, created, eligibilities, labels, now,
                               uid=body["metadata"]["uid"], privileged=fresh, case=self.case,
                               namespace_uid=namespace_uid,
-                              access_ended_at=self._revoked_at.get(name))
+                              access_ended_at=self._access_ended(name, uid))
 
         if status.phase is None:
             plan = self._within_limits(plan, body, spec)
@@ -536,7 +541,7 @@ class Reconciler:
                 self._posting.add(task)
                 task.add_done_callback(self._posting.discard)
             self._observe(status, created, plan, transitions, done,
-                          lag_observed=name in self._revoked_at)
+                          lag_observed=self._access_ended(name, uid) is not None)
             done_with = bool((written.get("status") or {}).get("settled"))
             if not done_with and transitions and transitions[-1].phase.final:
                 done_with, unsettled = await self._settle(name, written)
@@ -796,7 +801,7 @@ class Reconciler:
         ended = status.phase is not None and status.phase.final
         key = binding_key(ref.kind, ref.namespace, ref.name)
         if not self.state.binding_exists(key) and (
-                never_granted or ended or name in self._revoked_at
+                never_granted or ended or self._access_ended(name, uid) is not None
                 or self.state.deleted_by_us(key)):
             return False  # (deleted by us: at its expiry, beside the queue)
         written = self.state.own_write(key, uid) if uid is not None else None

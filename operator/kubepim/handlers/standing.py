@@ -140,10 +140,11 @@ class StandingWatch:
         found: dict[str, Severity] = {}
         critical: list[tuple[dict[str, Any], list[Finding]]] = []
         versions: dict[str, str] = {}
+        budget = [30.0]  # seconds this scan may give way in all
         for kind, plural in _BINDINGS:
             async for page, version in self._reader.rbac_pages(plural, FOREIGN_SELECTOR):
                 versions.setdefault(plural, version)
-                await self._give_way()
+                await self._give_way(budget)
                 for binding in page:
                     findings = scanner.binding(kind, binding)
                     severity = standing.worst(findings)
@@ -170,13 +171,19 @@ class StandingWatch:
         self._baseline = True
         return versions
 
-    async def _give_way(self) -> None:
-        """Between pages: while due work waits in the queue, let it go first (2 s at most)."""
+    async def _give_way(self, budget: list[float]) -> None:
+        """Between pages: while due work waits in the queue, let it go first.
+
+        2 s a page at most, and ``budget[0]`` seconds in all for one scan: a list's continue
+        token must not outlive etcd's compaction (about 5 minutes) while the scan waits.
+        """
         if self._queue is None:
             return
-        deadline = time.monotonic() + 2.0
+        began = time.monotonic()
+        deadline = began + min(2.0, budget[0])
         while self._queue.pressing() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        budget[0] -= time.monotonic() - began
 
     async def _follow(self, versions: dict[str, str], began: float) -> None:
         """Watch foreign bindings until the next scan is due (schedule, role change, 410)."""
