@@ -246,3 +246,16 @@ def test_at_most_slow_workers_keys_of_the_slow_lane_run_at_once() -> None:
     most, order = asyncio.run(scenario())
     assert order[2] == "expiry"  # the other four resync keys waited for a slow slot
     assert most <= 3  # two slow keys and the expiry, never more
+
+
+def test_background_work_waits_until_the_queue_has_been_quiet_for_a_while() -> None:
+    async def scenario() -> None:
+        queue = WorkQueue(lambda key: asyncio.sleep(0.001), workers=2)
+        queue.add("listed", slow=True)
+        assert not await queue.quiet(timeout=0.3, settle=0.05)  # no worker yet: not quiet
+        runner = asyncio.create_task(queue.run())
+        assert await queue.quiet(timeout=5, settle=0.2)
+        assert queue.idle()
+        runner.cancel()
+
+    _run(scenario)

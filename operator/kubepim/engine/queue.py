@@ -212,18 +212,27 @@ class WorkQueue:
             await asyncio.sleep(0.005)
         return True
 
-    async def quiet(self, timeout: float) -> bool:
-        """Wait until no key waits in either lane (work others may give way to); False on timeout.
+    def idle(self) -> bool:
+        """Whether no key waits in either lane."""
+        return not self._queue and not self._slow_keys
+
+    async def quiet(self, timeout: float, settle: float = 2.0) -> bool:
+        """Wait until no key has waited in either lane for ``settle`` s; False on timeout.
 
         For background work that must never go ahead of grants, expiries or a takeover's
-        listings (a standing-privilege scan).
+        listings (a standing-privilege scan): ``settle`` lets a watch's initial listing, which
+        starts a moment after the takeover, fill the queue before the queue counts as quiet.
         """
         deadline = self._clock() + timeout
-        while self._queue or self._slow_keys:
+        since = self._clock()
+        while True:
+            if not self.idle():
+                since = self._clock()
+            elif self._clock() - since >= settle:
+                return True
             if self._clock() >= deadline:
                 return False
-            await asyncio.sleep(0.1)
-        return True
+            await asyncio.sleep(min(0.1, settle))
 
     async def slow_below(self, count: int, timeout: float) -> bool:
         """Wait until fewer than ``count`` keys wait in the slow lane; False on timeout."""

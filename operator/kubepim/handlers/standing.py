@@ -125,7 +125,9 @@ class StandingWatch:
     async def scan(self) -> dict[str, str]:
         """One full scan; returns each binding list's resourceVersion (where watches start)."""
         if self._queue is not None:
-            await self._queue.quiet(timeout=120)  # (then scans anyway: never starved for good)
+            # Quiet for 5 s (a takeover's listings are under way a moment after it), or 2
+            # minutes at most: then the scan runs anyway, never starved for good.
+            await self._queue.quiet(timeout=120, settle=5.0)
         started = time.monotonic()
         self._roles_changed.clear()  # (a change while reading is seen by the next scan)
         # Of each role only what classifying needs (its rules; a ClusterRole's labels and
@@ -172,7 +174,7 @@ class StandingWatch:
         return versions
 
     async def _give_way(self, budget: list[float]) -> None:
-        """Between pages: while due work waits in the queue, let it go first.
+        """Between pages: while work waits in the queue (either lane), let it go first.
 
         2 s a page at most, and ``budget[0]`` seconds in all for one scan: a list's continue
         token must not outlive etcd's compaction (about 5 minutes) while the scan waits.
@@ -181,7 +183,7 @@ class StandingWatch:
             return
         began = time.monotonic()
         deadline = began + min(2.0, budget[0])
-        while self._queue.pressing() and time.monotonic() < deadline:
+        while not self._queue.idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         budget[0] -= time.monotonic() - began
 
