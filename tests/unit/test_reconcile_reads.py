@@ -11,7 +11,6 @@ import asyncio
 import datetime
 from typing import Any
 
-from kubepim.api.request import AccessRequest
 from kubepim.engine.state import binding_key
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import Conflict
@@ -256,8 +255,7 @@ def test_an_expired_grant_loses_its_binding_when_its_timer_fires_before_any_work
             await asyncio.sleep(0)  # (the transitions' Events, posted in the background)
         kube.calls.clear()
         past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
-        spec = AccessRequest.model_validate(body("10")).spec
-        reconciler.expires("r", "u-1", spec, past)  # its timer, due already (no worker runs)
+        reconciler.expires("r", "u-1", "payments", past)  # its timer, due (no worker runs)
         for _ in range(5):
             await asyncio.sleep(0)
         assert kube.calls == ["delete_binding"]
@@ -283,7 +281,7 @@ def test_an_early_revoke_touches_nothing_it_did_not_write() -> None:
             await asyncio.sleep(0)
         kube.calls.clear()
         past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
-        reconciler.expires("r", "u-1", AccessRequest.model_validate(body("10")).spec, past)
+        reconciler.expires("r", "u-1", "payments", past)
         for _ in range(5):
             await asyncio.sleep(0)
         assert kube.calls == []  # left to the reconcile, which reads it and judges

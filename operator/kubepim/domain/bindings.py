@@ -45,10 +45,14 @@ def request_label(request_name: str) -> str:
 
 def binding_ref(request_name: str, spec: AccessRequestSpec) -> BindingRef:
     """Where the binding of this request lives."""
-    if spec.namespace is None:
+    return binding_ref_in(request_name, spec.namespace)
+
+
+def binding_ref_in(request_name: str, namespace: str | None) -> BindingRef:
+    """Where the binding of a request for ``namespace`` (None: cluster-wide) lives."""
+    if namespace is None:
         return BindingRef(kind="ClusterRoleBinding", name=binding_name(request_name))
-    return BindingRef(kind="RoleBinding", name=binding_name(request_name),
-                      namespace=spec.namespace)
+    return BindingRef(kind="RoleBinding", name=binding_name(request_name), namespace=namespace)
 
 
 def subject_for(username: str) -> dict[str, str]:

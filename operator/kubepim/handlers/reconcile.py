@@ -189,10 +189,13 @@ class Reconciler:
         self._expiring.pop(name, None)
         self._revoked_at.pop(name, None)
 
-    def expires(self, name: str, uid: str, spec: AccessRequestSpec,
+    def expires(self, name: str, uid: str, namespace: str | None,
                 expires_at: datetime.datetime) -> None:
-        """An Active grant: its timer, and its binding revoked the moment the timer fires."""
-        ref = bindings.binding_ref(name, spec)
+        """An Active grant: its timer, and its binding revoked the moment the timer fires.
+
+        ``namespace``: where the grant is (None: cluster-wide), which says where its binding is.
+        """
+        ref = bindings.binding_ref_in(name, namespace)
         self._expiring[name] = (expires_at, binding_key(ref.kind, ref.namespace, ref.name),
                                 uid)
         self.queue.schedule(name, expires_at)
@@ -562,7 +565,7 @@ class Reconciler:
             if phase is not None and phase.final:
                 self._revoked_at.pop(name, None)
         if phase == Phase.ACTIVE and expires_at is not None:
-            self.expires(name, uid, spec, expires_at)
+            self.expires(name, uid, spec.namespace, expires_at)
         else:
             timeout = self._timeout(created, governing) if phase == Phase.PENDING else None
             if timeout is not None:
