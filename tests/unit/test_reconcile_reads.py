@@ -241,16 +241,21 @@ def test_the_orphan_sweep_reads_only_requests_a_listing_does_not_show_live() -> 
     assert kube.calls[:2] == ["get_request r", "get_request gone"]
 
 
+async def granted() -> tuple[RecordingKube, Reconciler]:
+    """Request r (uid u-1) approved and reconciled: Active, its binding written (version 50)."""
+    kube = RecordingKube(body("10", approved=True))
+    reconciler = Reconciler(kube)  # type: ignore[arg-type]
+    reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+    await reconciler.reconcile("r", body("10", approved=True))
+    return kube, reconciler
+
+
 def test_an_expired_grant_loses_its_binding_when_its_timer_fires_before_any_worker() -> None:
     # Access first: the timer's reconcile may wait behind a burst of others in the queue; the
     # binding it wrote goes at once, and the reconcile that records Expired reads nothing more.
     async def run() -> None:
-        kube = RecordingKube(body("10", approved=True))
-        reconciler = Reconciler(kube)  # type: ignore[arg-type]
-        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
-        await reconciler.reconcile("r", body("10", approved=True))  # Active; binding version 50
-        granted = reconciler.state.own_write(BINDING, "u-1")
-        assert granted == "50"
+        kube, reconciler = await granted()  # Active; binding version 50
+        assert reconciler.state.own_write(BINDING, "u-1") == "50"
         for _ in range(5):
             await asyncio.sleep(0)  # (the transitions' Events, posted in the background)
         kube.calls.clear()
@@ -272,10 +277,7 @@ def test_an_expired_grant_loses_its_binding_when_its_timer_fires_before_any_work
 
 def test_an_early_revoke_touches_nothing_it_did_not_write() -> None:
     async def run() -> None:
-        kube = RecordingKube(body("10", approved=True))
-        reconciler = Reconciler(kube)  # type: ignore[arg-type]
-        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
-        await reconciler.reconcile("r", body("10", approved=True))
+        kube, reconciler = await granted()
         reconciler.state.drop_write(BINDING)  # changed by someone since: judged on a read
         for _ in range(5):
             await asyncio.sleep(0)
@@ -290,10 +292,7 @@ def test_an_early_revoke_touches_nothing_it_did_not_write() -> None:
 
 def test_a_deleted_request_does_not_take_the_timer_of_one_made_again_under_its_name() -> None:
     async def run() -> None:
-        kube = RecordingKube(body("10", approved=True))
-        reconciler = Reconciler(kube)  # type: ignore[arg-type]
-        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
-        await reconciler.reconcile("r", body("10", approved=True))  # u-1: Active
+        kube, reconciler = await granted()  # u-1: Active
         assert "r" in reconciler._expiring
         gone = body("5")
         gone["metadata"]["uid"] = "u-0"  # its predecessor's deletion, handled late
@@ -309,10 +308,7 @@ def test_a_deleted_request_does_not_take_the_timer_of_one_made_again_under_its_n
 def test_a_late_deleted_event_of_a_predecessor_leaves_the_request_made_again_alone() -> None:
     # The path a real DELETED event takes: the queue's deleted key, then left_selection.
     async def run() -> None:
-        kube = RecordingKube(body("10", approved=True))
-        reconciler = Reconciler(kube)  # type: ignore[arg-type]
-        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
-        await reconciler.reconcile("r", body("10", approved=True))  # u-1: Active
+        _, reconciler = await granted()  # u-1: Active
         gone = body("5")
         gone["metadata"]["uid"] = "u-0"
         reconciler.enqueue_deletion(gone)

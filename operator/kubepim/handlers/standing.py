@@ -78,7 +78,6 @@ class StandingWatch:
         self._told: dict[str, str] = {}  # critical binding uid → digest of what was told
         self._baseline = False  # this term's first scan is done: what turns critical is new
         self._roles_changed = asyncio.Event()
-        self.scans = 0
 
     async def close(self) -> None:
         """Close the reader's connections (the task was cancelled before)."""
@@ -162,7 +161,6 @@ class StandingWatch:
         self._told = {uid: told for uid, told in self._told.items() if uid in found}
         self._publish()
         seconds = time.monotonic() - started
-        self.scans += 1
         metrics.STANDING_SCANS.labels("ok").inc()
         metrics.STANDING_SCAN_SECONDS.set(seconds)
         counts = self.counts()
