@@ -361,3 +361,62 @@ def test_notification_progress_is_written_alone_on_the_version_decided_else_by_a
     calls, status, queued = asyncio.run(scenario(changed_since=True))
     assert calls == ["conflict"] and "notifications" not in status
     assert queued  # a reconcile decides the newer version and writes the progress with it
+
+
+def test_caught_up_once_every_request_a_takeover_listed_is_reconciled_or_gone() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        assert not reconciler.caught_up.is_set()  # no takeover yet
+        reconciler.catch_up(["r", "gone"])
+        runner = asyncio.create_task(reconciler.queue.run())
+        reconciler.enqueue("r", body("10", approved=True))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while "r" in reconciler._catching_up:
+            assert loop.time() - started < 2.0
+            await asyncio.sleep(0.001)
+        assert not reconciler.caught_up.is_set()  # "gone" is still owed
+        reconciler.forget("gone")
+        assert reconciler.caught_up.is_set()
+        reconciler.reset()  # leadership lost: the next term's takeover lists again
+        assert not reconciler.caught_up.is_set()
+        reconciler.catch_up([])  # nothing unsettled: caught up at once
+        assert reconciler.caught_up.is_set()
+        runner.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_standing_scan_waits_until_the_takeover_has_caught_up() -> None:
+    from kubepim.engine.state import State
+    from kubepim.handlers.standing import StandingWatch
+
+    class Reader:
+        def __init__(self) -> None:
+            self.listed: list[str] = []
+
+        async def rbac_pages(self, plural: str, selector: str | None = None
+                             ) -> Any:
+            self.listed.append(plural)
+            yield [], "7"
+
+    async def scenario() -> None:
+        async def no_eligibilities() -> dict[str, Any]:
+            return {}
+
+        caught_up = asyncio.Event()
+        reader = Reader()
+        watch = StandingWatch(reader, reader, State(), no_eligibilities,  # type: ignore[arg-type]
+                              lambda: True, 600, caught_up=caught_up)
+        scan = asyncio.create_task(watch.scan())
+        for _ in range(50):  # the loop turns; the scan stays parked
+            await asyncio.sleep(0)
+        assert reader.listed == []  # nothing read while the takeover's work is owed
+        caught_up.set()
+        versions = await asyncio.wait_for(scan, 2)
+        assert reader.listed == ["roles", "clusterroles", "clusterrolebindings", "rolebindings"]
+        assert versions == {"clusterrolebindings": "7", "rolebindings": "7"}
+
+    asyncio.run(scenario())

@@ -96,6 +96,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # One list of unsettled requests for both passes below (a final transition's lines are
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
+        reconciler.catch_up(item["metadata"]["name"] for item in requests)
         # Access first: every overdue binding goes before anything else competes for the API
         # server (a fenced delete raises NotLeading: the takeover is tried again while elected).
         overdue = await revoke_overdue(reconciler, requests)
@@ -163,7 +164,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                                       reconciler.eligibilities, elector.leading,
                                       config.standing_scan_seconds,
                                       config.standing_include_system, config.standing_accept,
-                                      reconciler.queue)
+                                      reconciler.queue, reconciler.caught_up)
         memo.background.append(asyncio.create_task(memo.standing.run(), name="standing"))
 
 

@@ -15,7 +15,7 @@ import datetime
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -105,6 +105,11 @@ class Reconciler:
         # Leadership terms ended on this replica (see reset): a reconcile started in one that
         # ended records nothing, even if the replica leads again by the time it finishes.
         self.term = 0
+        # The unsettled requests a takeover listed that no reconcile of this term has finished
+        # yet: work that is not urgent (a standing-privilege scan) waits for ``caught_up``.
+        self._catching_up: set[str] = set()
+        self._took_over_at = 0.0
+        self.caught_up = asyncio.Event()
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
@@ -188,6 +193,23 @@ class Reconciler:
         self.state.forget(name)
         self._expiring.pop(name, None)
         self._revoked_at.pop(name, None)
+        self._reconciled(name)
+
+    def catch_up(self, names: Iterable[str]) -> None:
+        """A takeover listed these unsettled requests: ``caught_up`` once each is reconciled."""
+        self._catching_up = set(names)
+        self._took_over_at = time.monotonic()
+        self.caught_up.clear()
+        self._reconciled(None)
+
+    def _reconciled(self, name: str | None) -> None:
+        """A reconcile of ``name`` finished (or it is gone): the takeover's work shrinks."""
+        if name is not None:
+            self._catching_up.discard(name)
+        if not self._catching_up and self._took_over_at and not self.caught_up.is_set():
+            self.caught_up.set()
+            logger.info("caught up: every request listed at the takeover reconciled %.1f s "
+                        "after it", time.monotonic() - self._took_over_at)
 
     def expires(self, name: str, uid: str, namespace: str | None,
                 expires_at: datetime.datetime) -> None:
@@ -333,6 +355,9 @@ class Reconciler:
         self._revoked_at.clear()
         for task in self._revoking:
             task.cancel()  # (its writes are fenced: a cancelled one was not sent or is moot)
+        self._catching_up.clear()
+        self._took_over_at = 0.0
+        self.caught_up.clear()  # (the next term's takeover lists again)
         self.term += 1  # a reconcile of the term that ended must not refill the state
         self.state.reset()
         if self.notifier is not None:
@@ -364,6 +389,7 @@ class Reconciler:
             if woken:
                 self._woken.add(key)  # held back, taken again later: still a wake-up
             raise
+        self._reconciled(key)
 
     async def _deleted_or_settled(self, body: dict[str, Any]) -> None:
         """A DELETED event: the request was deleted, or it left the watch's selection (settled).
