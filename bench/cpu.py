@@ -1,7 +1,9 @@
 """``python -m bench.cpu [--requests N] [--py-spy FILE]``: where a burst's CPU goes.
 
 Runs the burst (N requests created and approved by 16 clients, until all Active) and, in the same
-control plane, its floor (N RoleBindings created by a bare client), and prints for each the wall
+control plane, its floors (N RoleBindings created by a bare client; the client-side floor: each
+request created and approved through the same admission plus a bare RoleBinding, the operator
+serving admission but not leading), and prints for each the wall
 time, the CPU seconds of every process (etcd, kube-apiserver, kube-controller-manager, the
 operator, this load generator) read from /proc, and the API requests per item by verb and
 resource from the API server's own apiserver_request_total. With --py-spy FILE the operator is
@@ -95,7 +97,25 @@ def main() -> None:
                 names = bench.submit_many("cpu", ["1h"] * args.requests)
                 bench.wait_activated(names, timeout=60 + args.requests * 0.2)
 
+            def client_side() -> None:
+                def one(i: int) -> None:
+                    bench.create_request(f"cpu-client-{i}", f"cpu-client-user-{i}", "1h")
+                    bench.approve(f"cpu-client-{i}")
+                    bench.create_floor_binding(f"cpu-client-{i}", f"cpu-client-user-{i}")
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(one, range(args.requests)))
+
             measured(bench, pids, "floor (bare RoleBinding creates)", args.requests, floor)
+            bench.hold_lease()
+            try:
+                measured(bench, pids, "client-side floor (create + approve + RoleBinding)",
+                         args.requests, client_side)
+                with ThreadPoolExecutor(16) as pool:  # gone before the operator leads again
+                    list(pool.map(lambda i: bench.custom().delete_cluster_custom_object(
+                        "pim.kubepim.dev", "v1alpha1", "accessrequests", f"cpu-client-{i}"),
+                        range(args.requests)))
+            finally:
+                bench.release_lease()
             spy = None
             if args.py_spy:
                 spy = subprocess.Popen(

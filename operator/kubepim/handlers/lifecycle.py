@@ -115,6 +115,11 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
             if loader is None or loader.done():  # (a takeover tried again: one is enough)
                 memo.route_loader = asyncio.create_task(notifications.load_until_done(
                     reconciler, config.namespace, lambda: resync_once(reconciler)))
+        # Each listed request reconciled from its listed copy at once, in the slow lane: the
+        # watch's own listing starts only after this and repeats the same versions, which are
+        # then skipped (decided already).
+        for item in requests:
+            reconciler.enqueue(item["metadata"]["name"], item, slow=True)
         reconciler.queue.resume()
         removed = await sweep_orphans(reconciler, requests)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
