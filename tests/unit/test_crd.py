@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubepim.api import crd
+from kubepim.api.accessreview import EligibilityReview, EligibilityReviewRun
 from kubepim.api.eligibility import RoleEligibility
 from kubepim.api.notification import NotificationRoute
 from kubepim.api.request import AccessRequest
@@ -17,7 +18,9 @@ from kubepim.api.request import AccessRequest
 REPO = Path(__file__).resolve().parents[2]
 MODELS = [pytest.param(RoleEligibility, id="RoleEligibility"),
           pytest.param(AccessRequest, id="AccessRequest"),
-          pytest.param(NotificationRoute, id="NotificationRoute")]
+          pytest.param(NotificationRoute, id="NotificationRoute"),
+          pytest.param(EligibilityReview, id="EligibilityReview"),
+          pytest.param(EligibilityReviewRun, id="EligibilityReviewRun")]
 
 
 def _properties(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -41,7 +44,7 @@ def test_committed_crds_and_the_charts_copy_match_the_models() -> None:
 
 def test_check_reports_missing_crds_and_passes_once_they_are_written(tmp_path: Path) -> None:
     assert crd.main(["--check", "--root", str(tmp_path)]) == 1
-    assert len(crd.drift(tmp_path)) == 6  # three kinds, two copies
+    assert len(crd.drift(tmp_path)) == 10  # five kinds, two copies
     assert crd.main(["--root", str(tmp_path)]) == 0
     assert crd.main(["--check", "--root", str(tmp_path)]) == 0
 

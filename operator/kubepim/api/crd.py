@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .accessreview import EligibilityReview, EligibilityReviewRun
 from .common import GROUP, VERSION, Model
 from .eligibility import RoleEligibility
 from .notification import NotificationRoute
@@ -118,6 +119,30 @@ KINDS: dict[type[Model], dict[str, Any]] = {
         # operator watches and lists only status.settled!=true; the rest serve users.
         "selectable": [".status.settled", ".status.phase", ".status.eligibility",
                        ".spec.requester.username"],
+    },
+    EligibilityReview: {
+        "singular": "eligibilityreview",
+        "shortNames": ["ereview"],
+        "columns": [
+            {"name": "Every", "type": "string", "jsonPath": ".spec.every"},
+            {"name": "Undecided", "type": "string", "jsonPath": ".spec.whenUndecided"},
+            {"name": "Last", "type": "string", "jsonPath": ".status.lastRun"},
+            {"name": "Next", "type": "string", "jsonPath": ".status.nextRunAt"},
+            {"name": "Ready", "type": "string", "priority": 1,
+             "jsonPath": ".status.conditions[?(@.type=='Ready')].message"},
+        ],
+    },
+    EligibilityReviewRun: {
+        "singular": "eligibilityreviewrun",
+        "shortNames": ["ereviewrun", "erun"],
+        "columns": [
+            {"name": "Review", "type": "string", "jsonPath": ".spec.review"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Deadline", "type": "string", "jsonPath": ".spec.deadline"},
+            {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
+        ],
+        # kubectl get erun --field-selector spec.review=quarterly,status.phase=Open
+        "selectable": [".spec.review", ".status.phase"],
     },
     NotificationRoute: {
         "singular": "notificationroute",

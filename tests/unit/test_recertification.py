@@ -1,0 +1,235 @@
+"""Access reviews of eligibilities (domain/recertification.py): cadence on a fixed clock, the
+snapshot and its recommendations, who may review whom, what counts, the default outcome."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from kubepim.api.accessreview import (
+    EligibilityReviewRunSpec,
+    EligibilityReviewSpec,
+    ReviewerDecisions,
+    SubjectOutcome,
+)
+from kubepim.api.common import Subject
+from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.domain import recertification as rc
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+def review(**changes: Any) -> EligibilityReviewSpec:
+    spec: dict[str, Any] = {"eligibilities": {"names": ["payments"]}, "every": "2160h",
+                            "decideWithin": "336h", "whenUndecided": "Suspend"}
+    spec.update(changes)
+    return EligibilityReviewSpec.model_validate(spec)
+
+
+def eligibility(subjects: list[dict[str, str]], users: list[str] | None = None,
+                groups: list[str] | None = None) -> RoleEligibilitySpec:
+    return RoleEligibilitySpec.model_validate({
+        "subjects": subjects, "roles": [{"kind": "Role", "name": "admin"}],
+        "namespaces": ["payments"],
+        "approval": {"users": users if users is not None else ["carol"],
+                     "groups": groups or []}})
+
+
+SUBJECTS = [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"},
+            {"kind": "Group", "name": "oncall"},
+            {"kind": "ServiceAccount", "namespace": "ci", "name": "deployer"}]
+
+
+def run(when_undecided: str = "Suspend", groups: list[str] | None = None,
+        grants: list[rc.Grant] | None = None) -> EligibilityReviewRunSpec:
+    return rc.snapshot(review(whenUndecided=when_undecided), "quarterly",
+                       {"payments": eligibility(SUBJECTS, groups=groups)}, {}, grants or [], T0)
+
+
+def decided(uid: str = "run-1", groups: list[str] | None = None,
+            **subjects: str) -> ReviewerDecisions:
+    return ReviewerDecisions.model_validate({
+        "subjects": {f"payments/{key.replace('__', '/')}": {"decision": value}
+                     for key, value in subjects.items()},
+        "groups": groups or [], "runUid": uid})
+
+
+@pytest.mark.parametrize(("last", "now", "due"), [
+    (None, T0, T0),                                       # the first run: at creation
+    (None, T0 - DAY, None),                               # (not before it exists)
+    (T0, T0 + 89 * DAY, None),                            # 90 days: not yet
+    (T0, T0 + 90 * DAY, T0 + 90 * DAY),                   # due on the dot
+    (T0, T0 + 90 * DAY + datetime.timedelta(hours=5), T0 + 90 * DAY),  # late: same point
+    (T0, T0 + 200 * DAY, T0 + 180 * DAY),                 # two missed: one run, the latest
+])
+def test_runs_are_due_on_a_fixed_clock_from_the_reviews_creation(
+        last: datetime.datetime | None, now: datetime.datetime,
+        due: datetime.datetime | None) -> None:
+    assert rc.due_run(review(), T0, last, now) == due
+
+
+def test_a_runs_name_is_its_schedule_point_so_making_it_twice_finds_it_made() -> None:
+    assert rc.run_name("quarterly", T0 + 90 * DAY) == "quarterly-20260401-000000"
+    assert len(rc.run_name("x" * 253, T0)) == 253
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"every": "10s"}, "every must be at least 30s"),
+    ({"decideWithin": "4s"}, "decideWithin must be at least 5s"),
+    ({"decideWithin": "3000h"}, "no longer than every"),
+    ({"whenUndecided": "Remove"}, "whenUndecided"),
+])
+def test_a_review_policy_out_of_bounds_is_refused_saying_what_is_allowed(
+        changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        review(**changes)
+
+
+def test_covered_eligibilities_are_those_named_that_exist_and_those_selected() -> None:
+    assert rc.covered(["a", "gone"], {"a": False, "b": True, "c": False}) == ["a", "b"]
+
+
+def test_a_snapshot_lists_each_subject_once_with_its_reviewers_and_deadline() -> None:
+    spec = run()
+    assert [s.id for s in spec.subjects] == [
+        "payments/User/alice", "payments/User/bob", "payments/Group/oncall",
+        "payments/ServiceAccount/ci/deployer"]
+    assert spec.deadline == T0 + 14 * DAY
+    assert spec.reviewers[0].users == ["carol"]  # the eligibility's approvers by default
+    named = rc.snapshot(review(reviewers={"groups": ["auditors"]}), "q",
+                        {"payments": eligibility(SUBJECTS)}, {}, [], T0)
+    assert (named.reviewers[0].users, named.reviewers[0].groups) == ([], ["auditors"])
+
+
+def test_recommendations_come_from_the_records_of_grants_under_that_eligibility() -> None:
+    grants = [rc.Grant("payments", "Alice", (), T0 - 10 * DAY),
+              rc.Grant("payments", "alice", (), T0 - 5 * DAY),
+              rc.Grant("other", "bob", (), T0 - 1 * DAY),        # another eligibility
+              rc.Grant("payments", "bob", (), T0 - 100 * DAY),   # outside 90 days
+              rc.Grant("payments", "dave", ("oncall",), T0 - 2 * DAY)]
+    by_id = {s.id: s for s in run(grants=grants).subjects}
+    alice = by_id["payments/User/alice"]
+    assert (alice.last_activated, alice.grants) == (T0 - 5 * DAY, 2)
+    assert alice.recommendation == "used 2 time(s) in the review period"
+    bob = by_id["payments/User/bob"]
+    assert (bob.grants, bob.recommendation) == (0, "not used in 2160h")
+    assert by_id["payments/Group/oncall"].grants == 1  # a member's grant counts for the group
+    assert by_id["payments/ServiceAccount/ci/deployer"].recommendation == "never used in 2160h"
+    short = rc.usage("payments", Subject(kind="User", name="erin"), [], T0, 90 * DAY, 90 * DAY,
+                     records_since=T0 - 30 * DAY)
+    assert short == (None, 0, "no grant in kubepim's records (they reach back 720h)")
+
+
+@pytest.mark.parametrize(("reviewer", "groups", "subject", "refusal"), [
+    ("carol", [], "payments/User/alice", None),
+    ("Alice", ["leads"], "payments/User/alice", "nobody reviews their own eligibility"),
+    ("dave", ["oncall", "leads"], "payments/Group/oncall", "nobody reviews their own"),
+    ("system:serviceaccount:ci:deployer", ["leads"], "payments/ServiceAccount/ci/deployer",
+     "nobody reviews their own"),
+    ("dave", ["leads"], "payments/Group/oncall", None),       # a member of a reviewer group
+    ("mallory", [], "payments/User/bob",
+     "mallory is not a reviewer of RoleEligibility payments in this run: its reviewers are "
+     "users [carol] and members of groups [leads]"),
+])
+def test_who_may_review_whom(reviewer: str, groups: list[str], subject: str,
+                             refusal: str | None) -> None:
+    spec = run(groups=["leads"])
+    found = rc.may_review(spec, next(s for s in spec.subjects if s.id == subject), reviewer,
+                          groups)
+    if refusal is None:
+        assert found is None
+    else:
+        assert found is not None and refusal in found
+
+
+def _check(old: dict[str, ReviewerDecisions], new: dict[str, ReviewerDecisions],
+           user: str = "carol", phase: str | None = "Open", now: datetime.datetime = T0,
+           outcomes: dict[str, SubjectOutcome] | None = None) -> str | None:
+    return rc.check_decisions(run(groups=["leads"]), "run-1", phase, old, new, user, [], now,
+                              outcomes or {})
+
+
+def test_a_reviewer_adds_decisions_of_their_own_one_patch_at_a_time() -> None:
+    first = {"carol": decided(User__alice="Keep")}
+    assert _check({}, first) is None
+    assert _check(first, {"carol": decided(User__alice="Keep", User__bob="Remove")}) is None
+
+
+@pytest.mark.parametrize(("old", "new", "user", "phase", "now", "refusal"), [
+    ({"dan": decided(User__bob="Keep")}, {"dan": decided(User__bob="Remove")}, "carol", "Open",
+     T0, "only dan may change dan's decisions"),
+    ({"carol": decided(User__bob="Keep")}, {"carol": decided(User__bob="Remove")}, "carol",
+     "Open", T0, "a decision is final"),
+    ({"carol": decided(User__bob="Keep")}, {}, "carol", "Open", T0, "may not be removed"),
+    ({}, {"carol": decided(User__zed="Keep")}, "carol", "Open", T0,
+     "payments/User/zed is not a subject of this run"),
+    ({}, {"carol": decided(User__bob="Keep")}, "carol", "Open", T0 + 15 * DAY,
+     "decisions are closed"),
+    ({}, {"carol": decided(User__bob="Reinstate")}, "carol", "Open", T0,
+     "Reinstate is for a subject this run removed"),
+    ({}, {"bob": decided(User__bob="Keep")}, "bob", "Open", T0, "is not a reviewer"),
+])
+def test_a_reviewers_change_that_is_not_theirs_to_make_is_refused_saying_why(
+        old: dict[str, ReviewerDecisions], new: dict[str, ReviewerDecisions], user: str,
+        phase: str, now: datetime.datetime, refusal: str) -> None:
+    found = _check(old, new, user, phase, now)
+    assert found is not None and refusal in found, found
+
+
+def test_reinstate_lifts_only_a_suspension_the_completed_run_made() -> None:
+    done = {"payments/User/bob": SubjectOutcome(outcome="Removed", by=["carol"]),
+            "payments/User/alice": SubjectOutcome(outcome="Kept", by=["carol"])}
+    assert _check({}, {"carol": decided(User__bob="Reinstate")}, phase="Completed",
+                  now=T0 + 20 * DAY, outcomes=done) is None
+    refused = _check({}, {"carol": decided(User__alice="Reinstate")}, phase="Completed",
+                     outcomes=done)
+    assert refused is not None and "not suspended by this run" in refused
+
+
+@pytest.mark.parametrize(("when", "expected"), [
+    ("Suspend", {"payments/User/alice": ("Kept", ["carol"]),
+                 "payments/User/bob": ("Removed", ["dave"]),
+                 "payments/Group/oncall": ("Suspended", []),
+                 "payments/ServiceAccount/ci/deployer": ("Suspended", [])}),
+    ("Keep", {"payments/User/alice": ("Kept", ["carol"]),
+              "payments/User/bob": ("Removed", ["dave"]),
+              "payments/Group/oncall": ("Kept", []),
+              "payments/ServiceAccount/ci/deployer": ("Kept", [])}),
+])
+def test_outcomes_a_remove_wins_and_the_undecided_get_the_reviews_default(
+        when: str, expected: dict[str, tuple[str, list[str]]]) -> None:
+    spec = run(when, groups=["leads"])
+    decisions = {"carol": decided(User__alice="Keep", User__bob="Keep"),
+                 "dave": decided(groups=["leads"], User__bob="Remove"),
+                 # ignored: stamped for another run; a self-review; not a reviewer
+                 "erin": decided(uid="run-0", groups=["leads"], Group__oncall="Keep"),
+                 "alice": decided(groups=["leads"], User__alice="Keep"),
+                 "mallory": decided(ServiceAccount__ci__deployer="Keep")}
+    found = rc.outcomes(spec, "run-1", decisions)
+    assert {k: (v.outcome, v.by) for k, v in found.items()} == expected
+    assert rc.suspended(found) == sorted(k for k, v in expected.items() if v[0] != "Kept")
+
+
+def test_a_run_completes_at_its_deadline_or_once_every_subject_is_decided() -> None:
+    spec = run()
+    some = {"carol": decided(User__alice="Keep")}
+    assert not rc.complete(spec, "run-1", some, T0 + DAY)
+    assert rc.complete(spec, "run-1", some, T0 + 14 * DAY)
+    every = {"carol": decided(User__alice="Keep", User__bob="Remove", Group__oncall="Keep",
+                              ServiceAccount__ci__deployer="Remove")}
+    assert rc.complete(spec, "run-1", every, T0 + DAY)
+
+
+def test_a_reinstatement_is_found_once_and_the_subject_leaves_the_suspended() -> None:
+    spec = run()
+    done = {"payments/User/bob": SubjectOutcome(outcome="Removed", by=["carol"])}
+    decisions = {"carol": decided(User__bob="Reinstate")}
+    assert rc.reinstated(spec, "run-1", decisions, done) == {"payments/User/bob": "carol"}
+    after = {"payments/User/bob": SubjectOutcome(outcome="Removed", by=["carol"],
+                                                 reinstated_by="carol")}
+    assert rc.reinstated(spec, "run-1", decisions, after) == {}
+    assert rc.suspended(after) == []
