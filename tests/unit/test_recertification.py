@@ -233,3 +233,27 @@ def test_a_reinstatement_is_found_once_and_the_subject_leaves_the_suspended() ->
                                                  reinstated_by="carol")}
     assert rc.reinstated(spec, "run-1", decisions, after) == {}
     assert rc.suspended(after) == []
+
+
+def test_a_suspended_subject_leaves_the_eligibility_the_cache_applies_until_lifted() -> None:
+    from kubepim.api.common import RoleRef
+    from kubepim.engine.state import State
+
+    spec = eligibility(SUBJECTS).wire()
+    suspended = {"suspended": [{"subject": {"kind": "User", "name": "bob"},
+                                "run": "quarterly-20260401-000000",
+                                "at": "2026-04-15T00:00:00Z", "outcome": "Removed"}]}
+    state = State()
+    state.apply_eligibility_list([{"metadata": {"name": "payments", "resourceVersion": "5"},
+                                   "spec": spec, "status": suspended}], 5)
+    applied = (state.eligibilities or {})["payments"]
+    assert [s.name for s in applied.subjects] == ["alice", "oncall", "deployer"]
+    note = rc.suspension_note(state.suspensions(), state.eligibilities or {}, "Bob", [],
+                              RoleRef(kind="Role", name="admin"))
+    assert note == ("bob is suspended from RoleEligibility payments by review run "
+                    "quarterly-20260401-000000 (removed 2026-04-15T00:00:00+00:00)")
+    assert rc.suspension_note(state.suspensions(), state.eligibilities or {}, "Bob", [],
+                              RoleRef(kind="Role", name="other")) is None
+    state.observe_eligibility("payments", spec, "6", {}, {"suspended": []})  # reinstated
+    assert len((state.eligibilities or {})["payments"].subjects) == 4
+    assert state.suspensions() == {}

@@ -212,6 +212,16 @@ class RoleEligibilitySpec(Model):
         return min(_DEFAULT_DURATION, duration.parse(self.max_duration))
 
 
+class Suspension(Model):
+    """A subject an access review suspended from this eligibility (docs/reviews.md)."""
+
+    subject: Subject = Field(description="The subject as the eligibility listed it.")
+    run: str = Field(description="The EligibilityReviewRun that suspended it.")
+    at: datetime.datetime = Field(description="When the suspension applied.")
+    outcome: Literal["Removed", "Suspended"] = Field(
+        description="Removed by a reviewer, or Suspended because nobody decided.")
+
+
 class RoleEligibilityStatus(Model):
     """Observed state of a RoleEligibility, written by the operator."""
 
@@ -219,6 +229,11 @@ class RoleEligibilityStatus(Model):
     conditions: list[Condition] = Field(
         default_factory=list, description="Ready tells whether the eligibility is usable."
     )
+    suspended: list[Suspension] = Field(
+        default_factory=list, max_length=1000,
+        description="Subjects suspended by access reviews: they may not request under this "
+        "eligibility (even when listed in spec.subjects again) until a later review keeps or "
+        "reinstates them. Remove them from spec.subjects.")
 
 
 class RoleEligibility(Model):

@@ -23,8 +23,8 @@ from kubepim.api.accessreview import (
     ReviewerDecisions,
     SubjectOutcome,
 )
-from kubepim.api.common import Subject
-from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.common import RoleRef, Subject
+from kubepim.api.eligibility import RoleEligibilitySpec, Suspension
 
 from .quorum import Case, person
 
@@ -315,3 +315,26 @@ def suspended(done: Mapping[str, SubjectOutcome]) -> list[str]:
     """The subject ids a completed run suspends (removed or undecided, not reinstated)."""
     return sorted(key for key, outcome in done.items()
                   if outcome.outcome != "Kept" and not outcome.reinstated_by)
+
+
+def suspension_note(suspensions: Mapping[str, Sequence[Suspension]],
+                    eligibilities: Mapping[str, RoleEligibilitySpec], username: str,
+                    groups: Sequence[str], role: RoleRef, case: Case = "insensitive"
+                    ) -> str | None:
+    """Why a refused requester is not eligible where they were, or None.
+
+    The review runs that suspended them from eligibilities offering this role.
+    """
+    notes = []
+    for name in sorted(suspensions):
+        spec = eligibilities.get(name)
+        if spec is None or role not in spec.roles:
+            continue
+        for entry in suspensions[name]:
+            if holds(entry.subject, username, groups, case):
+                who = entry.subject.name if entry.subject.kind != "Group" else \
+                    f"group {entry.subject.name}"
+                notes.append(f"{who} is suspended from RoleEligibility {name} by review run "
+                             f"{entry.run} ({entry.outcome.lower()} "
+                             f"{entry.at.isoformat(timespec='seconds')})")
+    return "; ".join(notes) or None

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubepim.api.common import LabelSelector
-from kubepim.api.eligibility import RoleEligibilitySpec
+from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
 from kubepim.api.request import Phase
 from kubepim.domain.admission import privileged
 from kubepim.domain.review import RoleKey, selector_matches
@@ -108,6 +108,8 @@ class State:
         self._eligibilities: dict[str, RoleEligibilitySpec] | None = None
         # Their labels, for NotificationRoutes that select eligibilities by label.
         self._eligibility_labels: dict[str, dict[str, str]] = {}
+        # Per eligibility, the subjects access reviews suspended (its status), for messages.
+        self._suspensions: dict[str, list[Suspension]] = {}
         self._eligibility_versions: dict[str, tuple[int, bool]] = {}
         self._listed_at = 0
         # Requests (by uid) whose status write got no answer: (first history index it carried,
@@ -468,7 +470,8 @@ class State:
             versions[name] = (_int(item["metadata"].get("resourceVersion")), True)
             if versions[name][0] >= self._eligibility_versions.get(name, (0, False))[0]:
                 self._eligibility_labels[name] = dict(item["metadata"].get("labels") or {})
-            parsed = _eligibility(item.get("spec"))
+            parsed = _eligibility(item.get("spec"), item.get("status"))
+            self._suspensions[name] = _suspended(item.get("status"))
             if parsed is not None:
                 fresh[name] = parsed
         first = self._eligibilities is None
@@ -489,14 +492,22 @@ class State:
         return sorted(name for name in set(current) | set(fresh)
                       if current.get(name) != fresh.get(name))
 
+    def suspensions(self) -> dict[str, list[Suspension]]:
+        """Per eligibility, the subjects access reviews suspended from it (none: left out)."""
+        return {name: found for name, found in self._suspensions.items() if found}
+
     def eligibility_labels(self, name: str | None) -> dict[str, str] | None:
         """The labels of an eligibility as last seen, or None when it is not known."""
         return self._eligibility_labels.get(name) if name else None
 
     def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
                             version: str | None = None,
-                            labels: dict[str, str] | None = None) -> None:
-        """Apply one eligibility watch event (``spec`` None: deleted); older ones are ignored."""
+                            labels: dict[str, str] | None = None,
+                            status: dict[str, Any] | None = None) -> None:
+        """Apply one eligibility watch event (``spec`` None: deleted); older ones are ignored.
+
+        ``status``: its suspended subjects (access reviews) are left out of the cached spec.
+        """
         seen = _int(version)
         if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
             return
@@ -509,7 +520,8 @@ class State:
         if self._eligibilities is None:
             return  # the first use lists everything anyway
         updated = dict(self._eligibilities)
-        parsed = _eligibility(spec) if spec is not None else None
+        parsed = _eligibility(spec, status) if spec is not None else None
+        self._suspensions[name] = _suspended(status) if spec is not None else []
         if parsed is None:
             updated.pop(name, None)
         else:
@@ -543,8 +555,25 @@ def _int(version: Any) -> int:
     return int(version) if version is not None and str(version).isdigit() else 0
 
 
-def _eligibility(spec: Any) -> RoleEligibilitySpec | None:
+def _eligibility(spec: Any, status: Any = None) -> RoleEligibilitySpec | None:
+    """The eligibility as admission and the reconciler apply it.
+
+    Its spec, less the subjects access reviews suspended (its status says which;
+    docs/reviews.md).
+    """
     try:
-        return RoleEligibilitySpec.model_validate(spec or {})
+        parsed = RoleEligibilitySpec.model_validate(spec or {})
     except ValidationError:
         return None
+    suspended = _suspended(status)
+    if not suspended:
+        return parsed
+    gone = {entry.subject for entry in suspended}
+    return parsed.model_copy(update={"subjects": [s for s in parsed.subjects if s not in gone]})
+
+
+def _suspended(status: Any) -> list[Suspension]:
+    try:
+        return RoleEligibilityStatus.model_validate(status or {}).suspended
+    except ValidationError:
+        return []  # (only the operator writes it; an unreadable one suspends nobody new)

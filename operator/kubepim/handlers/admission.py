@@ -21,10 +21,11 @@ import kopf
 from pydantic import ValidationError
 
 from kubepim import metrics
+from kubepim.api.accessreview import EligibilityReviewRun, EligibilityReviewRunStatus
 from kubepim.api.common import GROUP
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequest, AccessRequestSpec, AccessRequestStatus
-from kubepim.domain import admission, bindings
+from kubepim.domain import admission, bindings, recertification
 from kubepim.settings import Settings
 
 from . import registry
@@ -100,10 +101,14 @@ async def _check_coverage_and_name(
     reconciler: Reconciler, name: str, spec: AccessRequestSpec
 ) -> None:
     labels = await reconciler.namespace_labels(spec.namespace) if spec.namespace else {}
-    refusal = admission.check_new_request(spec, await reconciler.eligibilities(), labels,
-                                          utcnow(), reconciler.state.privileged)
+    eligibilities = await reconciler.eligibilities()
+    refusal = admission.check_new_request(spec, eligibilities, labels, utcnow(),
+                                          reconciler.state.privileged)
     if refusal:
-        raise _refuse(refusal)
+        suspended = spec.requester and recertification.suspension_note(
+            reconciler.state.suspensions(), eligibilities, spec.requester.username,
+            spec.requester.groups, spec.role, reconciler.case)
+        raise _refuse(f"{suspended}. {refusal}" if suspended else refusal)
     ref = bindings.binding_ref(name, spec)
     # Read, not looked up: the binding watch sees only bindings carrying kubepim's label.
     existing = await reconciler.kube.get_binding(ref.kind, ref.name, ref.namespace)
@@ -170,6 +175,34 @@ async def _requester_can_act_as(
     return None
 
 
+@kopf.on.validate(GROUP, "eligibilityreviewruns", subresource="status", operations=["UPDATE"],
+                  id="eligibilityreviewrun-decide", registry=registry)
+async def review_run_admit_status(
+    body: kopf.Body, userinfo: kopf.UserInfo, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """Allow a reviewer's new decisions only on subjects they may review, while they may.
+
+    (The CEL policy of files/admission/review.yaml already refused changes to others' entries
+    and to the rest of the status, and stamped the entry: docs/reviews.md.)
+    """
+    with metrics.admission_timer("eligibilityreviewrun-decide"):
+        reconciler: Reconciler = memo.reconciler
+        old: kopf.Body | None = kwargs.get("old")
+        try:
+            run = EligibilityReviewRun.model_validate(dict(body))
+            previous = dict(old.get("status") or {}) if old is not None else {}
+            before = EligibilityReviewRunStatus.model_validate(previous)
+        except ValidationError as error:
+            raise _refuse(f"invalid status: {_pretty(error, 'status.')}") from error
+        user = _user(userinfo)
+        new = run.status or EligibilityReviewRunStatus()
+        refusal = recertification.check_decisions(
+            run.spec, str(body.metadata.uid), before.phase, before.decisions, new.decisions,
+            user.username, user.groups, utcnow(), before.outcomes, reconciler.case)
+        if refusal:
+            raise _refuse(refusal)
+
+
 @kopf.on.validate(GROUP, "roleeligibilities", operations=["CREATE", "UPDATE"],
                   id="roleeligibility-guard", registry=registry)
 async def roleeligibility_admit(
@@ -221,6 +254,7 @@ def webhook_configuration(
         "accessrequest-create": ("accessrequests", ["CREATE"]),
         "accessrequest-decide": ("accessrequests/status", ["UPDATE"]),
         "roleeligibility-guard": ("roleeligibilities", ["CREATE", "UPDATE"]),
+        "eligibilityreviewrun-decide": ("eligibilityreviewruns/status", ["UPDATE"]),
     }
     ca_bundle = base64.b64encode(ca_file.read_bytes()).decode()
     webhooks = []
@@ -252,4 +286,5 @@ def webhook_configuration(
     }
 
 
-HANDLER_IDS = ["accessrequest-create", "accessrequest-decide", "roleeligibility-guard"]
+HANDLER_IDS = ["accessrequest-create", "accessrequest-decide", "roleeligibility-guard",
+               "eligibilityreviewrun-decide"]

@@ -126,7 +126,8 @@ async def roleeligibility_event(
     metrics.WATCH_EVENTS.labels("roleeligibilities").inc()
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
     reconciler.state.observe_eligibility(name, spec, body.metadata.get("resourceVersion"),
-                                         dict(body.metadata.get("labels") or {}))
+                                         dict(body.metadata.get("labels") or {}),
+                                         dict(body.get("status") or {}))
     # First the requests it governs (a listing too: an edit missed while the watch was down);
     # enqueue keeps nothing on a standby, whose takeover reconciles everything.
     for request in reconciler.state.governed_by(name):
