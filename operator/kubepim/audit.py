@@ -164,3 +164,37 @@ def deleted(body: dict[str, Any], spec: AccessRequestSpec, when: datetime.dateti
         "history": status.get("history") or [],
     }
     logger.info(json.dumps(line, sort_keys=True))
+
+
+def review_record(kube: Kube, body: dict[str, Any], entry: Any, index: int
+                  ) -> Coroutine[Any, Any, None]:
+    """Log the JSON line of one EligibilityReviewRun history entry; return its Event's post.
+
+    ``entry``: an api.accessreview.RunHistoryEntry, at ``index`` in the run's history. The id
+    (run uid / index) repeats when a takeover replays the line (docs/reviews.md).
+    """
+    review_line(body, entry, index)
+    warning = entry.action in ("Removed", "Suspended")
+    message = f"{entry.subject}: {entry.reason}" if entry.subject else entry.reason
+    return _post_review(kube, body, "Warning" if warning else "Normal", entry.action, message,
+                        entry.time, index)
+
+
+async def _post_review(kube: Kube, body: dict[str, Any], kind: str, reason: str, message: str,
+                       when: datetime.datetime, index: int) -> None:
+    run = body.get("metadata", {}).get("name")
+    try:
+        await post_event(kube, body, kind, reason, message, when, index, f"{run}'s {reason}")
+    except Exception:
+        events_logger.exception("could not post the %s Event of %s", reason, run)
+
+
+def review_line(body: dict[str, Any], entry: Any, index: int) -> None:
+    """Log the JSON line of one EligibilityReviewRun history entry (the same again on replay)."""
+    metadata = body.get("metadata", {})
+    spec = body.get("spec") or {}
+    line = {"id": f"{metadata.get('uid')}/{index}", "time": entry.time.isoformat(),
+            "action": entry.action, "request": None, "run": metadata.get("name"),
+            "review": spec.get("review"), "actor": entry.actor, "subject": entry.subject,
+            "reason": entry.reason}
+    logger.info(json.dumps(line, sort_keys=True))

@@ -420,3 +420,16 @@ def test_a_standing_scan_waits_until_the_takeover_has_caught_up() -> None:
         assert versions == {"clusterrolebindings": "7", "rolebindings": "7"}
 
     asyncio.run(scenario())
+
+
+def test_callers_waiting_for_the_first_eligibility_list_share_one_list_call() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10"))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        answers = await asyncio.gather(*(reconciler.eligibilities() for _ in range(20)))
+        assert all("e" in answer for answer in answers)
+        assert kube.calls.count("list_eligibilities") == 1
+        await reconciler.refresh_eligibilities()  # (a resync relists on purpose)
+        assert kube.calls.count("list_eligibilities") == 2
+
+    asyncio.run(scenario())

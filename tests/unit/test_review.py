@@ -256,3 +256,33 @@ def test_namespace_selector_expressions_decide_coverage(
     policy = eligibility(**_selector(matchExpressions=[expression]))
     verdict = review(request(), {"team": policy}, PAYMENTS_LABELS)
     assert isinstance(verdict, Accepted) is accepted
+
+
+class _Reads(dict[str, RoleEligibilitySpec]):
+    """Eligibilities that remember which were read."""
+
+    def __init__(self, items: dict[str, RoleEligibilitySpec]) -> None:
+        super().__init__(items)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> RoleEligibilitySpec:
+        self.read.add(name)
+        return super().__getitem__(name)
+
+
+def test_the_governing_eligibility_is_tried_alone_first_with_the_same_answer() -> None:
+    many = {f"e{i:04d}": eligibility(subjects=[{"kind": "User", "name": f"user-{i}"}])
+            for i in range(50)}
+    many["payments"] = eligibility()
+    reads = _Reads(many)
+    verdict = review(request(), reads, PAYMENTS_LABELS, prefer="payments")
+    assert isinstance(verdict, Accepted) and verdict.eligibility == "payments"
+    assert reads.read == {"payments"}  # no other eligibility's subjects scanned
+    assert verdict == review(request(), many, PAYMENTS_LABELS)  # the same as the full scan
+    # The governing one no longer accepts: every eligibility is considered, as before.
+    many["payments"] = eligibility(roles=[{"kind": "Role", "name": "other"}])
+    many["z-later"] = eligibility()
+    reads = _Reads(many)
+    moved = review(request(), reads, PAYMENTS_LABELS, prefer="payments")
+    assert isinstance(moved, Accepted) and moved.eligibility == "z-later"
+    assert len(reads.read) == len(many)

@@ -27,7 +27,6 @@ from .common import (
     cel_rules,
     plain_text_rule,
 )
-from .request import HistoryEntry
 
 Undecided = Literal["Keep", "Suspend"]
 Decision = Literal["Keep", "Remove", "Reinstate"]
@@ -212,6 +211,17 @@ class SubjectOutcome(Model):
 RunPhase = Literal["Open", "Completed"]
 
 
+class RunHistoryEntry(Model):
+    """One step of a run: started, a decision recorded, an outcome, completed, reinstated."""
+
+    time: datetime.datetime = Field(description="When it happened.")
+    action: str = Field(description="CamelCase action, the same as the Event reason: Started, "
+                        "Decided, Kept, Removed, Suspended, Completed, Reinstated.")
+    actor: str = Field(description="The reviewer, or kubepim for the operator.")
+    subject: str | None = Field(default=None, description="The subject id it concerns.")
+    reason: str = Field(default="", description="Human-readable detail.")
+
+
 class EligibilityReviewRunStatus(Model):
     """A run's decisions (reviewers add their own) and its record (the operator's)."""
 
@@ -221,15 +231,12 @@ class EligibilityReviewRunStatus(Model):
     outcomes: dict[str, SubjectOutcome] = Field(
         default_factory=dict, max_length=1000,
         description="Per subject id, once Completed.")
-    recorded: dict[str, int] = Field(
-        default_factory=dict, description="Per reviewer, how many of their decisions the "
-        "history holds.")
     completed_at: datetime.datetime | None = Field(default=None,
                                                    description="When the outcome applied.")
     conditions: list[Condition] = Field(default_factory=list,
                                         description="Completed, with the counts.")
-    history: list[HistoryEntry] = Field(default_factory=list,
-                                        description="Every decision and outcome, in order.")
+    history: list[RunHistoryEntry] = Field(
+        default_factory=list, description="Every decision and outcome, in order (append-only).")
     message: str = Field(default="", description="Human-readable state.")
 
 

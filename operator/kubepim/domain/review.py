@@ -204,11 +204,27 @@ def review(
     if spec.namespace is not None and namespace_labels is None:
         return Refused(f"namespace {spec.namespace} does not exist")
     names = [spec.eligibility] if spec.eligibility else sorted(eligibilities)
-    if prefer in names:
-        names = [prefer, *(n for n in names if n != prefer)]
     if spec.eligibility and spec.eligibility not in eligibilities:
         return Refused(f"RoleEligibility {spec.eligibility} does not exist")
+    if prefer in names:
+        # The governing eligibility alone first: when it still accepts, the answer is its own
+        # (it comes first below too), without scanning every eligibility's subjects — a
+        # takeover decides thousands of Active grants among a thousand eligibilities.
+        alone = _review_among([prefer], spec, requester, eligibilities, namespace_labels,
+                              requested_at, privileged)
+        if isinstance(alone, Accepted):
+            return alone
+        names = [prefer, *(n for n in names if n != prefer)]
+    return _review_among(names, spec, requester, eligibilities, namespace_labels, requested_at,
+                         privileged)
 
+
+def _review_among(
+    names: list[str], spec: AccessRequestSpec, requester: Requester,
+    eligibilities: Mapping[str, RoleEligibilitySpec], namespace_labels: Mapping[str, str] | None,
+    requested_at: datetime.datetime | None, privileged: Mapping[RoleKey, str] | None,
+) -> Review:
+    """:func:`review` among ``names``, tried in that order."""
     mine = {n: eligibilities[n] for n in names if covers_subject(eligibilities[n], requester)}
     if not mine:
         scope = f"RoleEligibility {spec.eligibility}" if spec.eligibility else "any RoleEligibility"

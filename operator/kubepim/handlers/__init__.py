@@ -10,4 +10,11 @@ import kopf
 registry = kopf.OperatorRegistry()
 
 # Importing the modules registers their handlers on the registry.
-from . import admission, eligibilities, lifecycle, notifications, requests  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    admission,
+    eligibilities,
+    lifecycle,
+    notifications,
+    requests,
+    reviews,
+)

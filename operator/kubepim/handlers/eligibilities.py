@@ -79,8 +79,11 @@ async def report_readiness(reconciler: Reconciler, name: str, body: dict[str, An
     condition = Condition(type="Ready", status="True" if ready else "False", reason=reason,
                           message=message, last_transition_time=moved_at,
                           observed_generation=generation)
-    status = {"observedGeneration": generation,
-              "conditions": [condition.wire(), _notified(reconciler, name, body, generation)]}
+    conditions = [condition.wire(), _notified(reconciler, name, body, generation)]
+    suspended = _suspended(body, generation)
+    if suspended is not None:
+        conditions.append(suspended)
+    status = {"observedGeneration": generation, "conditions": conditions}
     current = body.get("status") or {}
     if {k: current.get(k) for k in status} != status:
         await reconciler.kube.patch_eligibility_status(name, status)
@@ -107,6 +110,38 @@ def _notified(reconciler: Reconciler, name: str, body: dict[str, Any],
             old[0]["lastTransitionTime"].replace("Z", "+00:00"))
     return Condition(type="Notified", status=state, reason=reason, message=message,
                      last_transition_time=moved_at, observed_generation=generation).wire()
+
+
+def _suspended(body: dict[str, Any], generation: int) -> dict[str, Any] | None:
+    """The SubjectsSuspended condition: access reviews suspended subjects the spec still lists.
+
+    True tells the eligibility's GitOps owner to remove them (the operator never writes a
+    spec); None when no review ever suspended anyone from it.
+    """
+    held = (body.get("status") or {}).get("suspended") or []
+    if not held:
+        return None
+    listed = [s for s in (body.get("spec") or {}).get("subjects") or []]
+    still = [entry for entry in held if entry.get("subject") in listed]
+    if still:
+        names = ", ".join(f"{e['subject'].get('kind')} {e['subject'].get('name')} (review run "
+                          f"{e.get('run')})" for e in still)
+        state: Literal["True", "False"] = "True"
+        reason, message = "RemoveFromSpec", (
+            f"suspended by access reviews and still listed in spec.subjects: {names}; remove "
+            "them (listing them again does not lift a suspension: a later review does)")
+    else:
+        state, reason, message = "False", "NoneListed", (
+            f"{len(held)} subject(s) suspended by access reviews, none listed in spec.subjects")
+    old = [c for c in (body.get("status") or {}).get("conditions") or []
+           if c.get("type") == "SubjectsSuspended"]
+    moved_at = utcnow()
+    if old and old[0].get("status") == state and old[0].get("message") == message:
+        moved_at = datetime.datetime.fromisoformat(
+            old[0]["lastTransitionTime"].replace("Z", "+00:00"))
+    return Condition(type="SubjectsSuspended", status=state, reason=reason,
+                     message=message[:1024], last_transition_time=moved_at,
+                     observed_generation=generation).wire()
 
 
 async def report_all(reconciler: Reconciler) -> None:

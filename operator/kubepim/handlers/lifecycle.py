@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 
 from kubepim import audit, memory, tls
+from kubepim.api import duration
 from kubepim.api.common import GROUP
 from kubepim.api.request import AccessRequest, Phase
 from kubepim.domain import bindings
@@ -36,6 +37,7 @@ from kubepim.settings import Settings
 
 from . import admission, notifications, registry
 from .reconcile import Reconciler, utcnow
+from .reviews import Reviews
 from .standing import StandingWatch
 from .sweep import resync_forever, resync_once, retention_forever, sweep_orphans
 
@@ -80,6 +82,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     reconciler = Reconciler(kube, config.identity_case, config.max_open_requests,
                             config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
+    memo.reviews = Reviews(reconciler, duration.parse(config.retention))
 
     async def warn(body: dict[str, Any], reason: str, message: str) -> None:
         history = len((body.get("status") or {}).get("history") or [])
@@ -135,6 +138,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
     elector = LeaderElector(kube.sibling(), config.namespace, config.lease_name,
                             config.identity, config.lease_seconds, take_over, lose)
     reconciler.leading = elector.leading
+    memo.reviews.replay_since = lambda: elector.previous_renewal and \
+        elector.previous_renewal - _REPLAY_WINDOW
     reconciler.elected = elector.elected
     kube.fence = elector.remaining  # no write once the lease may have passed
     kube.field_manager = f"kubepim-{config.identity}"[:128]

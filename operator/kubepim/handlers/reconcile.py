@@ -113,6 +113,8 @@ class Reconciler:
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
+        # Queue keys of other kinds, by prefix (``review:NAME``, ``run:NAME``): their worker.
+        self.keyed: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {}
         # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
         self.notifier: Notifier | None = None
         # NotificationRoutes as the route watch last delivered them (by name).
@@ -133,7 +135,11 @@ class Reconciler:
         """
         cached = self.state.eligibilities
         if cached is None:
-            await self.refresh_eligibilities()
+            # One list for all who ask at once (at a takeover: thousands of reconciles and
+            # every role's listing event), not one each after the other.
+            async with self._refreshing:
+                if self.state.eligibilities is None:
+                    await self._relist_eligibilities()
             cached = self.state.eligibilities
         assert cached is not None
         return cached
@@ -141,7 +147,10 @@ class Reconciler:
     async def refresh_eligibilities(self) -> None:
         """Rebuild the eligibility cache from a list call, never undoing a newer watch event."""
         async with self._refreshing:
-            changed = self.state.apply_eligibility_list(*await self.kube.list_eligibilities_at())
+            await self._relist_eligibilities()
+
+    async def _relist_eligibilities(self) -> None:
+        changed = self.state.apply_eligibility_list(*await self.kube.list_eligibilities_at())
         for eligibility in changed:
             for request in self.state.governed_by(eligibility):
                 self.enqueue(request)
@@ -296,6 +305,17 @@ class Reconciler:
                 self._bodies[name] = body
         self.queue.add(name, slow=again or slow)  # listings never hold up timers and events
 
+    def enqueue_key(self, key: str) -> None:
+        """Ask for the work of a key of another kind (see ``keyed``); a standby keeps none."""
+        if self.elected():
+            self.queue.add(key)
+
+    def post_later(self, post: Coroutine[Any, Any, None]) -> None:
+        """Post an Event in the background, a bounded share of connections (never waited on)."""
+        task = asyncio.create_task(_in_order([post], self._event_slots))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
     def enqueue_deletion(self, body: dict[str, Any]) -> None:
         """A request is gone: remove its binding and log its final line (through the queue)."""
         name = body["metadata"]["name"]
@@ -369,6 +389,10 @@ class Reconciler:
             raise NotLeading(f"{key} waits: this replica is not leading")
         woken = key in self._woken
         self._woken.discard(key)
+        for prefix, work in self.keyed.items():
+            if key.startswith(prefix):
+                await work(key.removeprefix(prefix))
+                return
         if key.startswith(_BINDING):
             await self._check_binding(key.removeprefix(_BINDING))
             return

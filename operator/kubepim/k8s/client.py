@@ -306,6 +306,31 @@ class Kube:
         await self._request("PATCH", f"{_CUSTOM}/roleeligibilities/{name}/status",
                             {"status": status}, content_type=_MERGE)
 
+    # EligibilityReviews and their runs (docs/reviews.md)
+
+    async def get_custom(self, plural: str, name: str) -> dict[str, Any] | None:
+        """A cluster-scoped kubepim object of kind ``plural``, or None."""
+        try:
+            obj: dict[str, Any] = await self._request("GET", f"{_CUSTOM}/{plural}/{name}")
+        except NotFound:
+            return None
+        return obj
+
+    async def create_custom(self, plural: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a cluster-scoped kubepim object (Conflict: the name is taken)."""
+        obj: dict[str, Any] = await self._request("POST", f"{_CUSTOM}/{plural}", manifest)
+        return obj
+
+    async def patch_custom_status(self, plural: str, name: str, status: dict[str, Any],
+                                  resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patch an object's status; with ``resource_version``, Conflict if it changed."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        obj: dict[str, Any] = await self._request(
+            "PATCH", f"{_CUSTOM}/{plural}/{name}/status", body, content_type=_MERGE)
+        return obj
+
     @staticmethod
     def event_name(involved: dict[str, Any], sequence: int) -> str:
         """The name of the Event of history entry ``sequence`` of an object."""

@@ -1,0 +1,328 @@
+"""Access reviews in the operator (issue 17); docs/reviews.md has the design.
+
+Runs made on schedule, decisions recorded, outcomes applied to eligibilities.
+
+Both kinds go through the reconciler's work queue under keys of their own (``review:NAME``,
+``run:NAME``): retries with backoff, timers for the next run and each deadline, only the leader
+acting. Each step is written so that doing it again after a kill changes nothing:
+- a run is named after its schedule point: made twice, the second create finds it (409);
+- an outcome is applied to the eligibilities first (their status.suspended, keyed by subject:
+  written again, unchanged), then recorded on the run in one write (resourceVersion
+  precondition) with its history entries, then one JSON line and Event per entry;
+- what the history already holds is never added again (decisions are found there by reviewer
+  and subject).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubepim import audit
+from kubepim.api.accessreview import (
+    EligibilityReviewRun,
+    EligibilityReviewRunStatus,
+    EligibilityReviewSpec,
+    RunHistoryEntry,
+    SubjectOutcome,
+)
+from kubepim.api.common import GROUP, VERSION
+from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
+from kubepim.domain import recertification as rc
+from kubepim.domain.lifecycle import OPERATOR
+from kubepim.domain.review import selector_matches
+from kubepim.k8s.client import Conflict
+
+from . import registry
+from .reconcile import Reconciler, utcnow
+
+logger = logging.getLogger(__name__)
+
+REVIEW, RUN = "review:", "run:"
+REVIEWS, RUNS = "eligibilityreviews", "eligibilityreviewruns"
+REVIEW_LABEL = f"{GROUP}/review"
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+class Reviews:
+    """The queue's work for EligibilityReviews and their runs."""
+
+    def __init__(self, reconciler: Reconciler, retention: datetime.timedelta) -> None:
+        self.reconciler = reconciler
+        self.kube = reconciler.kube
+        # How far kubepim's records of grants reach back (requests are deleted after it).
+        self.retention = retention
+        reconciler.keyed[REVIEW] = self.review
+        reconciler.keyed[RUN] = self.run
+        # Lines a previous leader may have died before logging: entries recorded since this
+        # (its last renewal less a margin) are logged again once per run per term.
+        self.replay_since: Callable[[], datetime.datetime | None] = lambda: None
+        self._replayed: dict[str, int] = {}  # run name -> the term it was replayed in
+
+    # Reviews: a run when due, then a timer for the next.
+
+    async def review(self, name: str) -> None:
+        """Make the run that is due, if any; set the timer of the next one."""
+        body = await self.kube.get_custom(REVIEWS, name)
+        if body is None:
+            self.reconciler.queue.cancel(REVIEW + name)
+            return
+        status = dict(body.get("status") or {})
+        try:
+            spec = EligibilityReviewSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            await self._review_status(name, status, _ready(False, "InvalidSpec", str(error)))
+            return
+        created = _time(body["metadata"].get("creationTimestamp")) or utcnow()
+        last = _time(status.get("lastRunAt"))
+        now = utcnow()
+        due = rc.due_run(spec, created, last, now)
+        update: dict[str, Any] = {}
+        if due is not None:
+            run = await self._make_run(name, spec, due, now)
+            last = due
+            update.update(lastRun=run, lastRunAt=_iso(due))
+        upcoming = rc.next_run(spec, created, last)
+        update["nextRunAt"] = _iso(upcoming)
+        update["observedGeneration"] = body["metadata"].get("generation", 0)
+        await self._review_status(name, status, update | _ready(True, "Scheduled",
+                                                                 f"next run {_iso(upcoming)}"))
+        self.reconciler.queue.schedule(REVIEW + name, upcoming)
+
+    async def _review_status(self, name: str, status: dict[str, Any],
+                             update: dict[str, Any]) -> None:
+        condition = update.pop("condition")
+        old: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if (old.get("status"), old.get("message")) == (condition["status"],
+                                                        condition["message"]):
+            condition["lastTransitionTime"] = old.get("lastTransitionTime")
+        update["conditions"] = [condition]
+        if any(status.get(key) != value for key, value in update.items()):
+            await self.kube.patch_custom_status(REVIEWS, name, update)
+
+    async def _make_run(self, review: str, spec: EligibilityReviewSpec,
+                        scheduled: datetime.datetime, now: datetime.datetime) -> str:
+        """Snapshot the covered eligibilities and make the run (found made: kept as made)."""
+        name = rc.run_name(review, scheduled)
+        if await self.kube.get_custom(RUNS, name) is not None:
+            self.reconciler.enqueue_key(RUN + name)
+            return name
+        items = await self.kube.list_eligibilities()
+        matches = {item["metadata"]["name"]: spec.eligibilities.selector is not None and
+                   selector_matches(spec.eligibilities.selector,
+                                    item["metadata"].get("labels") or {})
+                   for item in items}
+        covered = set(rc.covered(spec.eligibilities.names, matches))
+        specs: dict[str, RoleEligibilitySpec] = {}
+        suspended: dict[str, list[str]] = {}
+        for item in items:
+            item_name = item["metadata"]["name"]
+            if item_name not in covered:
+                continue
+            try:
+                specs[item_name] = RoleEligibilitySpec.model_validate(item.get("spec") or {})
+                held = RoleEligibilityStatus.model_validate(item.get("status") or {}).suspended
+            except ValidationError:
+                continue  # (not Ready: nobody can request under it)
+            suspended[item_name] = [rc.subject_id(item_name, s.subject) for s in held]
+        grants = await self._grants()
+        run = rc.snapshot(spec, review, specs, suspended, grants, now, self.reconciler.case,
+                          records_since=now - self.retention)
+        manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EligibilityReviewRun",
+                    "metadata": {"name": name, "labels": {REVIEW_LABEL: review[:63]}},
+                    "spec": run.wire()}
+        with contextlib.suppress(Conflict):  # made by an earlier attempt whose answer was lost
+            await self.kube.create_custom(RUNS, manifest)
+        logger.info("EligibilityReview %s: run %s started (%d subject(s) of %d "
+                    "eligibilit(ies), deadline %s)", review, name, len(run.subjects),
+                    len(specs), _iso(run.deadline))
+        self.reconciler.enqueue_key(RUN + name)
+        return name
+
+    async def _grants(self) -> list[rc.Grant]:
+        """Every grant in kubepim's records (all AccessRequests, paged): for recommendations."""
+        grants = []
+        async for page in self.kube.request_pages(""):
+            for item in page:
+                status = item.get("status") or {}
+                requester = (item.get("spec") or {}).get("requester") or {}
+                activated = _time(status.get("activatedAt"))
+                if activated is None or not status.get("eligibility"):
+                    continue
+                grants.append(rc.Grant(str(status["eligibility"]),
+                                       str(requester.get("username") or ""),
+                                       tuple(requester.get("groups") or ()), activated))
+        return grants
+
+    # Runs: decisions recorded, the outcome applied at the deadline, reinstatements.
+
+    async def run(self, name: str) -> None:
+        """Record what is new in one run; complete it when due; apply reinstatements."""
+        body = await self.kube.get_custom(RUNS, name)
+        if body is None:
+            self.reconciler.queue.cancel(RUN + name)
+            self._replayed.pop(name, None)
+            return
+        try:
+            run = EligibilityReviewRun.model_validate(body)
+        except ValidationError as error:
+            logger.warning("EligibilityReviewRun %s is unreadable (%s): left alone", name, error)
+            return
+        uid = str(body["metadata"].get("uid"))
+        spec = run.spec
+        status = run.status or EligibilityReviewRunStatus()
+        self._replay(name, body, status)
+        case = self.reconciler.case
+        now = utcnow()
+        entries: list[RunHistoryEntry] = []
+        update: dict[str, Any] = {}
+        if status.phase is None:
+            update["phase"] = "Open"
+            entries.append(RunHistoryEntry(
+                time=now, action="Started", actor=OPERATOR,
+                reason=f"review {spec.review}: {len(spec.subjects)} subject(s), decisions "
+                f"until {_iso(spec.deadline)}, undecided: {spec.when_undecided}"))
+        seen = {(e.actor, e.subject) for e in status.history if e.action in ("Decided",
+                                                                              "Reinstated")}
+        votes = rc.counted(spec, uid, status.decisions, case)
+        for subject in sorted(votes):
+            for reviewer, decision in sorted(votes[subject].items()):
+                if decision == "Reinstate" or (reviewer, subject) in seen:
+                    continue
+                comment = status.decisions[reviewer].subjects[subject].comment
+                entries.append(RunHistoryEntry(
+                    time=now, action="Decided", actor=reviewer, subject=subject,
+                    reason=f"{reviewer}: {decision}" + (f" ({comment})" if comment else "")))
+        outcomes = dict(status.outcomes)
+        if status.phase != "Completed" and rc.complete(spec, uid, status.decisions, now, case):
+            outcomes = rc.outcomes(spec, uid, status.decisions, case)
+            await self._apply(name, spec.subjects, outcomes, now)
+            entries += _outcome_entries(outcomes, now)
+            suspended = rc.suspended(outcomes)
+            summary = (f"{len(outcomes) - len(suspended)} kept, {len(suspended)} suspended "
+                       f"({sum(o.outcome == 'Removed' for o in outcomes.values())} removed by "
+                       "reviewers)")
+            entries.append(RunHistoryEntry(time=now, action="Completed", actor=OPERATOR,
+                                           reason=summary))
+            update.update(phase="Completed", completedAt=_iso(now), message=summary,
+                          outcomes={k: v.wire() for k, v in outcomes.items()})
+        elif status.phase == "Completed":
+            lifted = rc.reinstated(spec, uid, status.decisions, outcomes, case)
+            if lifted:
+                for key, who in lifted.items():
+                    outcomes[key] = outcomes[key].model_copy(update={"reinstated_by": who})
+                await self._apply(name, spec.subjects, outcomes, now)
+                for key, who in sorted(lifted.items()):
+                    entries.append(RunHistoryEntry(time=now, action="Reinstated", actor=who,
+                                                   subject=key, reason=f"reinstated by {who}"))
+                update["outcomes"] = {k: v.wire() for k, v in outcomes.items()}
+        if entries:
+            first = len(status.history)
+            update["history"] = [e.wire() for e in [*status.history, *entries]]
+            written = await self.kube.patch_custom_status(
+                RUNS, name, update, body["metadata"].get("resourceVersion"))
+            for index, entry in enumerate(entries, start=first):
+                self.reconciler.post_later(audit.review_record(self.kube, written, entry,
+                                                               index))
+        if update.get("phase", status.phase) != "Completed":
+            self.reconciler.queue.schedule(RUN + name, spec.deadline)
+
+    def _replay(self, name: str, body: dict[str, Any],
+                status: EligibilityReviewRunStatus) -> None:
+        """Once per run per term: log again the lines of entries a dead leader may have lost."""
+        term = self.reconciler.term
+        if self._replayed.get(name) == term:
+            return
+        self._replayed[name] = term
+        since = self.replay_since()
+        if since is None:
+            return
+        for index, entry in enumerate(status.history):
+            if entry.time >= since:
+                audit.review_line(body, entry, index)
+
+    async def _apply(self, run: str, subjects: Any, outcomes: dict[str, SubjectOutcome],
+                     now: datetime.datetime) -> None:
+        """Each covered eligibility's status.suspended as ``outcomes`` say (idempotent).
+
+        Suspended: Removed or Suspended and not reinstated. Lifted: a subject this run kept (or
+        reinstated) that an earlier run had suspended.
+        """
+        by_eligibility: dict[str, list[Any]] = {}
+        for subject in subjects:
+            by_eligibility.setdefault(subject.eligibility, []).append(subject)
+        for eligibility, listed in sorted(by_eligibility.items()):
+            async with self.reconciler.lock(f"eligibility-status:{eligibility}"):
+                body = await self.kube.get_eligibility(eligibility)
+                if body is None:
+                    continue  # deleted: nobody can request under it anyway
+                try:
+                    held = RoleEligibilityStatus.model_validate(
+                        body.get("status") or {}).suspended
+                except ValidationError:
+                    held = []
+                kept = {s.subject for s in listed if outcomes.get(s.id) is not None and
+                        (outcomes[s.id].outcome == "Kept" or outcomes[s.id].reinstated_by)}
+                out = {s.subject: outcomes[s.id] for s in listed
+                       if s.subject not in kept and s.id in outcomes}
+                result = [entry for entry in held if entry.subject not in kept]
+                present = {entry.subject for entry in result}
+                for subject, outcome in out.items():
+                    if subject not in present:
+                        result.append(Suspension(subject=subject, run=run, at=now,
+                                                 outcome="Removed" if outcome.outcome ==
+                                                 "Removed" else "Suspended"))
+                if result != held:
+                    await self.kube.patch_custom_status(
+                        "roleeligibilities", eligibility,
+                        {"suspended": [entry.wire() for entry in result]},
+                        body["metadata"].get("resourceVersion"))
+
+
+def _outcome_entries(outcomes: dict[str, SubjectOutcome],
+                     now: datetime.datetime) -> list[RunHistoryEntry]:
+    entries = []
+    for key, outcome in sorted(outcomes.items()):
+        actor = ", ".join(outcome.by) if outcome.by else OPERATOR
+        reason = {"Kept": f"kept ({'by ' + actor if outcome.by else 'nobody decided'})",
+                  "Removed": f"removed by {actor}: suspended from the eligibility",
+                  "Suspended": "nobody decided: suspended from the eligibility"}[outcome.outcome]
+        entries.append(RunHistoryEntry(time=now, action=outcome.outcome, actor=actor,
+                                       subject=key, reason=reason))
+    return entries
+
+
+def _ready(ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"condition": {"type": "Ready", "status": "True" if ok else "False",
+                          "reason": reason, "message": message[:1024],
+                          "lastTransitionTime": _iso(utcnow())}}
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+@kopf.on.event(GROUP, REVIEWS, registry=registry)
+async def review_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A review was made, changed or listed: a run may be due."""
+    if type != "DELETED":
+        memo.reconciler.enqueue_key(REVIEW + name)
+
+
+@kopf.on.event(GROUP, RUNS, registry=registry)
+async def run_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A run was made, decided on or listed: record what is new."""
+    if type != "DELETED":
+        memo.reconciler.enqueue_key(RUN + name)

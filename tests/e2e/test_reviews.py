@@ -1,0 +1,104 @@
+"""Access reviews on the real control plane (issue 17, docs/reviews.md): a run made when the
+review is created, carol keeps one subject and removes one, nobody decides on the third; at the
+deadline the removed and the undecided are suspended (their requests refused at kubectl apply,
+naming the run; an active grant revoked), the kept one may still request, and the next run
+starts on schedule."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.e2e import pim
+from tests.e2e.support import Kubectl, OperatorProcess, poll
+
+
+def _runs(kubectl: Kubectl, review: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kubectl.json(
+        "get", "eligibilityreviewruns", "-l", f"pim.kubepim.dev/review={review}")["items"]
+    return sorted(items, key=lambda item: item["spec"]["startedAt"])
+
+
+def _request(kubectl: Kubectl, name: str, namespace: str, user: str,
+             check: bool = True) -> Any:
+    return kubectl("create", "-f", "-", stdin=json.dumps(pim.access_request(
+        name, role={"kind": "Role", "name": "pod-reader"}, namespace=namespace,
+        duration="10m", justification="review test")), as_user=user, check=check)
+
+
+def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
+        kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    pim.pod_reader_for_alice(kubectl, namespace, subjects=[
+        {"kind": "User", "name": who} for who in ("alice", "bob", "dave")],
+        approval={"users": ["carol"]})
+    # bob holds a grant when the review starts.
+    _request(kubectl, f"{namespace}-bob", namespace, "bob")
+    pim.wait_phase(kubectl, f"{namespace}-bob", "Pending")
+    pim.approve(kubectl, f"{namespace}-bob", "carol")
+    pim.wait_phase(kubectl, f"{namespace}-bob", "Active")
+    assert kubectl.can_i("list", "pods", as_user="bob", namespace=namespace) is True
+
+    review = namespace
+    pim.apply(kubectl, {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "EligibilityReview",
+                        "metadata": {"name": review},
+                        "spec": {"eligibilities": {"names": [namespace]}, "every": "40s",
+                                 "decideWithin": "15s", "whenUndecided": "Suspend"}})
+    try:
+        first = poll(lambda: (_runs(kubectl, review) or [None])[0], timeout=20,
+                     what="the first run")
+        run = first["metadata"]["name"]
+        ids = [s["id"] for s in first["spec"]["subjects"]]
+        assert ids == [f"{namespace}/User/alice", f"{namespace}/User/bob",
+                       f"{namespace}/User/dave"]
+        by_id = {s["id"]: s for s in first["spec"]["subjects"]}
+        assert by_id[f"{namespace}/User/bob"]["grants"] == 1  # from kubepim's own records
+        # (kubepim keeps requests 720h by default, less than unusedAfter's 2160h: it says so)
+        assert by_id[f"{namespace}/User/dave"]["recommendation"] == \
+            "no grant in kubepim's records (they reach back 720h)"
+        assert first["spec"]["reviewers"] == [{"eligibility": namespace, "users": ["carol"]}]
+
+        kubectl("patch", "eligibilityreviewrun", run, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"decisions": {"carol": {"subjects": {
+                    f"{namespace}/User/alice": {"decision": "Keep", "comment": "on call"},
+                    f"{namespace}/User/bob": {"decision": "Remove",
+                                              "comment": "moved teams"}}}}}}),
+                as_user="carol")
+
+        done = poll(lambda: (r := kubectl.json("get", "eligibilityreviewrun", run))
+                    .get("status", {}).get("phase") == "Completed" and r, timeout=40,
+                    what="the run completed at its deadline")
+        outcomes = {k: v["outcome"] for k, v in done["status"]["outcomes"].items()}
+        assert outcomes == {f"{namespace}/User/alice": "Kept",
+                            f"{namespace}/User/bob": "Removed",
+                            f"{namespace}/User/dave": "Suspended"}
+        actions = [(e["action"], e.get("subject")) for e in done["status"]["history"]]
+        assert actions.count(("Decided", f"{namespace}/User/bob")) == 1
+        assert actions[0] == ("Started", None) and actions[-1] == ("Completed", None)
+
+        # The removed subject's grant is revoked; the removed and undecided are refused.
+        pim.wait_phase(kubectl, f"{namespace}-bob", "Revoked", timeout=20)
+        assert kubectl.can_i("list", "pods", as_user="bob", namespace=namespace) is False
+        for who in ("bob", "dave"):
+            refused = _request(kubectl, f"{namespace}-{who}-2", namespace, who, check=False)
+            assert refused.returncode != 0
+            assert f"{who} is suspended from RoleEligibility {namespace} by review run {run}" \
+                in refused.stderr
+        _request(kubectl, f"{namespace}-alice", namespace, "alice")  # kept: still eligible
+        eligibility = kubectl.json("get", "roleeligibility", namespace)
+        suspended = {e["subject"]["name"]: e["run"] for e in eligibility["status"]["suspended"]}
+        assert suspended == {"bob": run, "dave": run}
+        condition = poll(lambda: next((c for c in kubectl.json(
+            "get", "roleeligibility", namespace)["status"].get("conditions", [])
+            if c["type"] == "SubjectsSuspended"), None), timeout=10, what="the condition")
+        assert condition["status"] == "True" and "bob" in condition["message"]
+
+        # The next run on schedule, the suspended flagged in its snapshot.
+        second = poll(lambda: (runs := _runs(kubectl, review))[1:] and runs[1], timeout=60,
+                      what="the second run")
+        flagged = {s["subject"]["name"] for s in second["spec"]["subjects"] if s.get("suspended")}
+        assert flagged == {"bob", "dave"}
+    finally:
+        kubectl("delete", "eligibilityreview", review, "--ignore-not-found", check=False)
+        for item in _runs(kubectl, review):
+            kubectl("delete", "eligibilityreviewrun", item["metadata"]["name"],
+                    "--wait=false", check=False)
