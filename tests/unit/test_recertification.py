@@ -257,3 +257,10 @@ def test_a_suspended_subject_leaves_the_eligibility_the_cache_applies_until_lift
     state.observe_eligibility("payments", spec, "6", {}, {"suspended": []})  # reinstated
     assert len((state.eligibilities or {})["payments"].subjects) == 4
     assert state.suspensions() == {}
+
+
+def test_a_comment_with_control_characters_is_refused_by_the_webhooks_rule() -> None:
+    entry = ReviewerDecisions.model_validate({"subjects": {"payments/User/bob": {
+        "decision": "Remove", "comment": "moved\nFAKE LOG LINE"}}})
+    refusal = _check({}, {"carol": entry})
+    assert refusal is not None and "must not contain control characters" in refusal

@@ -22,6 +22,7 @@ from kubepim.api.accessreview import (
     ReviewedSubject,
     ReviewerDecisions,
     SubjectOutcome,
+    plain_text,
 )
 from kubepim.api.common import RoleRef, Subject
 from kubepim.api.eligibility import RoleEligibilitySpec, Suspension
@@ -217,6 +218,9 @@ def check_decisions(run: EligibilityReviewRunSpec, uid: str, phase: str | None,
     subjects = {subject.id: subject for subject in run.subjects}
     for key in sorted(set(mine.subjects) - set(earlier)):
         decision = mine.subjects[key].decision
+        if not plain_text(mine.subjects[key].comment):
+            return (f"the comment on {key} must not contain control characters (newlines, "
+                    "tabs, escapes): write it on one line")
         subject = subjects.get(key)
         if subject is None:
             return f"{key} is not a subject of this run: decide on spec.subjects[].id"
