@@ -1,7 +1,9 @@
 """Compliance export: ``python -m kubepim.export --since 2026-11-01 --until 2026-12-01``.
 
 Prints, as CSV (default) or JSON, every grant whose access overlapped the range: who held which
-role where and when, who approved it and why, read from the cluster's AccessRequests.
+role where and when, who approved it and why, read from the cluster's AccessRequests. With
+``--reviews``: every subject of every access review run started in the range, with its use,
+each reviewer's decision and the outcome (docs/reviews.md).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubepim.api.accessreview import EligibilityReviewRun
 from kubepim.api.request import AccessRequest
-from kubepim.domain.report import COLUMNS, grants, spreadsheet_safe
+from kubepim.domain.report import COLUMNS, REVIEW_COLUMNS, grants, review_rows, spreadsheet_safe
 from kubepim.k8s.client import Kube
 
 
@@ -39,33 +42,49 @@ def main(argv: list[str] | None = None) -> int:
                         help="start of the range (default: 30 days ago)")
     parser.add_argument("--until", type=_moment, default=now, help="end (default: now)")
     parser.add_argument("--format", choices=("csv", "json"), default="csv")
+    parser.add_argument("--reviews", action="store_true",
+                        help="export access review runs (EligibilityReviewRuns) instead")
     parser.add_argument("--kubeconfig", type=Path, default=None,
                         help="kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
     args = parser.parse_args(argv)
     if args.since >= args.until:
         parser.error("--since must be before --until")
 
+    if args.reviews:
+        runs = {}
+        for item in asyncio.run(_list(args.kubeconfig, "eligibilityreviewruns")):
+            try:
+                runs[item["metadata"]["name"]] = EligibilityReviewRun.model_validate(item)
+            except ValidationError:
+                print(f"skipped malformed EligibilityReviewRun {item['metadata']['name']}",
+                      file=sys.stderr)
+        _write(review_rows(runs, args.since, args.until), REVIEW_COLUMNS, args.format)
+        return 0
     requests = {}
-    for item in asyncio.run(_list_requests(args.kubeconfig)):
+    for item in asyncio.run(_list(args.kubeconfig, "accessrequests")):
         try:
             requests[item["metadata"]["name"]] = AccessRequest.model_validate(item)
         except ValidationError:
             print(f"skipped malformed AccessRequest {item['metadata']['name']}", file=sys.stderr)
-    rows = grants(requests, args.since, args.until, now)
-    if args.format == "json":
-        json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(spreadsheet_safe(r.as_dict()) for r in rows)
+    _write([r.as_dict() for r in grants(requests, args.since, args.until, now)], COLUMNS,
+           args.format)
     return 0
 
 
-async def _list_requests(kubeconfig: Path | None) -> list[dict[str, Any]]:
+def _write(rows: list[dict[str, object]], columns: tuple[str, ...], form: str) -> None:
+    if form == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(spreadsheet_safe(row) for row in rows)
+
+
+async def _list(kubeconfig: Path | None, plural: str) -> list[dict[str, Any]]:
     kube = Kube.connect(kubeconfig)
     try:
-        return await kube.list_requests()
+        return await kube.list_custom(plural)
     finally:
         await kube.close()
 

@@ -171,3 +171,18 @@ STANDING_SCAN_SECONDS = Gauge(
     "kubepim_standing_scan_seconds",
     "How long the last full standing-privilege scan took (every role and binding, paged).",
     registry=REGISTRY)
+
+REVIEW_RUNS_OPEN = Gauge(
+    "kubepim_review_runs_open",
+    "EligibilityReviewRuns open for decisions (the leader's count; a standby exports 0).",
+    registry=REGISTRY)
+REVIEW_RUNS_OVERDUE = Gauge(
+    "kubepim_review_runs_overdue",
+    "EligibilityReviewRuns still open a minute past their deadline: their outcome was not "
+    "applied (the operator cannot write the run or an eligibility; docs/reviews.md).",
+    registry=REGISTRY)
+REVIEW_OUTCOMES = Counter(
+    "kubepim_review_outcomes",
+    "Subjects decided by completed access reviews, by outcome: Kept, Removed (a reviewer "
+    "said so), Suspended (nobody decided and the review suspends the undecided).",
+    ["outcome"], registry=REGISTRY)

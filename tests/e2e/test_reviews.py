@@ -6,11 +6,15 @@ starts on schedule."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import subprocess
+import sys
 from typing import Any
 
 from tests.e2e import pim
 from tests.e2e.support import Kubectl, OperatorProcess, poll
+from tests.e2e.test_plugin import plugin
 
 
 def _runs(kubectl: Kubectl, review: str) -> list[dict[str, Any]]:
@@ -58,12 +62,20 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
         assert first["spec"]["reviewers"] == [
             {"eligibility": namespace, "users": ["carol"], "groups": []}]
 
-        kubectl("patch", "eligibilityreviewrun", run, "--subresource=status", "--type=merge",
-                "-p", json.dumps({"status": {"decisions": {"carol": {"subjects": {
-                    f"{namespace}/User/alice": {"decision": "Keep", "comment": "on call"},
-                    f"{namespace}/User/bob": {"decision": "Remove",
-                                              "comment": "moved teams"}}}}}}),
-                as_user="carol")
+        # carol, through kubectl pim: what is hers to decide, then two decisions.
+        listed = plugin(kubectl, "reviews", "--open", as_user="carol")
+        assert listed.returncode == 0, listed.stderr
+        row = next(line.split() for line in listed.stdout.splitlines() if run in line)
+        assert row[2:3] == ["Open"] and row[-2:] == ["3", "3"]
+        decided = plugin(kubectl, "review", run, "--keep", f"{namespace}/User/alice",
+                         "--comment", "on call", as_user="carol")
+        assert decided.returncode == 0, decided.stderr
+        decided = plugin(kubectl, "review", run, "--remove", f"{namespace}/User/bob",
+                         "--comment", "moved teams", as_user="carol")
+        assert decided.returncode == 0, decided.stderr
+        refused = plugin(kubectl, "review", run, "--keep", f"{namespace}/User/dave",
+                         as_user="dave")  # dave may not vouch for himself
+        assert refused.returncode != 0 and "is not a reviewer" in refused.stderr
 
         done = poll(lambda: (r := kubectl.json("get", "eligibilityreviewrun", run))
                     .get("status", {}).get("phase") == "Completed" and r, timeout=40,
@@ -93,11 +105,79 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
             if c["type"] == "SubjectsSuspended"), None), timeout=10, what="the condition")
         assert condition["status"] == "True" and "bob" in condition["message"]
 
+        # The auditor's export of the run: a row per subject, decisions and outcome.
+        exported = subprocess.run(
+            [sys.executable, "-m", "kubepim.export", "--reviews", "--format", "json",
+             f"--kubeconfig={kubectl.kubeconfig}", "--since", "2020-01-01"],
+            capture_output=True, text=True, check=True, timeout=60)
+        rows = {row["subject"]: row for row in json.loads(exported.stdout) if row["run"] == run}
+        assert {who: row["outcome"] for who, row in rows.items()} == \
+            {"alice": "Kept", "bob": "Removed", "dave": "Suspended"}
+        assert rows["bob"]["decisions"] == "carol: Remove (moved teams)"
+        assert rows["alice"]["decisions"] == "carol: Keep (on call)"
+
         # The next run on schedule, the suspended flagged in its snapshot.
         second = poll(lambda: runs[1] if len(runs := _runs(kubectl, review)) > 1 else None,
                       timeout=60, what="the second run")
         flagged = {s["subject"]["name"] for s in second["spec"]["subjects"] if s.get("suspended")}
         assert flagged == {"bob", "dave"}
+    finally:
+        kubectl("delete", "eligibilityreview", review, "--ignore-not-found", check=False)
+        for item in _runs(kubectl, review):
+            kubectl("delete", "eligibilityreviewrun", item["metadata"]["name"],
+                    "--wait=false", check=False)
+
+
+def test_an_operator_killed_at_the_deadline_applies_the_outcome_once_after_restart(
+        kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    pim.pod_reader_for_alice(kubectl, namespace, subjects=[
+        {"kind": "User", "name": who} for who in ("alice", "bob")],
+        approval={"users": ["carol"]})
+    review = namespace
+    pim.apply(kubectl, {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "EligibilityReview",
+                        "metadata": {"name": review},
+                        "spec": {"eligibilities": {"names": [namespace]}, "every": "1h",
+                                 "decideWithin": "8s", "whenUndecided": "Suspend"}})
+    try:
+        run = poll(lambda: (_runs(kubectl, review) or [None])[0], timeout=20,
+                   what="the run")["metadata"]["name"]
+        kubectl("patch", "eligibilityreviewrun", run, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"decisions": {"carol": {"subjects": {
+                    f"{namespace}/User/bob": {"decision": "Remove"}}}}}}), as_user="carol")
+        poll(lambda: any(e["action"] == "Decided" for e in kubectl.json(
+            "get", "eligibilityreviewrun", run)["status"].get("history", [])), timeout=10,
+            what="the decision recorded")
+        deadline = datetime.datetime.fromisoformat(
+            kubectl.json("get", "eligibilityreviewrun", run)["spec"]["deadline"]
+            .replace("Z", "+00:00"))
+        # Killed just before its deadline timer fires; back after it has passed.
+        poll(lambda: datetime.datetime.now(datetime.UTC) >= deadline - datetime.timedelta(
+            seconds=0.5), timeout=15, what="half a second before the deadline")
+        operator.kill()
+        poll(lambda: datetime.datetime.now(datetime.UTC) > deadline, timeout=5,
+             what="the deadline to pass")
+        operator.start()
+        done = poll(lambda: (r := kubectl.json("get", "eligibilityreviewrun", run))
+                    .get("status", {}).get("phase") == "Completed" and r, timeout=30,
+                    what="the run completed after the restart")
+
+        actions = [(e["action"], e.get("subject")) for e in done["status"]["history"]]
+        assert actions == [("Started", None), ("Decided", f"{namespace}/User/bob"),
+                           ("Suspended", f"{namespace}/User/alice"),
+                           ("Removed", f"{namespace}/User/bob"), ("Completed", None)]
+        suspended = kubectl.json("get", "roleeligibility", namespace)["status"]["suspended"]
+        assert sorted(e["subject"]["name"] for e in suspended) == ["alice", "bob"]
+        # Each line at least once; a repeated id repeats the same line; one id per entry.
+        lines = [json.loads(line.partition(" kubepim.audit ")[2])
+                 for line in operator.log().splitlines() if " kubepim.audit " in line]
+        mine = [line for line in lines if line.get("run") == run]
+        first: dict[str, dict[str, Any]] = {}
+        for line in mine:
+            assert first.setdefault(line["id"], line) == line, "a repeated id, other words"
+        uid = done["metadata"]["uid"]
+        assert sorted(first) == [f"{uid}/{i}" for i in range(len(actions))]
+        assert [(first[f"{uid}/{i}"]["action"], first[f"{uid}/{i}"]["subject"])
+                for i in range(len(actions))] == actions
     finally:
         kubectl("delete", "eligibilityreview", review, "--ignore-not-found", check=False)
         for item in _runs(kubectl, review):

@@ -264,3 +264,23 @@ def test_a_comment_with_control_characters_is_refused_by_the_webhooks_rule() -> 
         "decision": "Remove", "comment": "moved\nFAKE LOG LINE"}}})
     refusal = _check({}, {"carol": entry})
     assert refusal is not None and "must not contain control characters" in refusal
+
+
+def test_the_auditors_export_has_a_row_per_subject_with_decisions_and_outcome() -> None:
+    from kubepim.api.accessreview import EligibilityReviewRun
+    from kubepim.domain.report import REVIEW_COLUMNS, review_rows
+
+    spec = run()
+    body = EligibilityReviewRun.model_validate({"spec": spec.wire(), "status": {
+        "phase": "Completed", "completedAt": (T0 + 14 * DAY).isoformat(),
+        "decisions": {"carol": {"subjects": {"payments/User/bob": {
+            "decision": "Remove", "comment": "=moved"}}, "runUid": "run-1"}},
+        "outcomes": {"payments/User/bob": {"outcome": "Removed", "by": ["carol"]},
+                     "payments/User/alice": {"outcome": "Suspended"}}}})
+    rows = review_rows({"quarterly-1": body}, T0 - DAY, T0 + DAY)
+    assert [tuple(row) for row in rows] == [REVIEW_COLUMNS] * 4
+    bob = next(row for row in rows if row["subject"] == "bob")
+    assert (bob["outcome"], bob["decisions"]) == ("Removed", "carol: Remove (=moved)")
+    deployer = next(row for row in rows if row["subject_kind"] == "ServiceAccount")
+    assert (deployer["subject"], deployer["outcome"]) == ("ci/deployer", "Open")
+    assert review_rows({"quarterly-1": body}, T0 + DAY, T0 + 2 * DAY) == []  # out of range

@@ -383,3 +383,10 @@ class Api:
             "PATCH", f"{GROUP_PATH}/accessrequests/{name}/status", {"status": status},
             content_type="application/merge-patch+json")
         return patched
+
+    def patch_run_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of an EligibilityReviewRun's status (the caller's own decisions)."""
+        patched: dict[str, Any] = self.call(
+            "PATCH", f"{GROUP_PATH}/eligibilityreviewruns/{name}/status", {"status": status},
+            content_type="application/merge-patch+json")
+        return patched

@@ -640,6 +640,68 @@ def cmd_watch(api: Api, args: argparse.Namespace) -> int:
 # The command line
 
 
+def _may_review(run: dict[str, Any], subject: dict[str, Any], user: dict[str, Any]) -> bool:
+    """Whether the caller may decide on the subject (the webhook decides; this is the list's)."""
+    name, groups = str(user.get("username") or ""), list(user.get("groups") or [])
+    allowed: dict[str, Any] = next((r for r in run["spec"].get("reviewers") or []
+                    if r.get("eligibility") == subject.get("eligibility")), {})
+    if name not in (allowed.get("users") or []) and \
+            not set(groups) & set(allowed.get("groups") or []):
+        return False
+    who = subject.get("subject") or {}
+    if who.get("kind") == "Group":
+        return who.get("name") not in groups
+    if who.get("kind") == "ServiceAccount":
+        return name != f"system:serviceaccount:{who.get('namespace')}:{who.get('name')}"
+    return who.get("name") != name
+
+
+def cmd_reviews(api: Api, args: argparse.Namespace) -> int:
+    """List access review runs, with what is left for the caller to decide."""
+    user = _me(api)
+    runs = api.list_all(f"{GROUP_PATH}/eligibilityreviewruns")
+    if args.open:
+        runs = [r for r in runs if (r.get("status") or {}).get("phase") != "Completed"]
+    runs.sort(key=lambda r: (r.get("spec") or {}).get("startedAt") or "")
+    if args.output:
+        _dump(runs, args.output, sys.stdout)
+        return EXIT_OK
+    rows = [["NAME", "REVIEW", "PHASE", "DEADLINE", "SUBJECTS", "YOURS TO DECIDE"]]
+    me = str(user.get("username") or "")
+    for run in runs:
+        status = run.get("status") or {}
+        mine = ((status.get("decisions") or {}).get(me) or {}).get("subjects") or {}
+        open_ = status.get("phase") != "Completed"
+        left = [s["id"] for s in run["spec"].get("subjects") or []
+                if open_ and s["id"] not in mine and _may_review(run, s, user)]
+        rows.append([run["metadata"]["name"], run["spec"].get("review", ""),
+                     status.get("phase") or "", run["spec"].get("deadline", ""),
+                     str(len(run["spec"].get("subjects") or [])), str(len(left))])
+    _table(rows, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_review(api: Api, args: argparse.Namespace) -> int:
+    """Record decisions on a run's subjects, as the caller (admission checks who may)."""
+    me = str(_me(api).get("username") or "")
+    subjects: dict[str, Any] = {}
+    for decision, ids in (("Keep", args.keep), ("Remove", args.remove),
+                          ("Reinstate", args.reinstate)):
+        for subject in ids:
+            if subject in subjects:
+                raise Failure(f"{subject} is named twice: one decision per subject")
+            subjects[subject] = {"decision": decision,
+                                 **({"comment": args.comment} if args.comment else {})}
+    if not subjects:
+        raise Failure("name subjects with --keep, --remove or --reinstate (their ids: "
+                      f"kubectl get erun {args.name} -o yaml, spec.subjects[].id)")
+    api.patch_run_status(args.name, {"decisions": {me: {"subjects": subjects}}})
+    for subject, entry in subjects.items():
+        print(f"eligibilityreviewrun/{args.name}: {entry['decision']} {subject} recorded as "
+              f"{me}")
+    return EXIT_OK
+
+
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line.
 
@@ -723,6 +785,17 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.add_argument("--fail-on", choices=["critical", "high", "medium"],
                      help=f"exit {EXIT_FOUND} if anything at or above this severity is listed "
                      "(for CI)")
+    sub = add("reviews", cmd_reviews, "access review runs, and what is yours to decide "
+              "(docs/reviews.md)", ("json", "yaml"))
+    sub.add_argument("--open", action="store_true", help="only runs not completed")
+    sub = add("review", cmd_review, "record your decisions in an access review run")
+    sub.add_argument("name", metavar="RUN", help="the EligibilityReviewRun")
+    for flag, text in (("--keep", "keep this subject eligible"),
+                       ("--remove", "remove (suspend) this subject"),
+                       ("--reinstate", "lift a suspension this completed run made")):
+        sub.add_argument(flag, action="append", default=[], metavar="SUBJECT_ID",
+                         help=f"{text} (repeatable; ids as spec.subjects[].id)")
+    sub.add_argument("--comment", help="why (recorded with each decision)")
     sub = add("show", cmd_show, "one request: timeline, decisions, who may still approve",
               ("json", "yaml"))
     sub.add_argument("name", metavar="NAME", nargs="?",
@@ -811,8 +884,8 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-_COMMANDS = ("eligible", "request", "ls", "watch", "standing", "show", "approve", "deny",
-             "ack", "withdraw", "end", "revoke")
+_COMMANDS = ("eligible", "request", "ls", "watch", "standing", "reviews", "review", "show",
+             "approve", "deny", "ack", "withdraw", "end", "revoke")
 _NAMED = ("show", "approve", "deny", "ack", "withdraw", "end", "revoke")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import asdict, dataclass
 
+from kubepim.api.accessreview import EligibilityReviewRun
 from kubepim.api.request import AccessRequest
 
 COLUMNS = ("request", "requester", "role", "namespace", "activated_at", "ended_at", "ended_by",
@@ -89,3 +90,46 @@ def grants(
             reviewed_by=status.reviewed_by or "",
         )))
     return [row for _, row in sorted(rows, key=lambda pair: (pair[0], pair[1].request))]
+
+
+REVIEW_COLUMNS = ("run", "review", "started_at", "deadline", "completed_at", "eligibility",
+                  "subject_kind", "subject", "last_activated", "grants", "recommendation",
+                  "outcome", "decisions", "reinstated_by")
+
+
+def review_rows(runs: dict[str, EligibilityReviewRun], since: datetime.datetime,
+                until: datetime.datetime) -> list[dict[str, object]]:
+    """One row per subject of every access review run started in [since, until), for auditors.
+
+    ``decisions``: every reviewer's decision on the subject with its comment, as recorded
+    (those the outcome did not count too: the run's history says which counted).
+    """
+    rows: list[dict[str, object]] = []
+    for name in sorted(runs, key=lambda n: (runs[n].spec.started_at, n)):
+        run = runs[name]
+        if not since <= run.spec.started_at < until:
+            continue
+        status = run.status
+        for subject in run.spec.subjects:
+            said = []
+            outcome = None
+            if status is not None:
+                for reviewer in sorted(status.decisions):
+                    decision = status.decisions[reviewer].subjects.get(subject.id)
+                    if decision is not None:
+                        said.append(f"{reviewer}: {decision.decision}" +
+                                    (f" ({decision.comment})" if decision.comment else ""))
+                outcome = status.outcomes.get(subject.id)
+            who = subject.subject.name if subject.subject.kind != "ServiceAccount" else \
+                f"{subject.subject.namespace}/{subject.subject.name}"
+            rows.append({
+                "run": name, "review": run.spec.review, "started_at": _iso(run.spec.started_at),
+                "deadline": _iso(run.spec.deadline),
+                "completed_at": _iso(status.completed_at if status else None),
+                "eligibility": subject.eligibility, "subject_kind": subject.subject.kind,
+                "subject": who, "last_activated": _iso(subject.last_activated),
+                "grants": subject.grants, "recommendation": subject.recommendation,
+                "outcome": outcome.outcome if outcome else "Open",
+                "decisions": "; ".join(said),
+                "reinstated_by": (outcome.reinstated_by or "") if outcome else ""})
+    return rows

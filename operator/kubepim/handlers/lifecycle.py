@@ -124,6 +124,12 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         for item in requests:
             reconciler.enqueue(item["metadata"]["name"], item, slow=True)
         reconciler.queue.resume()
+        try:
+            for hook in reconciler.on_resync:  # access reviews: their timers start again
+                await hook()
+        except Exception as error:
+            logger.warning("could not list access reviews at takeover (%s: %s); the next "
+                           "resync does", type(error).__name__, error)
         removed = await sweep_orphans(reconciler, requests)
         logger.info("took over: revoked %d overdue grant(s), removed %d orphan binding(s)",
                     overdue, removed)

@@ -115,6 +115,8 @@ class Reconciler:
         self._event_slots = asyncio.Semaphore(8)
         # Queue keys of other kinds, by prefix (``review:NAME``, ``run:NAME``): their worker.
         self.keyed: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {}
+        # What the resync (and a takeover) also asks of those kinds: their keys queued again.
+        self.on_resync: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
         self.notifier: Notifier | None = None
         # NotificationRoutes as the route watch last delivered them (by name).

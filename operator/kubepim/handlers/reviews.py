@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kubepim import audit
+from kubepim import audit, metrics
 from kubepim.api.accessreview import (
     EligibilityReviewRun,
     EligibilityReviewRunStatus,
@@ -65,10 +65,37 @@ class Reviews:
         self.retention = retention
         reconciler.keyed[REVIEW] = self.review
         reconciler.keyed[RUN] = self.run
+        reconciler.on_resync.append(self.enqueue_all)
         # Lines a previous leader may have died before logging: entries recorded since this
         # (its last renewal less a margin) are logged again once per run per term.
         self.replay_since: Callable[[], datetime.datetime | None] = lambda: None
         self._replayed: dict[str, int] = {}  # run name -> the term it was replayed in
+        self._open: dict[str, datetime.datetime] = {}  # open run -> its deadline (gauges)
+        metrics.REVIEW_RUNS_OPEN.set_function(
+            lambda: float(len(self._open)) if reconciler.elected() else 0.0)
+        metrics.REVIEW_RUNS_OVERDUE.set_function(lambda: float(self.overdue(utcnow())))
+
+    async def enqueue_all(self) -> None:
+        """Every review, and every run not completed, into the queue.
+
+        At a takeover (a new leader holds no timers) and each resync (an event missed while a
+        watch was down).
+        """
+        for item in await self.kube.list_custom(REVIEWS):
+            self.reconciler.enqueue_key(REVIEW + item["metadata"]["name"])
+        names = [item["metadata"]["name"]
+                 for item in await self.kube.list_custom(RUNS, "status.phase!=Completed")]
+        # (an entry of a run completed while another replica led would count as overdue)
+        self._open = {name: at for name, at in self._open.items() if name in names}
+        for name in names:
+            self.reconciler.enqueue_key(RUN + name)
+
+    def overdue(self, now: datetime.datetime) -> int:
+        """Open runs a minute past their deadline (on the leader; the metrics thread reads)."""
+        if not self.reconciler.elected():
+            return 0
+        late = now - datetime.timedelta(minutes=1)
+        return sum(1 for deadline in list(self._open.values()) if deadline < late)
 
     # Reviews: a run when due, then a timer for the next.
 
@@ -174,6 +201,7 @@ class Reviews:
         if body is None:
             self.reconciler.queue.cancel(RUN + name)
             self._replayed.pop(name, None)
+            self._open.pop(name, None)
             return
         try:
             run = EligibilityReviewRun.model_validate(body)
@@ -236,8 +264,14 @@ class Reviews:
             for index, entry in enumerate(entries, start=first):
                 self.reconciler.post_later(audit.review_record(self.kube, written, entry,
                                                                index))
+            if update.get("phase") == "Completed":
+                for outcome in outcomes.values():
+                    metrics.REVIEW_OUTCOMES.labels(outcome.outcome).inc()
         if update.get("phase", status.phase) != "Completed":
+            self._open[name] = spec.deadline
             self.reconciler.queue.schedule(RUN + name, spec.deadline)
+        else:
+            self._open.pop(name, None)
 
     def _replay(self, name: str, body: dict[str, Any],
                 status: EligibilityReviewRunStatus) -> None:

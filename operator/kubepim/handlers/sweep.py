@@ -156,6 +156,8 @@ async def resync_once(reconciler: Reconciler) -> None:
     # Settled before this list and still remembered: their leave event was missed.
     reconciler.state.drop_settled_before(started)
     reconciler.state.drop_own_deletes_before(time.monotonic() - 300)
+    for hook in reconciler.on_resync:  # (access reviews: every review and open run)
+        await hook()
     metrics.RESYNCS.inc()
 
 

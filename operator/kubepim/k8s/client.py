@@ -316,6 +316,12 @@ class Kube:
             return None
         return obj
 
+    async def list_custom(self, plural: str, field_selector: str | None = None
+                          ) -> list[dict[str, Any]]:
+        """Every cluster-scoped kubepim object of kind ``plural`` (matching the selector)."""
+        return await self._list(f"{_CUSTOM}/{plural}",
+                                {"fieldSelector": field_selector} if field_selector else None)
+
     async def create_custom(self, plural: str, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create a cluster-scoped kubepim object (Conflict: the name is taken)."""
         obj: dict[str, Any] = await self._request("POST", f"{_CUSTOM}/{plural}", manifest)
