@@ -100,6 +100,12 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
         eligibility = kubectl.json("get", "roleeligibility", namespace)
         suspended = {e["subject"]["name"]: e["run"] for e in eligibility["status"]["suspended"]}
         assert suspended == {"bob": run, "dave": run}
+        cleared = kubectl("patch", "roleeligibility", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": {"suspended": []}}),
+                          check=False)  # not even the cluster's admin clears a suspension
+        assert cleared.returncode != 0
+        assert "only the kubepim operator writes the status of a RoleEligibility" in \
+            cleared.stderr
         condition = poll(lambda: next((c for c in kubectl.json(
             "get", "roleeligibility", namespace)["status"].get("conditions", [])
             if c["type"] == "SubjectsSuspended"), None), timeout=10, what="the condition")

@@ -284,3 +284,38 @@ def test_the_auditors_export_has_a_row_per_subject_with_decisions_and_outcome() 
     deployer = next(row for row in rows if row["subject_kind"] == "ServiceAccount")
     assert (deployer["subject"], deployer["outcome"]) == ("ci/deployer", "Open")
     assert review_rows({"quarterly-1": body}, T0 + DAY, T0 + 2 * DAY) == []  # out of range
+
+
+def test_a_suspended_subject_nobody_vouches_for_stays_suspended_whatever_the_default() -> None:
+    spec = rc.snapshot(review(whenUndecided="Keep"), "quarterly",
+                       {"payments": eligibility(SUBJECTS)},
+                       {"payments": ["payments/User/bob"]}, [], T0)
+    found = rc.outcomes(spec, "run-1", {})
+    assert found["payments/User/bob"].outcome == "Suspended"  # not lifted by the default
+    assert found["payments/User/alice"].outcome == "Kept"
+    kept = rc.outcomes(spec, "run-1", {"carol": decided(User__bob="Keep")})
+    assert (kept["payments/User/bob"].outcome, kept["payments/User/bob"].by) == \
+        ("Kept", ["carol"])  # a reviewer's Keep lifts it
+
+
+def test_an_entry_without_a_decision_is_refused_so_nobody_fills_the_reviewer_slots() -> None:
+    empty = ReviewerDecisions.model_validate({"subjects": {}})
+    refusal = _check({}, {"mallory": empty}, user="mallory")
+    assert refusal is not None and "holds no decision" in refusal
+
+
+def test_a_suspension_holds_against_the_same_identity_spelled_another_way() -> None:
+    from kubepim.engine.state import State
+
+    spec = eligibility([{"kind": "User", "name": "alice"},
+                        {"kind": "User", "name": "system:serviceaccount:ci:deployer"},
+                        {"kind": "User", "name": "bob", "namespace": "anything"}]).wire()
+    status = {"suspended": [
+        {"subject": {"kind": "ServiceAccount", "namespace": "ci", "name": "deployer"},
+         "run": "r", "at": "2026-04-15T00:00:00Z", "outcome": "Removed"},
+        {"subject": {"kind": "User", "name": "bob"}, "run": "r", "at": "2026-04-15T00:00:00Z",
+         "outcome": "Suspended"}]}
+    state = State()
+    state.apply_eligibility_list([{"metadata": {"name": "payments", "resourceVersion": "5"},
+                                   "spec": spec, "status": status}], 5)
+    assert [s.name for s in (state.eligibilities or {})["payments"].subjects] == ["alice"]

@@ -234,8 +234,9 @@ class EligibilityReviewRunStatus(Model):
         description="Per subject id, once Completed.")
     completed_at: datetime.datetime | None = Field(default=None,
                                                    description="When the outcome applied.")
-    conditions: list[Condition] = Field(default_factory=list,
-                                        description="Completed, with the counts.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Completed: when and why (Deadline, or AllDecided: "
+        "every subject had a decision — the first full answer closes the run), with counts.")
     history: list[RunHistoryEntry] = Field(
         default_factory=list, description="Every decision and outcome, in order (append-only).")
     message: str = Field(default="", description="Human-readable state.")

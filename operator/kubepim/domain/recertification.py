@@ -104,6 +104,16 @@ class Grant:
     activated_at: datetime.datetime
 
 
+def identity(subject: Subject) -> tuple[str, str]:
+    """Who a subject entry names, however it is spelled.
+
+    A username (a User, or a ServiceAccount's system:serviceaccount:NS:NAME), or a group.
+    """
+    if subject.kind == "Group":
+        return "group", subject.name
+    return "user", subject.username() or subject.name
+
+
 def holds(subject: Subject, username: str, groups: Iterable[str], case: Case) -> bool:
     """Whether an identity is (a member of) the subject, usernames compared as ``case`` says."""
     if subject.kind == "Group":
@@ -212,6 +222,9 @@ def check_decisions(run: EligibilityReviewRunSpec, uid: str, phase: str | None,
     if mine is None:
         return None if before is None else "a reviewer's decisions may not be removed"
     earlier = before.subjects if before is not None else {}
+    if before is None and not mine.subjects:
+        return (f"{username}'s entry holds no decision: add decisions under "
+                f"status.decisions[\"{username}\"].subjects")
     for key, given in earlier.items():
         if mine.subjects.get(key) != given:
             return f"a decision is final: {username}'s decision on {key} may not change"
@@ -293,6 +306,8 @@ def outcomes(run: EligibilityReviewRunSpec, uid: str,
             result[subject.id] = SubjectOutcome(outcome="Removed", by=removers)
         elif keepers:
             result[subject.id] = SubjectOutcome(outcome="Kept", by=keepers)
+        elif subject.suspended:  # suspended before and nobody vouched: stays suspended
+            result[subject.id] = SubjectOutcome(outcome="Suspended")
         else:
             result[subject.id] = SubjectOutcome(
                 outcome="Suspended" if run.when_undecided == "Suspend" else "Kept")

@@ -28,6 +28,7 @@ from kubepim.api.common import LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
 from kubepim.api.request import Phase
 from kubepim.domain.admission import privileged
+from kubepim.domain.recertification import identity
 from kubepim.domain.review import RoleKey, selector_matches
 
 
@@ -568,8 +569,10 @@ def _eligibility(spec: Any, status: Any = None) -> RoleEligibilitySpec | None:
     suspended = _suspended(status)
     if not suspended:
         return parsed
-    gone = {entry.subject for entry in suspended}
-    return parsed.model_copy(update={"subjects": [s for s in parsed.subjects if s not in gone]})
+    # By identity, not spelling: the same user listed again another way stays suspended.
+    gone = {identity(entry.subject) for entry in suspended}
+    return parsed.model_copy(update={"subjects": [s for s in parsed.subjects
+                                                  if identity(s) not in gone]})
 
 
 def _suspended(status: Any) -> list[Suspension]:

@@ -6,6 +6,7 @@ spec and metadata belong to whoever applies it (GitOps).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 from typing import Any, Literal
@@ -14,9 +15,10 @@ import kopf
 from pydantic import ValidationError
 
 from kubepim import metrics
-from kubepim.api.common import GROUP, Condition
+from kubepim.api.common import GROUP, Condition, Subject
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import admission, notify
+from kubepim.domain import recertification as rc
 
 from . import registry
 from .reconcile import Reconciler, utcnow
@@ -121,8 +123,15 @@ def _suspended(body: dict[str, Any], generation: int) -> dict[str, Any] | None:
     held = (body.get("status") or {}).get("suspended") or []
     if not held:
         return None
-    listed = [s for s in (body.get("spec") or {}).get("subjects") or []]
-    still = [entry for entry in held if entry.get("subject") in listed]
+    listed = set()
+    for subject in (body.get("spec") or {}).get("subjects") or []:
+        with contextlib.suppress(ValidationError):
+            listed.add(rc.identity(Subject.model_validate(subject)))
+    still = []
+    for entry in held:
+        with contextlib.suppress(ValidationError):
+            if rc.identity(Subject.model_validate(entry.get("subject") or {})) in listed:
+                still.append(entry)  # (listed again in any spelling: still suspended)
     if still:
         names = ", ".join(f"{e['subject'].get('kind')} {e['subject'].get('name')} (review run "
                           f"{e.get('run')})" for e in still)

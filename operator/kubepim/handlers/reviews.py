@@ -55,6 +55,10 @@ def _time(value: Any) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+class TooLarge(Exception):
+    """A run would hold more than its kind allows."""
+
+
 class Reviews:
     """The queue's work for EligibilityReviews and their runs."""
 
@@ -71,6 +75,7 @@ class Reviews:
         self.replay_since: Callable[[], datetime.datetime | None] = lambda: None
         self._replayed: dict[str, int] = {}  # run name -> the term it was replayed in
         self._open: dict[str, datetime.datetime] = {}  # open run -> its deadline (gauges)
+        self._listed_in_term = -1  # the term whose takeover listed every run
         metrics.REVIEW_RUNS_OPEN.set_function(
             lambda: float(len(self._open)) if reconciler.elected() else 0.0)
         metrics.REVIEW_RUNS_OVERDUE.set_function(lambda: float(self.overdue(utcnow())))
@@ -83,8 +88,17 @@ class Reviews:
         """
         for item in await self.kube.list_custom(REVIEWS):
             self.reconciler.enqueue_key(REVIEW + item["metadata"]["name"])
-        names = [item["metadata"]["name"]
-                 for item in await self.kube.list_custom(RUNS, "status.phase!=Completed")]
+        # A term's first time, completed runs too (a Reinstate recorded while no replica led;
+        # lines a dead leader did not log): a resync after it lists only open ones.
+        everything = self._listed_in_term != self.reconciler.term
+        runs = await self.kube.list_custom(RUNS, None if everything else
+                                           "status.phase!=Completed")
+        self._listed_in_term = self.reconciler.term
+        names = [item["metadata"]["name"] for item in runs
+                 if (item.get("status") or {}).get("phase") != "Completed"]
+        for item in runs:
+            if (item.get("status") or {}).get("phase") == "Completed":
+                self.reconciler.enqueue_key(RUN + item["metadata"]["name"])
         # (an entry of a run completed while another replica led would count as overdue)
         self._open = {name: at for name, at in self._open.items() if name in names}
         for name in names:
@@ -117,7 +131,12 @@ class Reviews:
         due = rc.due_run(spec, created, last, now)
         update: dict[str, Any] = {}
         if due is not None:
-            run = await self._make_run(name, spec, due, now)
+            try:
+                run = await self._make_run(name, spec, due, now)
+            except TooLarge as error:
+                await self._review_status(name, status,
+                                          _ready(False, "TooManySubjects", str(error)))
+                return  # (a change of the review or its eligibilities tries again)
             last = due
             update.update(lastRun=run, lastRunAt=_iso(due))
         upcoming = rc.next_run(spec, created, last)
@@ -165,10 +184,16 @@ class Reviews:
                 continue  # (not Ready: nobody can request under it)
             suspended[item_name] = [rc.subject_id(item_name, s.subject) for s in held]
         grants = await self._grants()
-        run = rc.snapshot(spec, review, specs, suspended, grants, now, self.reconciler.case,
-                          records_since=now - self.retention)
+        try:
+            run = rc.snapshot(spec, review, specs, suspended, grants, now, self.reconciler.case,
+                              records_since=now - self.retention)
+        except ValidationError as error:  # (more subjects than one run holds)
+            raise TooLarge(f"the covered eligibilities list more subjects than one run holds "
+                           f"(1,000): split this review by eligibility ({error.error_count()} "
+                           "error(s))") from error
         manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EligibilityReviewRun",
-                    "metadata": {"name": name, "labels": {REVIEW_LABEL: review[:63]}},
+                    "metadata": {"name": name,
+                                 "labels": {REVIEW_LABEL: review[:63].rstrip("-.")}},
                     "spec": run.wire()}
         with contextlib.suppress(Conflict):  # made by an earlier attempt whose answer was lost
             await self.kube.create_custom(RUNS, manifest)
@@ -229,10 +254,10 @@ class Reviews:
             for reviewer, decision in sorted(votes[subject].items()):
                 if decision == "Reinstate" or (reviewer, subject) in seen:
                     continue
-                comment = status.decisions[reviewer].subjects[subject].comment
-                entries.append(RunHistoryEntry(
-                    time=now, action="Decided", actor=reviewer, subject=subject,
-                    reason=f"{reviewer}: {decision}" + (f" ({comment})" if comment else "")))
+                # (the comment stays in status.decisions: not copied, so the history stays
+                # small enough for a run of 1,000 subjects to be written)
+                entries.append(RunHistoryEntry(time=now, action="Decided", actor=reviewer,
+                                               subject=subject, reason=f"{reviewer}: {decision}"))
         outcomes = dict(status.outcomes)
         if status.phase != "Completed" and rc.complete(spec, uid, status.decisions, now, case):
             outcomes = rc.outcomes(spec, uid, status.decisions, case)
@@ -245,13 +270,17 @@ class Reviews:
             entries.append(RunHistoryEntry(time=now, action="Completed", actor=OPERATOR,
                                            reason=summary))
             update.update(phase="Completed", completedAt=_iso(now), message=summary,
-                          outcomes={k: v.wire() for k, v in outcomes.items()})
+                          outcomes={k: v.wire() for k, v in outcomes.items()},
+                          conditions=[{"type": "Completed", "status": "True",
+                                       "reason": "Deadline" if now >= spec.deadline
+                                       else "AllDecided", "message": summary,
+                                       "lastTransitionTime": _iso(now)}])
         elif status.phase == "Completed":
             lifted = rc.reinstated(spec, uid, status.decisions, outcomes, case)
             if lifted:
                 for key, who in lifted.items():
                     outcomes[key] = outcomes[key].model_copy(update={"reinstated_by": who})
-                await self._apply(name, spec.subjects, outcomes, now)
+                await self._apply(name, spec.subjects, outcomes, now, set(lifted))
                 for key, who in sorted(lifted.items()):
                     entries.append(RunHistoryEntry(time=now, action="Reinstated", actor=who,
                                                    subject=key, reason=f"reinstated by {who}"))
@@ -288,11 +317,14 @@ class Reviews:
                 audit.review_line(body, entry, index)
 
     async def _apply(self, run: str, subjects: Any, outcomes: dict[str, SubjectOutcome],
-                     now: datetime.datetime) -> None:
+                     now: datetime.datetime, reinstated: set[str] | None = None) -> None:
         """Each covered eligibility's status.suspended as ``outcomes`` say (idempotent).
 
-        Suspended: Removed or Suspended and not reinstated. Lifted: a subject this run kept (or
-        reinstated) that an earlier run had suspended.
+        Suspended: Removed or Suspended and not reinstated. Lifted: a subject a reviewer kept
+        in this run (never the undecided default). Subjects are matched by identity (the
+        username, or the group), not by how the entry is spelled. ``reinstated`` (subject ids):
+        only these are lifted, and only from suspensions this very run made — a reinstatement
+        on an old run never undoes what a later run decided.
         """
         by_eligibility: dict[str, list[Any]] = {}
         for subject in subjects:
@@ -307,17 +339,24 @@ class Reviews:
                         body.get("status") or {}).suspended
                 except ValidationError:
                     held = []
-                kept = {s.subject for s in listed if outcomes.get(s.id) is not None and
-                        (outcomes[s.id].outcome == "Kept" or outcomes[s.id].reinstated_by)}
-                out = {s.subject: outcomes[s.id] for s in listed
-                       if s.subject not in kept and s.id in outcomes}
-                result = [entry for entry in held if entry.subject not in kept]
-                present = {entry.subject for entry in result}
-                for subject, outcome in out.items():
-                    if subject not in present:
-                        result.append(Suspension(subject=subject, run=run, at=now,
-                                                 outcome="Removed" if outcome.outcome ==
-                                                 "Removed" else "Suspended"))
+                if reinstated is not None:
+                    lifted = {rc.identity(s.subject) for s in listed if s.id in reinstated}
+                    result = [e for e in held
+                              if not (e.run == run and rc.identity(e.subject) in lifted)]
+                else:
+                    lifted = {rc.identity(s.subject) for s in listed
+                              if s.id in outcomes and outcomes[s.id].outcome == "Kept"
+                              and outcomes[s.id].by}
+                    result = [e for e in held if rc.identity(e.subject) not in lifted]
+                    present = {rc.identity(e.subject) for e in result}
+                    for s in listed:
+                        outcome = outcomes.get(s.id)
+                        if outcome is None or outcome.outcome == "Kept" or \
+                                outcome.reinstated_by or rc.identity(s.subject) in present:
+                            continue
+                        present.add(rc.identity(s.subject))
+                        result.append(Suspension(subject=s.subject, run=run, at=now,
+                                                 outcome=outcome.outcome))
                 if result != held:
                     await self.kube.patch_custom_status(
                         "roleeligibilities", eligibility,
