@@ -127,6 +127,19 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
                       timeout=60, what="the second run")
         flagged = {s["subject"]["name"] for s in second["spec"]["subjects"] if s.get("suspended")}
         assert flagged == {"bob", "dave"}
+
+        # Deleted and made again from git, the eligibility gets its suspensions back (the
+        # completed run is the record): bob is still refused.
+        manifest = kubectl.json("get", "roleeligibility", namespace)
+        kubectl("delete", "roleeligibility", namespace)
+        pim.apply(kubectl, {"apiVersion": manifest["apiVersion"], "kind": manifest["kind"],
+                            "metadata": {"name": namespace}, "spec": manifest["spec"]})
+        poll(lambda: {e["subject"]["name"] for e in (kubectl.json(
+            "get", "roleeligibility", namespace).get("status") or {}).get("suspended", [])}
+            == {"bob", "dave"}, timeout=15, what="the suspensions restored")
+        refused = _request(kubectl, f"{namespace}-bob-3", namespace, "bob", check=False)
+        assert refused.returncode != 0 and "bob is suspended from RoleEligibility" in \
+            refused.stderr
     finally:
         kubectl("delete", "eligibilityreview", review, "--ignore-not-found", check=False)
         for item in _runs(kubectl, review):

@@ -319,3 +319,27 @@ def test_a_suspension_holds_against_the_same_identity_spelled_another_way() -> N
     state.apply_eligibility_list([{"metadata": {"name": "payments", "resourceVersion": "5"},
                                    "spec": spec, "status": status}], 5)
     assert [s.name for s in (state.eligibilities or {})["payments"].subjects] == ["alice"]
+
+
+def test_completed_runs_are_the_record_of_who_stays_suspended() -> None:
+    spec = run()
+    removed = SubjectOutcome(outcome="Removed", by=["carol"])
+    kept = SubjectOutcome(outcome="Kept", by=["carol"])
+    default = SubjectOutcome(outcome="Kept")
+    bob, dave = "payments/User/bob", "payments/User/alice"
+
+    def fold(*runs: tuple[str, int, dict[str, SubjectOutcome]]) -> dict[str, str]:
+        found = rc.standing_suspensions(
+            [(name, spec, T0 + day * DAY, outcomes) for name, day, outcomes in runs],
+            "payments")
+        return {who[1]: entry.run for who, entry in found.items()}
+
+    assert fold(("q1", 1, {bob: removed})) == {"bob": "q1"}
+    assert fold(("q2", 2, {bob: kept}), ("q1", 1, {bob: removed})) == {}  # kept later: lifted
+    assert fold(("q1", 1, {bob: removed}), ("q2", 2, {bob: default})) == {"bob": "q1"}
+    again = removed.model_copy(update={"reinstated_by": "carol"})
+    assert fold(("q1", 1, {bob: again})) == {}  # reinstated
+    # Reinstated on q1, but q2 (later) removed bob again: q2's suspension holds.
+    assert fold(("q1", 1, {bob: again}), ("q2", 2, {bob: removed})) == {"bob": "q2"}
+    assert fold(("q1", 1, {dave: SubjectOutcome(outcome="Suspended")})) == {"alice": "q1"}
+    assert rc.standing_suspensions([("q1", spec, T0, {bob: removed})], "other") == {}

@@ -357,3 +357,32 @@ def suspension_note(suspensions: Mapping[str, Sequence[Suspension]],
                              f"{entry.run} ({entry.outcome.lower()} "
                              f"{entry.at.isoformat(timespec='seconds')})")
     return "; ".join(notes) or None
+
+
+def standing_suspensions(runs: Iterable[tuple[str, EligibilityReviewRunSpec,
+                                              datetime.datetime, Mapping[str, SubjectOutcome]]],
+                         eligibility: str) -> dict[tuple[str, str], Suspension]:
+    """The suspensions completed runs leave on ``eligibility``, by identity: their record.
+
+    ``runs``: (name, spec, completed at, outcomes) of completed runs. Folded in completion
+    order: a Removed or Suspended outcome suspends (the latest run that did is named); a
+    reviewer's Keep lifts; a reinstated subject is lifted as of its run (a later run that
+    suspended it again still holds). The
+    eligibility's status.suspended must hold at least these: one deleted and made again, or a
+    status cleared, gets them back (docs/reviews.md).
+    """
+    held: dict[tuple[str, str], Suspension] = {}
+    for name, spec, completed_at, outcomes in sorted(runs, key=lambda r: (r[2], r[0])):
+        for subject in spec.subjects:
+            outcome = outcomes.get(subject.id)
+            if subject.eligibility != eligibility or outcome is None:
+                continue
+            who = identity(subject.subject)
+            if outcome.reinstated_by:  # (its own suspension, made and lifted; a later run's
+                held.pop(who, None)        # suspension comes after it in this order)
+            elif outcome.outcome in ("Removed", "Suspended"):
+                held[who] = Suspension(subject=subject.subject, run=name, at=completed_at,
+                                       outcome=outcome.outcome)
+            elif outcome.by:
+                held.pop(who, None)
+    return held

@@ -176,6 +176,8 @@ async def roleeligibility_event(
     # enqueue keeps nothing on a standby, whose takeover reconciles everything.
     for request in reconciler.state.governed_by(name):
         reconciler.enqueue(request)
+    if type != "DELETED" and memo.get("reviews") is not None:
+        memo.reviews.eligibility_changed(name)  # (made again: its suspensions come back)
     if type != "DELETED" and reconciler.leading():
         await _report(reconciler, name, dict(body))
 

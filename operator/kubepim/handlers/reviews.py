@@ -44,7 +44,7 @@ from .reconcile import Reconciler, utcnow
 
 logger = logging.getLogger(__name__)
 
-REVIEW, RUN = "review:", "run:"
+REVIEW, RUN, RESTORE = "review:", "run:", "suspensions:"
 REVIEWS, RUNS = "eligibilityreviews", "eligibilityreviewruns"
 REVIEW_LABEL = f"{GROUP}/review"
 
@@ -69,6 +69,11 @@ class Reviews:
         self.retention = retention
         reconciler.keyed[REVIEW] = self.review
         reconciler.keyed[RUN] = self.run
+        reconciler.keyed[RESTORE] = self.restore
+        # Completed runs, the record of who is suspended (the watch keeps it; a term's first
+        # listing fills it whole, and only then are suspensions restored from it).
+        self._completed: dict[str, tuple[Any, datetime.datetime, dict[str, SubjectOutcome]]] = {}
+        self._loaded_in_term = -1
         reconciler.on_resync.append(self.enqueue_all)
         # Lines a previous leader may have died before logging: entries recorded since this
         # (its last renewal less a margin) are logged again once per run per term.
@@ -94,6 +99,14 @@ class Reviews:
         runs = await self.kube.list_custom(RUNS, None if everything else
                                            "status.phase!=Completed")
         self._listed_in_term = self.reconciler.term
+        if everything:
+            self._completed = {}
+            for item in runs:
+                self.observe_run(item)
+            self._loaded_in_term = self.reconciler.term
+            for eligibility in sorted({s.eligibility for spec, _, _ in self._completed.values()
+                                       for s in spec.subjects}):
+                self.reconciler.enqueue_key(RESTORE + eligibility)
         names = [item["metadata"]["name"] for item in runs
                  if (item.get("status") or {}).get("phase") != "Completed"]
         for item in runs:
@@ -103,6 +116,58 @@ class Reviews:
         self._open = {name: at for name, at in self._open.items() if name in names}
         for name in names:
             self.reconciler.enqueue_key(RUN + name)
+
+    def observe_run(self, body: dict[str, Any] | None, name: str | None = None) -> None:
+        """Keep the record of completed runs current (``body`` None: the run was deleted)."""
+        if body is None:
+            self._completed.pop(name or "", None)
+            return
+        try:
+            run = EligibilityReviewRun.model_validate(body)
+        except ValidationError:
+            return
+        if run.status is not None and run.status.phase == "Completed":
+            self._completed[body["metadata"]["name"]] = (
+                run.spec, run.status.completed_at or run.spec.deadline,
+                dict(run.status.outcomes))
+
+    def eligibility_changed(self, name: str) -> None:
+        """An eligibility was made, changed or had its status written: restore suspensions."""
+        if self._loaded_in_term == self.reconciler.term and any(
+                s.eligibility == name for spec, _, _ in self._completed.values()
+                for s in spec.subjects):
+            self.reconciler.enqueue_key(RESTORE + name)
+
+    async def restore(self, eligibility: str) -> None:
+        """Add to the eligibility's status.suspended what completed runs say it lacks.
+
+        Only adds: a RoleEligibility deleted and made again (or a status cleared) gets its
+        suspensions back; lifting is a run's alone (a Keep, a reinstatement).
+        """
+        if self._loaded_in_term != self.reconciler.term:
+            return  # (the record is not whole yet: the term's first listing queues this again)
+        record = rc.standing_suspensions(
+            ((name, spec, at, outcomes) for name, (spec, at, outcomes) in
+             self._completed.items()), eligibility)
+        if not record:
+            return
+        async with self.reconciler.lock(f"eligibility-status:{eligibility}"):
+            body = await self.kube.get_eligibility(eligibility)
+            if body is None:
+                return
+            try:
+                held = RoleEligibilityStatus.model_validate(body.get("status") or {}).suspended
+            except ValidationError:
+                held = []
+            present = {rc.identity(entry.subject) for entry in held}
+            missing = [entry for who, entry in sorted(record.items()) if who not in present]
+            if missing:
+                logger.info("RoleEligibility %s: %d suspension(s) restored from completed "
+                            "review runs", eligibility, len(missing))
+                await self.kube.patch_custom_status(
+                    "roleeligibilities", eligibility,
+                    {"suspended": [entry.wire() for entry in [*held, *missing]]},
+                    body["metadata"].get("resourceVersion"))
 
     def overdue(self, now: datetime.datetime) -> int:
         """Open runs a minute past their deadline (on the leader; the metrics thread reads)."""
@@ -296,6 +361,7 @@ class Reviews:
             if update.get("phase") == "Completed":
                 for outcome in outcomes.values():
                     metrics.REVIEW_OUTCOMES.labels(outcome.outcome).inc()
+            self.observe_run(written)
         if update.get("phase", status.phase) != "Completed":
             self._open[name] = spec.deadline
             self.reconciler.queue.schedule(RUN + name, spec.deadline)
@@ -347,16 +413,20 @@ class Reviews:
                     lifted = {rc.identity(s.subject) for s in listed
                               if s.id in outcomes and outcomes[s.id].outcome == "Kept"
                               and outcomes[s.id].by}
-                    result = [e for e in held if rc.identity(e.subject) not in lifted]
+                    # Suspended again: this run's entry replaces an earlier one (the latest run
+                    # that suspended names it; only its reinstatement lifts it).
+                    again = {rc.identity(s.subject): s for s in listed
+                             if s.id in outcomes and outcomes[s.id].outcome != "Kept"
+                             and not outcomes[s.id].reinstated_by}
+                    result = [e for e in held if rc.identity(e.subject) not in lifted
+                              and (rc.identity(e.subject) not in again or e.run == run)]
                     present = {rc.identity(e.subject) for e in result}
-                    for s in listed:
-                        outcome = outcomes.get(s.id)
-                        if outcome is None or outcome.outcome == "Kept" or \
-                                outcome.reinstated_by or rc.identity(s.subject) in present:
-                            continue
-                        present.add(rc.identity(s.subject))
-                        result.append(Suspension(subject=s.subject, run=run, at=now,
-                                                 outcome=outcome.outcome))
+                    for who, s in again.items():
+                        if who not in present:
+                            result.append(Suspension(
+                                subject=s.subject, run=run, at=now,
+                                outcome="Removed" if outcomes[s.id].outcome == "Removed"
+                                else "Suspended"))
                 if result != held:
                     await self.kube.patch_custom_status(
                         "roleeligibilities", eligibility,
@@ -395,7 +465,9 @@ async def review_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -
 
 
 @kopf.on.event(GROUP, RUNS, registry=registry)
-async def run_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def run_event(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo,
+                    **_: Any) -> None:
     """A run was made, decided on or listed: record what is new."""
+    memo.reviews.observe_run(None if type == "DELETED" else dict(body), name)
     if type != "DELETED":
         memo.reconciler.enqueue_key(RUN + name)
