@@ -97,6 +97,9 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
             assert f"{who} is suspended from RoleEligibility {namespace} by review run {run}" \
                 in refused.stderr
         _request(kubectl, f"{namespace}-alice", namespace, "alice")  # kept: still eligible
+        offered = plugin(kubectl, "eligible", "-o", "json", as_user="bob")
+        assert offered.returncode == 0, offered.stderr
+        assert namespace not in [o["eligibility"] for o in json.loads(offered.stdout)]
         eligibility = kubectl.json("get", "roleeligibility", namespace)
         suspended = {e["subject"]["name"]: e["run"] for e in eligibility["status"]["suspended"]}
         assert suspended == {"bob": run, "dave": run}

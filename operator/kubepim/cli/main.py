@@ -159,16 +159,24 @@ def _me(api: Api) -> dict[str, Any]:
 
 
 def _eligibility_specs(api: Api) -> dict[str, Any]:
-    """Every valid RoleEligibility's spec by name (invalid ones ignored, as admission does)."""
-    from kubepim.api.eligibility import RoleEligibilitySpec
+    """Every valid RoleEligibility's spec by name, as admission applies it.
+
+    Invalid ones ignored, as admission does; less the subjects access reviews suspended.
+    """
+    from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus
+    from kubepim.domain.recertification import effective
 
     specs = {}
     for item in api.eligibilities():
         try:
-            specs[item["metadata"]["name"]] = RoleEligibilitySpec.model_validate(
-                item.get("spec") or {})
+            spec = RoleEligibilitySpec.model_validate(item.get("spec") or {})
         except ValueError:
             continue
+        try:
+            suspended = RoleEligibilityStatus.model_validate(item.get("status") or {}).suspended
+        except ValueError:
+            suspended = []
+        specs[item["metadata"]["name"]] = effective(spec, suspended)
     return specs
 
 

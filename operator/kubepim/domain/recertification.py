@@ -386,3 +386,15 @@ def standing_suspensions(runs: Iterable[tuple[str, EligibilityReviewRunSpec,
             elif outcome.by:
                 held.pop(who, None)
     return held
+
+
+def effective(spec: RoleEligibilitySpec, suspended: Iterable[Suspension]) -> RoleEligibilitySpec:
+    """The eligibility as admission and the reconciler apply it.
+
+    Its subjects less those access reviews suspended, matched by identity.
+    """
+    gone = {identity(entry.subject) for entry in suspended}
+    if not gone:
+        return spec
+    return spec.model_copy(update={"subjects": [s for s in spec.subjects
+                                                if identity(s) not in gone]})

@@ -28,7 +28,7 @@ from kubepim.api.common import LabelSelector
 from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
 from kubepim.api.request import Phase
 from kubepim.domain.admission import privileged
-from kubepim.domain.recertification import identity
+from kubepim.domain.recertification import effective
 from kubepim.domain.review import RoleKey, selector_matches
 
 
@@ -566,13 +566,8 @@ def _eligibility(spec: Any, status: Any = None) -> RoleEligibilitySpec | None:
         parsed = RoleEligibilitySpec.model_validate(spec or {})
     except ValidationError:
         return None
-    suspended = _suspended(status)
-    if not suspended:
-        return parsed
     # By identity, not spelling: the same user listed again another way stays suspended.
-    gone = {identity(entry.subject) for entry in suspended}
-    return parsed.model_copy(update={"subjects": [s for s in parsed.subjects
-                                                  if identity(s) not in gone]})
+    return effective(parsed, _suspended(status))
 
 
 def _suspended(status: Any) -> list[Suspension]:
