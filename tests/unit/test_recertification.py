@@ -322,24 +322,86 @@ def test_a_suspension_holds_against_the_same_identity_spelled_another_way() -> N
 
 
 def test_completed_runs_are_the_record_of_who_stays_suspended() -> None:
-    spec = run()
     removed = SubjectOutcome(outcome="Removed", by=["carol"])
     kept = SubjectOutcome(outcome="Kept", by=["carol"])
     default = SubjectOutcome(outcome="Kept")
-    bob, dave = "payments/User/bob", "payments/User/alice"
+    again = removed.model_copy(update={"reinstated_by": "carol"})
+    bob, alice = "payments/User/bob", "payments/User/alice"
 
-    def fold(*runs: tuple[str, int, dict[str, SubjectOutcome]]) -> dict[str, str]:
+    def made(started: int, flagged: tuple[str, ...] = ()) -> EligibilityReviewRunSpec:
+        return rc.snapshot(review(), "q", {"payments": eligibility(SUBJECTS)},
+                           {"payments": list(flagged)}, [], T0 + started * DAY)
+
+    def fold(*runs: tuple[str, EligibilityReviewRunSpec, int, dict[str, SubjectOutcome]]
+             ) -> dict[str, str]:
         found = rc.standing_suspensions(
-            [(name, spec, T0 + day * DAY, outcomes) for name, day, outcomes in runs],
+            [(name, spec, T0 + day * DAY, outcomes) for name, spec, day, outcomes in runs],
             "payments")
         return {who[1]: entry.run for who, entry in found.items()}
 
-    assert fold(("q1", 1, {bob: removed})) == {"bob": "q1"}
-    assert fold(("q2", 2, {bob: kept}), ("q1", 1, {bob: removed})) == {}  # kept later: lifted
-    assert fold(("q1", 1, {bob: removed}), ("q2", 2, {bob: default})) == {"bob": "q1"}
-    again = removed.model_copy(update={"reinstated_by": "carol"})
-    assert fold(("q1", 1, {bob: again})) == {}  # reinstated
-    # Reinstated on q1, but q2 (later) removed bob again: q2's suspension holds.
-    assert fold(("q1", 1, {bob: again}), ("q2", 2, {bob: removed})) == {"bob": "q2"}
-    assert fold(("q1", 1, {dave: SubjectOutcome(outcome="Suspended")})) == {"alice": "q1"}
-    assert rc.standing_suspensions([("q1", spec, T0, {bob: removed})], "other") == {}
+    assert fold(("q1", made(0), 1, {bob: removed})) == {"bob": "q1"}
+    # A later run that saw bob suspended: a reviewer's Keep lifts, the default does not.
+    assert fold(("q1", made(0), 1, {bob: removed}),
+                ("q2", made(2, (bob,)), 3, {bob: kept})) == {}
+    assert fold(("q1", made(0), 1, {bob: removed}),
+                ("q2", made(2, (bob,)), 3, {bob: default})) == {"bob": "q1"}
+    # Two runs at once: A started before B removed bob; A's older Keep does not lift it, and
+    # A's Remove does not rename it.
+    assert fold(("B", made(1), 2, {bob: removed}), ("A", made(0), 3, {bob: kept})) == \
+        {"bob": "B"}
+    assert fold(("B", made(1), 2, {bob: removed}), ("A", made(0), 3, {bob: removed})) == \
+        {"bob": "B"}
+    # Reinstated on its run; a run completed after it started that removed bob again holds.
+    assert fold(("q1", made(0), 1, {bob: again})) == {}
+    assert fold(("q1", made(0), 1, {bob: removed}), ("q2", made(2, (bob,)), 3, {bob: again})) \
+        == {}
+    assert fold(("B", made(1), 2, {bob: removed}), ("A", made(0), 3, {bob: again})) == \
+        {"bob": "B"}
+    assert fold(("q1", made(0), 1, {alice: SubjectOutcome(outcome="Suspended")})) == \
+        {"alice": "q1"}
+    assert rc.standing_suspensions([("q1", made(0), T0, {bob: removed})], "other") == {}
+
+
+def test_an_eligibility_made_again_gets_its_suspensions_back_from_the_record() -> None:
+    import asyncio
+
+    from kubepim.handlers.reconcile import Reconciler
+    from kubepim.handlers.reviews import RESTORE, Reviews
+
+    class Kube:
+        def __init__(self) -> None:
+            self.status: dict[str, Any] = {}
+            self.writes = 0
+
+        async def get_eligibility(self, name: str) -> dict[str, Any]:
+            return {"metadata": {"name": name, "resourceVersion": "9"}, "status": self.status}
+
+        async def patch_custom_status(self, plural: str, name: str, status: dict[str, Any],
+                                      resource_version: str | None = None) -> dict[str, Any]:
+            self.writes += 1
+            self.status = {**self.status, **status}
+            return {}
+
+    async def scenario() -> None:
+        kube = Kube()
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reviews = Reviews(reconciler, datetime.timedelta(days=30))
+        spec = run()
+        body = {"metadata": {"name": "q1", "resourceVersion": "5"}, "spec": spec.wire(),
+                "status": {"phase": "Completed", "completedAt": (T0 + DAY).isoformat(),
+                           "outcomes": {"payments/User/bob": {"outcome": "Removed",
+                                                              "by": ["carol"]}}}}
+        reviews.observe_run(body)
+        reviews._loaded_in_term = reconciler.term
+        reviews.eligibility_changed("payments", "uid-2")  # made (again) under a new uid
+        assert RESTORE + "payments" in reconciler.queue._dirty
+        await reviews.restore("payments")
+        assert [e["subject"]["name"] for e in kube.status["suspended"]] == ["bob"]
+        await reviews.restore("payments")  # only adds: nothing more to write
+        assert kube.writes == 1
+        older = {**body, "metadata": {"name": "q1", "resourceVersion": "4"},
+                 "status": {**body["status"], "outcomes": {}}}
+        reviews.observe_run(older)  # an older copy (a listing) never replaces the newer one
+        assert reviews._completed["q1"][2]
+
+    asyncio.run(scenario())

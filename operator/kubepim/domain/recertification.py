@@ -359,32 +359,48 @@ def suspension_note(suspensions: Mapping[str, Sequence[Suspension]],
     return "; ".join(notes) or None
 
 
+def settle_suspension(held: dict[tuple[str, str], Suspension], run: str,
+                      spec: EligibilityReviewRunSpec, subject: ReviewedSubject,
+                      outcome: SubjectOutcome, at: datetime.datetime) -> None:
+    """Apply one completed run's outcome for one subject to the suspensions ``held``.
+
+    A run judges only what existed when it started: it lifts (a reviewer's Keep of a subject
+    its snapshot showed suspended, or a reinstatement) or renames a suspension made before its
+    start, never one a run completed after its start made (a newer Remove wins over an older
+    Keep). A Removed or Suspended outcome suspends, named after this run.
+    """
+    who = identity(subject.subject)
+    current = held.get(who)
+    older = current is not None and (current.at < spec.started_at or current.run == run)
+    if outcome.reinstated_by:
+        if older:
+            del held[who]
+    elif outcome.outcome in ("Removed", "Suspended"):
+        if current is None or older:
+            held[who] = Suspension(subject=subject.subject, run=run, at=at,
+                                   outcome=outcome.outcome)
+    elif outcome.by and subject.suspended and older:
+        del held[who]
+
+
 def standing_suspensions(runs: Iterable[tuple[str, EligibilityReviewRunSpec,
                                               datetime.datetime, Mapping[str, SubjectOutcome]]],
                          eligibility: str) -> dict[tuple[str, str], Suspension]:
     """The suspensions completed runs leave on ``eligibility``, by identity: their record.
 
-    ``runs``: (name, spec, completed at, outcomes) of completed runs. Folded in completion
-    order: a Removed or Suspended outcome suspends (the latest run that did is named); a
-    reviewer's Keep lifts; a reinstated subject is lifted as of its run (a later run that
-    suspended it again still holds). The
-    eligibility's status.suspended must hold at least these: one deleted and made again, or a
-    status cleared, gets them back (docs/reviews.md).
+    ``runs``: (name, spec, completed at, outcomes) of completed runs, folded in completion order
+    with :func:`settle_suspension` (the rule the operator applies live). The eligibility's
+    status.suspended holds at least these: one deleted and made again gets them back
+    (docs/reviews.md).
     """
     held: dict[tuple[str, str], Suspension] = {}
     for name, spec, completed_at, outcomes in sorted(runs, key=lambda r: (r[2], r[0])):
-        for subject in spec.subjects:
-            outcome = outcomes.get(subject.id)
-            if subject.eligibility != eligibility or outcome is None:
-                continue
-            who = identity(subject.subject)
-            if outcome.reinstated_by:  # (its own suspension, made and lifted; a later run's
-                held.pop(who, None)        # suspension comes after it in this order)
-            elif outcome.outcome in ("Removed", "Suspended"):
-                held[who] = Suspension(subject=subject.subject, run=name, at=completed_at,
-                                       outcome=outcome.outcome)
-            elif outcome.by:
-                held.pop(who, None)
+        # Per identity, a Remove over a Keep when one run lists the same one twice.
+        mine = sorted((s for s in spec.subjects if s.eligibility == eligibility
+                       and s.id in outcomes),
+                      key=lambda s: outcomes[s.id].outcome != "Kept")
+        for subject in mine:
+            settle_suspension(held, name, spec, subject, outcomes[subject.id], completed_at)
     return held
 
 

@@ -177,7 +177,8 @@ async def roleeligibility_event(
     for request in reconciler.state.governed_by(name):
         reconciler.enqueue(request)
     if type != "DELETED" and memo.get("reviews") is not None:
-        memo.reviews.eligibility_changed(name)  # (made again: its suspensions come back)
+        # (made again under a new uid: its suspensions come back)
+        memo.reviews.eligibility_changed(name, str(body.metadata.get("uid") or ""))
     if type != "DELETED" and reconciler.leading():
         await _report(reconciler, name, dict(body))
 

@@ -100,6 +100,12 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
         reconciler.catch_up(item["metadata"]["name"] for item in requests)
+        # Each listed request reconciled from its listed copy, in the slow lane (the queue
+        # resumes below): the watch's own listing repeats the same versions, then skipped as
+        # decided. Queued with no await since the list: a DELETED event that comes later drops
+        # the copy (enqueue_deletion), so a deleted request is never decided from it.
+        for item in requests:
+            reconciler.enqueue(item["metadata"]["name"], item, slow=True)
         # Access first: every overdue binding goes before anything else competes for the API
         # server (a fenced delete raises NotLeading: the takeover is tried again while elected).
         overdue = await revoke_overdue(reconciler, requests)
@@ -118,11 +124,6 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
             if loader is None or loader.done():  # (a takeover tried again: one is enough)
                 memo.route_loader = asyncio.create_task(notifications.load_until_done(
                     reconciler, config.namespace, lambda: resync_once(reconciler)))
-        # Each listed request reconciled from its listed copy at once, in the slow lane: the
-        # watch's own listing starts only after this and repeats the same versions, which are
-        # then skipped (decided already).
-        for item in requests:
-            reconciler.enqueue(item["metadata"]["name"], item, slow=True)
         reconciler.queue.resume()
         try:
             for hook in reconciler.on_resync:  # access reviews: their timers start again

@@ -307,10 +307,10 @@ class Reconciler:
                 self._bodies[name] = body
         self.queue.add(name, slow=again or slow)  # listings never hold up timers and events
 
-    def enqueue_key(self, key: str) -> None:
+    def enqueue_key(self, key: str, slow: bool = False) -> None:
         """Ask for the work of a key of another kind (see ``keyed``); a standby keeps none."""
         if self.elected():
-            self.queue.add(key)
+            self.queue.add(key, slow=slow)
 
     def post_later(self, post: Coroutine[Any, Any, None]) -> None:
         """Post an Event in the background, a bounded share of connections (never waited on)."""

@@ -27,13 +27,14 @@ from pydantic import ValidationError
 from kubepim import audit, metrics
 from kubepim.api.accessreview import (
     EligibilityReviewRun,
+    EligibilityReviewRunSpec,
     EligibilityReviewRunStatus,
     EligibilityReviewSpec,
     RunHistoryEntry,
     SubjectOutcome,
 )
 from kubepim.api.common import GROUP, VERSION
-from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
+from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus
 from kubepim.domain import recertification as rc
 from kubepim.domain.lifecycle import OPERATOR
 from kubepim.domain.review import selector_matches
@@ -72,8 +73,10 @@ class Reviews:
         reconciler.keyed[RESTORE] = self.restore
         # Completed runs, the record of who is suspended (the watch keeps it; a term's first
         # listing fills it whole, and only then are suspensions restored from it).
-        self._completed: dict[str, tuple[Any, datetime.datetime, dict[str, SubjectOutcome]]] = {}
+        self._completed: dict[str, tuple[EligibilityReviewRunSpec, datetime.datetime,
+                                         dict[str, SubjectOutcome], int]] = {}
         self._loaded_in_term = -1
+        self._uids: dict[str, str] = {}  # eligibility name -> the uid last seen
         reconciler.on_resync.append(self.enqueue_all)
         # Lines a previous leader may have died before logging: entries recorded since this
         # (its last renewal less a margin) are logged again once per run per term.
@@ -100,13 +103,12 @@ class Reviews:
                                            "status.phase!=Completed")
         self._listed_in_term = self.reconciler.term
         if everything:
-            self._completed = {}
-            for item in runs:
+            for item in runs:  # (merged: a newer copy a watch event brought meanwhile stays)
                 self.observe_run(item)
             self._loaded_in_term = self.reconciler.term
-            for eligibility in sorted({s.eligibility for spec, _, _ in self._completed.values()
-                                       for s in spec.subjects}):
-                self.reconciler.enqueue_key(RESTORE + eligibility)
+            for eligibility in sorted({s.eligibility for spec, _, _, _ in
+                                       self._completed.values() for s in spec.subjects}):
+                self.reconciler.enqueue_key(RESTORE + eligibility, slow=True)
         names = [item["metadata"]["name"] for item in runs
                  if (item.get("status") or {}).get("phase") != "Completed"]
         for item in runs:
@@ -118,7 +120,10 @@ class Reviews:
             self.reconciler.enqueue_key(RUN + name)
 
     def observe_run(self, body: dict[str, Any] | None, name: str | None = None) -> None:
-        """Keep the record of completed runs current (``body`` None: the run was deleted)."""
+        """Keep the record of completed runs current (``body`` None: the run was deleted).
+
+        A copy older than the one recorded is ignored (a listing served before a watch event).
+        """
         if body is None:
             self._completed.pop(name or "", None)
             return
@@ -127,16 +132,35 @@ class Reviews:
         except ValidationError:
             return
         if run.status is not None and run.status.phase == "Completed":
-            self._completed[body["metadata"]["name"]] = (
-                run.spec, run.status.completed_at or run.spec.deadline,
-                dict(run.status.outcomes))
+            self._record(body["metadata"]["name"], body, run.spec,
+                         run.status.completed_at or run.spec.deadline, dict(run.status.outcomes))
 
-    def eligibility_changed(self, name: str) -> None:
-        """An eligibility was made, changed or had its status written: restore suspensions."""
+    def _record(self, name: str, body: dict[str, Any], spec: EligibilityReviewRunSpec,
+                completed_at: datetime.datetime, outcomes: dict[str, SubjectOutcome],
+                ahead: bool = False) -> None:
+        """Record a completed run's outcomes.
+
+        ``ahead``: about to be written over ``body``'s version (so newer than any event of that
+        version; the written copy replaces it).
+        """
+        version = int(str(body["metadata"].get("resourceVersion") or 0) or 0) + int(ahead)
+        held = self._completed.get(name)
+        if held is not None and held[3] > version:
+            return
+        self._completed[name] = (spec, completed_at, outcomes, version)
+
+    def eligibility_changed(self, name: str, uid: str) -> None:
+        """An eligibility event: made again under a new uid, its suspensions are restored.
+
+        (Its status is the operator's alone, by admission: re-creation is how they get lost.)
+        """
+        if self._uids.get(name) == uid:
+            return
+        self._uids[name] = uid
         if self._loaded_in_term == self.reconciler.term and any(
-                s.eligibility == name for spec, _, _ in self._completed.values()
+                s.eligibility == name for spec, _, _, _ in self._completed.values()
                 for s in spec.subjects):
-            self.reconciler.enqueue_key(RESTORE + name)
+            self.reconciler.enqueue_key(RESTORE + name, slow=True)
 
     async def restore(self, eligibility: str) -> None:
         """Add to the eligibility's status.suspended what completed runs say it lacks.
@@ -147,7 +171,7 @@ class Reviews:
         if self._loaded_in_term != self.reconciler.term:
             return  # (the record is not whole yet: the term's first listing queues this again)
         record = rc.standing_suspensions(
-            ((name, spec, at, outcomes) for name, (spec, at, outcomes) in
+            ((name, spec, at, outcomes) for name, (spec, at, outcomes, _) in
              self._completed.items()), eligibility)
         if not record:
             return
@@ -247,7 +271,9 @@ class Reviews:
                 held = RoleEligibilityStatus.model_validate(item.get("status") or {}).suspended
             except ValidationError:
                 continue  # (not Ready: nobody can request under it)
-            suspended[item_name] = [rc.subject_id(item_name, s.subject) for s in held]
+            gone = {rc.identity(entry.subject) for entry in held}  # (by identity)
+            suspended[item_name] = [rc.subject_id(item_name, s) for s in specs[item_name].subjects
+                                    if rc.identity(s) in gone]
         grants = await self._grants()
         try:
             run = rc.snapshot(spec, review, specs, suspended, grants, now, self.reconciler.case,
@@ -326,7 +352,10 @@ class Reviews:
         outcomes = dict(status.outcomes)
         if status.phase != "Completed" and rc.complete(spec, uid, status.decisions, now, case):
             outcomes = rc.outcomes(spec, uid, status.decisions, case)
-            await self._apply(name, spec.subjects, outcomes, now)
+            # The record first: an eligibility status event during the writes below must not
+            # restore what this outcome lifts.
+            self._record(name, body, spec, now, outcomes, ahead=True)
+            await self._apply(name, spec, outcomes, now)
             entries += _outcome_entries(outcomes, now)
             suspended = rc.suspended(outcomes)
             summary = (f"{len(outcomes) - len(suspended)} kept, {len(suspended)} suspended "
@@ -345,7 +374,9 @@ class Reviews:
             if lifted:
                 for key, who in lifted.items():
                     outcomes[key] = outcomes[key].model_copy(update={"reinstated_by": who})
-                await self._apply(name, spec.subjects, outcomes, now, set(lifted))
+                self._record(name, body, spec, status.completed_at or now, outcomes,
+                             ahead=True)
+                await self._apply(name, spec, outcomes, now, set(lifted))
                 for key, who in sorted(lifted.items()):
                     entries.append(RunHistoryEntry(time=now, action="Reinstated", actor=who,
                                                    subject=key, reason=f"reinstated by {who}"))
@@ -382,51 +413,34 @@ class Reviews:
             if entry.time >= since:
                 audit.review_line(body, entry, index)
 
-    async def _apply(self, run: str, subjects: Any, outcomes: dict[str, SubjectOutcome],
-                     now: datetime.datetime, reinstated: set[str] | None = None) -> None:
+    async def _apply(self, run: str, spec: EligibilityReviewRunSpec,
+                     outcomes: dict[str, SubjectOutcome], now: datetime.datetime,
+                     reinstated: set[str] | None = None) -> None:
         """Each covered eligibility's status.suspended as ``outcomes`` say (idempotent).
 
-        Suspended: Removed or Suspended and not reinstated. Lifted: a subject a reviewer kept
-        in this run (never the undecided default). Subjects are matched by identity (the
-        username, or the group), not by how the entry is spelled. ``reinstated`` (subject ids):
-        only these are lifted, and only from suspensions this very run made — a reinstatement
-        on an old run never undoes what a later run decided.
+        The rule is :func:`rc.settle_suspension`, the same the record of completed runs is
+        folded with: a run lifts or renames only suspensions made before it started.
+        ``reinstated`` (subject ids): only these, the reinstatement path.
         """
         by_eligibility: dict[str, list[Any]] = {}
-        for subject in subjects:
-            by_eligibility.setdefault(subject.eligibility, []).append(subject)
+        for subject in spec.subjects:
+            if subject.id in outcomes and (reinstated is None or subject.id in reinstated):
+                by_eligibility.setdefault(subject.eligibility, []).append(subject)
         for eligibility, listed in sorted(by_eligibility.items()):
             async with self.reconciler.lock(f"eligibility-status:{eligibility}"):
                 body = await self.kube.get_eligibility(eligibility)
                 if body is None:
-                    continue  # deleted: nobody can request under it anyway
+                    continue  # deleted: made again, it is restored from the record
                 try:
                     held = RoleEligibilityStatus.model_validate(
                         body.get("status") or {}).suspended
                 except ValidationError:
                     held = []
-                if reinstated is not None:
-                    lifted = {rc.identity(s.subject) for s in listed if s.id in reinstated}
-                    result = [e for e in held
-                              if not (e.run == run and rc.identity(e.subject) in lifted)]
-                else:
-                    lifted = {rc.identity(s.subject) for s in listed
-                              if s.id in outcomes and outcomes[s.id].outcome == "Kept"
-                              and outcomes[s.id].by}
-                    # Suspended again: this run's entry replaces an earlier one (the latest run
-                    # that suspended names it; only its reinstatement lifts it).
-                    again = {rc.identity(s.subject): s for s in listed
-                             if s.id in outcomes and outcomes[s.id].outcome != "Kept"
-                             and not outcomes[s.id].reinstated_by}
-                    result = [e for e in held if rc.identity(e.subject) not in lifted
-                              and (rc.identity(e.subject) not in again or e.run == run)]
-                    present = {rc.identity(e.subject) for e in result}
-                    for who, s in again.items():
-                        if who not in present:
-                            result.append(Suspension(
-                                subject=s.subject, run=run, at=now,
-                                outcome="Removed" if outcomes[s.id].outcome == "Removed"
-                                else "Suspended"))
+                current = {rc.identity(entry.subject): entry for entry in held}
+                # A Remove before a Keep of the same identity listed twice (Remove wins).
+                for subject in sorted(listed, key=lambda s: outcomes[s.id].outcome != "Kept"):
+                    rc.settle_suspension(current, run, spec, subject, outcomes[subject.id], now)
+                result = list(current.values())
                 if result != held:
                     await self.kube.patch_custom_status(
                         "roleeligibilities", eligibility,
