@@ -23,6 +23,15 @@ def _runs(kubectl: Kubectl, review: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item["spec"]["startedAt"])
 
 
+def _review(kubectl: Kubectl, namespace: str, every: str, within: str) -> str:
+    """An EligibilityReview of the eligibility named after the namespace (same name), Suspend."""
+    pim.apply(kubectl, {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "EligibilityReview",
+                        "metadata": {"name": namespace},
+                        "spec": {"eligibilities": {"names": [namespace]}, "every": every,
+                                 "decideWithin": within, "whenUndecided": "Suspend"}})
+    return namespace
+
+
 def _request(kubectl: Kubectl, name: str, namespace: str, user: str,
              check: bool = True) -> Any:
     return kubectl("create", "-f", "-", stdin=json.dumps(pim.access_request(
@@ -42,11 +51,7 @@ def test_a_review_suspends_the_removed_and_the_undecided_at_its_deadline(
     pim.wait_phase(kubectl, f"{namespace}-bob", "Active")
     assert kubectl.can_i("list", "pods", as_user="bob", namespace=namespace) is True
 
-    review = namespace
-    pim.apply(kubectl, {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "EligibilityReview",
-                        "metadata": {"name": review},
-                        "spec": {"eligibilities": {"names": [namespace]}, "every": "40s",
-                                 "decideWithin": "15s", "whenUndecided": "Suspend"}})
+    review = _review(kubectl, namespace, every="40s", within="15s")
     try:
         first = poll(lambda: (_runs(kubectl, review) or [None])[0], timeout=20,
                      what="the first run")
@@ -155,11 +160,7 @@ def test_an_operator_killed_at_the_deadline_applies_the_outcome_once_after_resta
     pim.pod_reader_for_alice(kubectl, namespace, subjects=[
         {"kind": "User", "name": who} for who in ("alice", "bob")],
         approval={"users": ["carol"]})
-    review = namespace
-    pim.apply(kubectl, {"apiVersion": "pim.kubepim.dev/v1alpha1", "kind": "EligibilityReview",
-                        "metadata": {"name": review},
-                        "spec": {"eligibilities": {"names": [namespace]}, "every": "1h",
-                                 "decideWithin": "8s", "whenUndecided": "Suspend"}})
+    review = _review(kubectl, namespace, every="1h", within="8s")
     try:
         run = poll(lambda: (_runs(kubectl, review) or [None])[0], timeout=20,
                    what="the run")["metadata"]["name"]

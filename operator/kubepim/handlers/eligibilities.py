@@ -104,14 +104,7 @@ def _notified(reconciler: Reconciler, name: str, body: dict[str, Any],
         state, reason, message = "False", "NoRoute", (
             "no NotificationRoute matches this eligibility: nobody is told of its requests "
             "(approvers learn of them only by looking); add a route (docs/notifications.md)")
-    old = [c for c in (body.get("status") or {}).get("conditions") or []
-           if c.get("type") == "Notified"]
-    moved_at = utcnow()
-    if old and old[0].get("status") == state and old[0].get("message") == message:
-        moved_at = datetime.datetime.fromisoformat(
-            old[0]["lastTransitionTime"].replace("Z", "+00:00"))
-    return Condition(type="Notified", status=state, reason=reason, message=message,
-                     last_transition_time=moved_at, observed_generation=generation).wire()
+    return _condition(body, "Notified", state, reason, message, generation)
 
 
 def _suspended(body: dict[str, Any], generation: int) -> dict[str, Any] | None:
@@ -142,15 +135,20 @@ def _suspended(body: dict[str, Any], generation: int) -> dict[str, Any] | None:
     else:
         state, reason, message = "False", "NoneListed", (
             f"{len(held)} subject(s) suspended by access reviews, none listed in spec.subjects")
+    return _condition(body, "SubjectsSuspended", state, reason, message[:1024], generation)
+
+
+def _condition(body: dict[str, Any], kind: str, state: Literal["True", "False"], reason: str,
+               message: str, generation: int) -> dict[str, Any]:
+    """A condition as written, its lastTransitionTime kept while status and message stay."""
     old = [c for c in (body.get("status") or {}).get("conditions") or []
-           if c.get("type") == "SubjectsSuspended"]
+           if c.get("type") == kind]
     moved_at = utcnow()
     if old and old[0].get("status") == state and old[0].get("message") == message:
         moved_at = datetime.datetime.fromisoformat(
             old[0]["lastTransitionTime"].replace("Z", "+00:00"))
-    return Condition(type="SubjectsSuspended", status=state, reason=reason,
-                     message=message[:1024], last_transition_time=moved_at,
-                     observed_generation=generation).wire()
+    return Condition(type=kind, status=state, reason=reason, message=message,
+                     last_transition_time=moved_at, observed_generation=generation).wire()
 
 
 async def report_all(reconciler: Reconciler) -> None:
