@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,16 +54,36 @@ def control_plane_pids(workdir: Path) -> dict[str, int]:
     return found
 
 
+def webhook_calls(bench: harness.Bench) -> Counter[str]:
+    """The operator's admission reviews so far, by webhook (kubepim_admission_decisions_total)."""
+    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("kubepim_admission_decisions_total{"):
+            webhook = line.split('webhook="', 1)[1].split('"', 1)[0]
+            found[webhook] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
 def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
              work: Callable[[], None]) -> None:
-    """Run ``work`` and print its wall time, CPU per process and API requests per item."""
+    """Run ``work``; print its wall time, CPU per process, API requests and webhook runs per item.
+
+    Webhook runs per item tell the API server's own retries apart: a PATCH that conflicts with a
+    concurrent write is applied again and admitted again (each approval's run asks two
+    SubjectAccessReviews).
+    """
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     calls = bench.api_requests()
+    reviews = webhook_calls(bench)
     start = time.perf_counter()
     work()
     wall = time.perf_counter() - start
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     made = bench.api_requests() - calls
+    admitted = webhook_calls(bench) - reviews
     print(f"{label}: {items} items in {wall:.2f} s wall, {sum(spent.values()):.2f} CPU s")
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {name:26} {seconds:6.2f} CPU s  {seconds / items * 1000:6.2f} ms per item")
@@ -70,6 +92,9 @@ def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
     print(f"  API requests per item: {sum(per_item.values()):.1f} (LIST/WATCH polling left out)")
     for kind, n in sorted(per_item.items(), key=lambda kv: -kv[1]):
         print(f"    {n:5.2f}  {kind}")
+    if admitted:
+        print("  webhook runs per item: " + ", ".join(
+            f"{webhook} {n / items:.2f}" for webhook, n in sorted(admitted.items())))
 
 
 def main() -> None:
