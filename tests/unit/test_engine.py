@@ -433,3 +433,45 @@ def test_callers_waiting_for_the_first_eligibility_list_share_one_list_call() ->
         assert kube.calls.count("list_eligibilities") == 2
 
     asyncio.run(scenario())
+
+
+def test_a_new_request_is_held_a_moment_so_its_approval_makes_one_write() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("11", approved=True))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        runner = asyncio.create_task(reconciler.queue.run())
+        reconciler.hold("r", body("10"))  # created: nothing decided yet
+        reconciler.enqueue("r", body("11", approved=True))  # its approval, a moment later
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while "patch_request_status" not in kube.calls:
+            assert loop.time() - started < 2.0, kube.calls
+            await asyncio.sleep(0.001)
+        assert loop.time() - started < 0.2  # decided at once, not after the hold
+        assert kube.calls.count("patch_request_status") == 1  # Requested..Activated in one
+        assert "get_request" not in kube.calls
+        # The hold's timer is gone: what waits for r now is its expiry, an hour away.
+        assert reconciler.queue._waiting["r"] > reconciler.queue._clock() + 3000
+        runner.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_held_request_without_an_approval_is_decided_when_the_hold_ends() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10"))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        runner = asyncio.create_task(reconciler.queue.run())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reconciler.hold("r", body("10"))
+        while "patch_request_status" not in kube.calls:
+            assert loop.time() - started < 2.0, kube.calls
+            await asyncio.sleep(0.005)
+        assert loop.time() - started >= 0.2  # (HOLD_SECONDS)
+        assert "get_request" not in kube.calls  # decided from the held copy
+        runner.cancel()
+
+    asyncio.run(scenario())

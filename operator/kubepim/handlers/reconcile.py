@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 _ATTEMPTS = 8
 
 
+# How long a new request waits for an approval that comes with it (Reconciler.hold).
+HOLD_SECONDS = 0.25
+
+
 def utcnow() -> datetime.datetime:
     """The operator's clock (the only place handlers read one)."""
     return datetime.datetime.now(datetime.UTC)
@@ -102,6 +106,8 @@ class Reconciler:
         # timer, a retry, the notifier, a binding): a held body that is no newer than the
         # version decided cannot answer those, so the request is read instead of skipped.
         self._woken: set[str] = set()
+        # New requests held a moment for their approval (see hold).
+        self._held: set[str] = set()
         # Leadership terms ended on this replica (see reset): a reconcile started in one that
         # ended records nothing, even if the replica leads again by the time it finishes.
         self.term = 0
@@ -296,6 +302,9 @@ class Reconciler:
         """
         if not self.elected():
             return
+        if name in self._held:  # (its approval, most often: decided now, the hold dropped)
+            self._held.discard(name)
+            self.queue.cancel(name)
         if again:
             self._again.add(name)
         elif body is None:
@@ -306,6 +315,21 @@ class Reconciler:
                     int(_version(body) or 0) > int(_version(held) or 0):
                 self._bodies[name] = body
         self.queue.add(name, slow=again or slow)  # listings never hold up timers and events
+
+    def hold(self, name: str, body: dict[str, Any]) -> None:
+        """Decide a new request ``HOLD_SECONDS`` from now, unless a change of it comes first.
+
+        Its approval, most often: decided at once, the hold dropped. A client that creates and
+        approves at once (automation, a burst) then gets one status write with Requested,
+        Approved and Activated instead of a Pending write racing the approval, which the API
+        server answers by admitting the approval again (two SubjectAccessReviews each time;
+        docs/performance.md). Break-glass is never held.
+        """
+        if not self.elected():
+            return
+        self._bodies[name] = body
+        self._held.add(name)
+        self.queue.add_after(name, HOLD_SECONDS)
 
     def enqueue_key(self, key: str, slow: bool = False) -> None:
         """Ask for the work of a key of another kind (see ``keyed``); a standby keeps none."""
@@ -373,6 +397,7 @@ class Reconciler:
         self._deleted.clear()
         self._again.clear()
         self._woken.clear()
+        self._held.clear()
         self._expiring.clear()
         self._revoked_at.clear()
         for task in self._revoking:
@@ -409,6 +434,7 @@ class Reconciler:
             return
         again = key in self._again
         self._again.discard(key)
+        self._held.discard(key)
         try:
             await self.reconcile(key, self._bodies.pop(key, None), again=again, woken=woken)
         except NotLeading:

@@ -34,6 +34,10 @@ async def accessrequest_event(
     # Our own status write is skipped by its version. The watch's initial listing (type None:
     # at start-up, thousands at once) waits in the slow lane: expiry timers and real changes
     # go first.
+    if type == "ADDED" and not (body.get("status") or {}).get("phase") \
+            and not (body.get("spec") or {}).get("breakGlass"):
+        reconciler.hold(name, dict(body))  # its approval may come with it: one write
+        return
     reconciler.enqueue(name, dict(body), slow=type is None)
 
 
