@@ -11,7 +11,8 @@ import logging
 import re
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
+# Control characters (as api.common.CONTROL_CHARACTERS, in Python's syntax).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def escape(text: str) -> str:
@@ -23,7 +24,7 @@ def escape(text: str) -> str:
             return named
         return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
-    return _CONTROL.sub(visible, text)
+    return CONTROL.sub(visible, text)
 
 
 class OneLineFormatter(logging.Formatter):

@@ -149,7 +149,7 @@ def test_who_may_review_whom(reviewer: str, groups: list[str], subject: str,
 def _check(old: dict[str, ReviewerDecisions], new: dict[str, ReviewerDecisions],
            user: str = "carol", phase: str | None = "Open", now: datetime.datetime = T0,
            outcomes: dict[str, SubjectOutcome] | None = None) -> str | None:
-    return rc.check_decisions(run(groups=["leads"]), "run-1", phase, old, new, user, [], now,
+    return rc.check_decisions(run(groups=["leads"]), phase, old, new, user, [], now,
                               outcomes or {})
 
 

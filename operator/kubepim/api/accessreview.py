@@ -13,10 +13,11 @@ decision and the outcome in its history. docs/reviews.md has the design.
 from __future__ import annotations
 
 import datetime
-import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
+
+from kubepim.logs import CONTROL
 
 from . import duration
 from .common import (
@@ -252,10 +253,6 @@ class EligibilityReviewRun(Model):
                                                       description="Decisions and record.")
 
 
-# Characters a comment may not hold (as api.common.CONTROL_CHARACTERS, in Python's syntax).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
-
-
 def plain_text(text: str) -> bool:
     """Whether ``text`` is free of control characters (it may go into logs and Events)."""
-    return _CONTROL.search(text) is None
+    return CONTROL.search(text) is None

@@ -163,8 +163,8 @@ def _eligibility_specs(api: Api) -> dict[str, Any]:
 
     Invalid ones ignored, as admission does; less the subjects access reviews suspended.
     """
-    from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus
-    from kubepim.domain.recertification import effective
+    from kubepim.api.eligibility import RoleEligibilitySpec
+    from kubepim.domain.recertification import effective, suspensions_in
 
     specs = {}
     for item in api.eligibilities():
@@ -172,11 +172,7 @@ def _eligibility_specs(api: Api) -> dict[str, Any]:
             spec = RoleEligibilitySpec.model_validate(item.get("spec") or {})
         except ValueError:
             continue
-        try:
-            suspended = RoleEligibilityStatus.model_validate(item.get("status") or {}).suspended
-        except ValueError:
-            suspended = []
-        specs[item["metadata"]["name"]] = effective(spec, suspended)
+        specs[item["metadata"]["name"]] = effective(spec, suspensions_in(item.get("status")))
     return specs
 
 

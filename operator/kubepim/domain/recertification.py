@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from kubepim.api import duration
 from kubepim.api.accessreview import (
@@ -25,7 +28,7 @@ from kubepim.api.accessreview import (
     plain_text,
 )
 from kubepim.api.common import RoleRef, Subject
-from kubepim.api.eligibility import RoleEligibilitySpec, Suspension
+from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
 
 from .quorum import Case, person
 
@@ -203,7 +206,7 @@ def may_review(run: EligibilityReviewRunSpec, subject: ReviewedSubject, username
     return None
 
 
-def check_decisions(run: EligibilityReviewRunSpec, uid: str, phase: str | None,
+def check_decisions(run: EligibilityReviewRunSpec, phase: str | None,
                     old: Mapping[str, ReviewerDecisions], new: Mapping[str, ReviewerDecisions],
                     username: str, groups: Sequence[str], now: datetime.datetime,
                     outcomes: Mapping[str, SubjectOutcome], case: Case = "insensitive"
@@ -251,7 +254,6 @@ def check_decisions(run: EligibilityReviewRunSpec, uid: str, phase: str | None,
         if phase == "Completed" or now >= run.deadline:
             return f"the run closed at its deadline {run.deadline.isoformat()}: decisions are " \
                    "closed (Reinstate lifts a suspension it made)"
-    del uid  # (the stamp's uid is the CEL policy's and the outcome's check)
     return None
 
 
@@ -414,3 +416,14 @@ def effective(spec: RoleEligibilitySpec, suspended: Iterable[Suspension]) -> Rol
         return spec
     return spec.model_copy(update={"subjects": [s for s in spec.subjects
                                                 if identity(s) not in gone]})
+
+
+def suspensions_in(status: Mapping[str, Any] | None) -> list[Suspension]:
+    """The suspended subjects an eligibility's status lists.
+
+    Unreadable: none (only the operator writes it).
+    """
+    try:
+        return RoleEligibilityStatus.model_validate(status or {}).suspended
+    except ValidationError:
+        return []

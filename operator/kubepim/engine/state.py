@@ -25,10 +25,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from kubepim.api.common import LabelSelector
-from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus, Suspension
+from kubepim.api.eligibility import RoleEligibilitySpec, Suspension
 from kubepim.api.request import Phase
 from kubepim.domain.admission import privileged
-from kubepim.domain.recertification import effective
+from kubepim.domain.recertification import effective, suspensions_in
 from kubepim.domain.review import RoleKey, selector_matches
 
 
@@ -472,7 +472,7 @@ class State:
             if versions[name][0] >= self._eligibility_versions.get(name, (0, False))[0]:
                 self._eligibility_labels[name] = dict(item["metadata"].get("labels") or {})
             parsed = _eligibility(item.get("spec"), item.get("status"))
-            self._suspensions[name] = _suspended(item.get("status"))
+            self._suspensions[name] = suspensions_in(item.get("status"))
             if parsed is not None:
                 fresh[name] = parsed
         first = self._eligibilities is None
@@ -522,7 +522,7 @@ class State:
             return  # the first use lists everything anyway
         updated = dict(self._eligibilities)
         parsed = _eligibility(spec, status) if spec is not None else None
-        self._suspensions[name] = _suspended(status) if spec is not None else []
+        self._suspensions[name] = suspensions_in(status) if spec is not None else []
         if parsed is None:
             updated.pop(name, None)
         else:
@@ -567,11 +567,4 @@ def _eligibility(spec: Any, status: Any = None) -> RoleEligibilitySpec | None:
     except ValidationError:
         return None
     # By identity, not spelling: the same user listed again another way stays suspended.
-    return effective(parsed, _suspended(status))
-
-
-def _suspended(status: Any) -> list[Suspension]:
-    try:
-        return RoleEligibilityStatus.model_validate(status or {}).suspended
-    except ValidationError:
-        return []  # (only the operator writes it; an unreadable one suspends nobody new)
+    return effective(parsed, suspensions_in(status))

@@ -197,7 +197,7 @@ async def review_run_admit_status(
         user = _user(userinfo)
         new = run.status or EligibilityReviewRunStatus()
         refusal = recertification.check_decisions(
-            run.spec, str(body.metadata.uid), before.phase, before.decisions, new.decisions,
+            run.spec, before.phase, before.decisions, new.decisions,
             user.username, user.groups, utcnow(), before.outcomes, reconciler.case)
         if refusal:
             raise _refuse(refusal)

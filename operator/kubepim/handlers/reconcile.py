@@ -938,8 +938,8 @@ class Reconciler:
         if plan.namespace_uid:
             patch["namespaceUid"] = plan.namespace_uid
         if plan.activated_at is not None and plan.expires_at is not None:
-            patch["activatedAt"] = _time(plan.activated_at)
-            patch["expiresAt"] = _time(plan.expires_at)
+            patch["activatedAt"] = rfc3339(plan.activated_at)
+            patch["expiresAt"] = rfc3339(plan.expires_at)
             patch["binding"] = bindings.binding_ref(
                 body["metadata"]["name"], AccessRequest.model_validate(body).spec).wire()
         if plan.review_required is not None:
@@ -1023,5 +1023,6 @@ def _not_granted(plan: Plan, message: str) -> Plan:
                                expires_at=None, review_required=None)
 
 
-def _time(moment: datetime.datetime) -> str:
+def rfc3339(moment: datetime.datetime) -> str:
+    """A time as the API server writes it (UTC, Z)."""
     return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")

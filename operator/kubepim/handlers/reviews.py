@@ -34,26 +34,20 @@ from kubepim.api.accessreview import (
     SubjectOutcome,
 )
 from kubepim.api.common import GROUP, VERSION
-from kubepim.api.eligibility import RoleEligibilitySpec, RoleEligibilityStatus
+from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.domain import recertification as rc
 from kubepim.domain.lifecycle import OPERATOR
 from kubepim.domain.review import selector_matches
-from kubepim.k8s.client import Conflict
+from kubepim.k8s.client import Conflict, parse_time
 
 from . import registry
-from .reconcile import Reconciler, utcnow
+from .reconcile import Reconciler, rfc3339, utcnow
 
 logger = logging.getLogger(__name__)
 
 REVIEW, RUN, RESTORE = "review:", "run:", "suspensions:"
 REVIEWS, RUNS = "eligibilityreviews", "eligibilityreviewruns"
 REVIEW_LABEL = f"{GROUP}/review"
-
-
-def _time(value: Any) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 class TooLarge(Exception):
@@ -179,10 +173,7 @@ class Reviews:
             body = await self.kube.get_eligibility(eligibility)
             if body is None:
                 return
-            try:
-                held = RoleEligibilityStatus.model_validate(body.get("status") or {}).suspended
-            except ValidationError:
-                held = []
+            held = rc.suspensions_in(body.get("status"))
             present = {rc.identity(entry.subject) for entry in held}
             missing = [entry for who, entry in sorted(record.items()) if who not in present]
             if missing:
@@ -214,8 +205,8 @@ class Reviews:
         except ValidationError as error:
             await self._review_status(name, status, _ready(False, "InvalidSpec", str(error)))
             return
-        created = _time(body["metadata"].get("creationTimestamp")) or utcnow()
-        last = _time(status.get("lastRunAt"))
+        created = parse_time(body["metadata"].get("creationTimestamp")) or utcnow()
+        last = parse_time(status.get("lastRunAt"))
         now = utcnow()
         due = rc.due_run(spec, created, last, now)
         update: dict[str, Any] = {}
@@ -227,12 +218,12 @@ class Reviews:
                                           _ready(False, "TooManySubjects", str(error)))
                 return  # (a change of the review or its eligibilities tries again)
             last = due
-            update.update(lastRun=run, lastRunAt=_iso(due))
+            update.update(lastRun=run, lastRunAt=rfc3339(due))
         upcoming = rc.next_run(spec, created, last)
-        update["nextRunAt"] = _iso(upcoming)
+        update["nextRunAt"] = rfc3339(upcoming)
         update["observedGeneration"] = body["metadata"].get("generation", 0)
         await self._review_status(name, status, update | _ready(True, "Scheduled",
-                                                                 f"next run {_iso(upcoming)}"))
+                                                                 f"next run {rfc3339(upcoming)}"))
         self.reconciler.queue.schedule(REVIEW + name, upcoming)
 
     async def _review_status(self, name: str, status: dict[str, Any],
@@ -268,7 +259,7 @@ class Reviews:
                 continue
             try:
                 specs[item_name] = RoleEligibilitySpec.model_validate(item.get("spec") or {})
-                held = RoleEligibilityStatus.model_validate(item.get("status") or {}).suspended
+                held = rc.suspensions_in(item.get("status"))
             except ValidationError:
                 continue  # (not Ready: nobody can request under it)
             gone = {rc.identity(entry.subject) for entry in held}  # (by identity)
@@ -290,7 +281,7 @@ class Reviews:
             await self.kube.create_custom(RUNS, manifest)
         logger.info("EligibilityReview %s: run %s started (%d subject(s) of %d "
                     "eligibilit(ies), deadline %s)", review, name, len(run.subjects),
-                    len(specs), _iso(run.deadline))
+                    len(specs), rfc3339(run.deadline))
         self.reconciler.enqueue_key(RUN + name)
         return name
 
@@ -301,7 +292,7 @@ class Reviews:
             for item in page:
                 status = item.get("status") or {}
                 requester = (item.get("spec") or {}).get("requester") or {}
-                activated = _time(status.get("activatedAt"))
+                activated = parse_time(status.get("activatedAt"))
                 if activated is None or not status.get("eligibility"):
                     continue
                 grants.append(rc.Grant(str(status["eligibility"]),
@@ -337,7 +328,7 @@ class Reviews:
             entries.append(RunHistoryEntry(
                 time=now, action="Started", actor=OPERATOR,
                 reason=f"review {spec.review}: {len(spec.subjects)} subject(s), decisions "
-                f"until {_iso(spec.deadline)}, undecided: {spec.when_undecided}"))
+                f"until {rfc3339(spec.deadline)}, undecided: {spec.when_undecided}"))
         seen = {(e.actor, e.subject) for e in status.history if e.action in ("Decided",
                                                                               "Reinstated")}
         votes = rc.counted(spec, uid, status.decisions, case)
@@ -363,12 +354,12 @@ class Reviews:
                        "reviewers)")
             entries.append(RunHistoryEntry(time=now, action="Completed", actor=OPERATOR,
                                            reason=summary))
-            update.update(phase="Completed", completedAt=_iso(now), message=summary,
+            update.update(phase="Completed", completedAt=rfc3339(now), message=summary,
                           outcomes={k: v.wire() for k, v in outcomes.items()},
                           conditions=[{"type": "Completed", "status": "True",
                                        "reason": "Deadline" if now >= spec.deadline
                                        else "AllDecided", "message": summary,
-                                       "lastTransitionTime": _iso(now)}])
+                                       "lastTransitionTime": rfc3339(now)}])
         elif status.phase == "Completed":
             lifted = rc.reinstated(spec, uid, status.decisions, outcomes, case)
             if lifted:
@@ -431,11 +422,7 @@ class Reviews:
                 body = await self.kube.get_eligibility(eligibility)
                 if body is None:
                     continue  # deleted: made again, it is restored from the record
-                try:
-                    held = RoleEligibilityStatus.model_validate(
-                        body.get("status") or {}).suspended
-                except ValidationError:
-                    held = []
+                held = rc.suspensions_in(body.get("status"))
                 current = {rc.identity(entry.subject): entry for entry in held}
                 # A Remove before a Keep of the same identity listed twice (Remove wins).
                 for subject in sorted(listed, key=lambda s: outcomes[s.id].outcome != "Kept"):
@@ -464,11 +451,7 @@ def _outcome_entries(outcomes: dict[str, SubjectOutcome],
 def _ready(ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"condition": {"type": "Ready", "status": "True" if ok else "False",
                           "reason": reason, "message": message[:1024],
-                          "lastTransitionTime": _iso(utcnow())}}
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+                          "lastTransitionTime": rfc3339(utcnow())}}
 
 
 @kopf.on.event(GROUP, REVIEWS, registry=registry)
