@@ -475,3 +475,22 @@ def test_a_held_request_without_an_approval_is_decided_when_the_hold_ends() -> N
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_predecessor_forgotten_under_the_same_name_does_not_cancel_the_hold() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube(body("10"))
+        reconciler = Reconciler(kube)  # type: ignore[arg-type]
+        reconciler.observe_namespace("payments", {"kubernetes.io/metadata.name": "payments"})
+        runner = asyncio.create_task(reconciler.queue.run())
+        reconciler.hold("r", body("10"))
+        reconciler.forget("r", "uid-of-the-deleted-predecessor")  # its DELETED, processed now
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while "patch_request_status" not in kube.calls:
+            assert loop.time() - started < 2.0, kube.calls
+            await asyncio.sleep(0.005)
+        assert "get_request" not in kube.calls
+        runner.cancel()
+
+    asyncio.run(scenario())

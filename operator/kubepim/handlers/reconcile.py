@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 _ATTEMPTS = 8
 
 
-# How long a new request waits for an approval that comes with it (Reconciler.hold).
+# How long a new request waits for an approval that comes with it (Reconciler.hold), and the
+# prefix of the key whose timer ends the wait.
 HOLD_SECONDS = 0.25
+_HOLD = "hold:"
 
 
 def utcnow() -> datetime.datetime:
@@ -123,6 +125,7 @@ class Reconciler:
         self.keyed: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {}
         # What the resync (and a takeover) also asks of those kinds: their keys queued again.
         self.on_resync: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self.keyed[_HOLD] = self._release
         # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
         self.notifier: Notifier | None = None
         # NotificationRoutes as the route watch last delivered them (by name).
@@ -302,19 +305,25 @@ class Reconciler:
         """
         if not self.elected():
             return
-        if name in self._held:  # (its approval, most often: decided now, the hold dropped)
+        was_held = name in self._held
+        if was_held:  # (its approval, most often: decided now, the hold dropped)
             self._held.discard(name)
-            self.queue.cancel(name)
+            self.queue.cancel(_HOLD + name)
         if again:
             self._again.add(name)
         elif body is None:
             self._woken.add(name)
+        self._keep_body(name, body)
+        # Listings never hold up timers and events; a new request stays in the first lane.
+        self.queue.add(name, slow=(again or slow) and not was_held)
+
+    def _keep_body(self, name: str, body: dict[str, Any] | None) -> None:
+        """Hold ``body`` for the next reconcile of ``name`` unless a newer copy is held."""
         if body is not None:
             held = self._bodies.get(name)
             if held is None or _version(body) is None or _version(held) is None or \
                     int(_version(body) or 0) > int(_version(held) or 0):
                 self._bodies[name] = body
-        self.queue.add(name, slow=again or slow)  # listings never hold up timers and events
 
     def hold(self, name: str, body: dict[str, Any]) -> None:
         """Decide a new request ``HOLD_SECONDS`` from now, unless a change of it comes first.
@@ -327,9 +336,17 @@ class Reconciler:
         """
         if not self.elected():
             return
-        self._bodies[name] = body
+        self._keep_body(name, body)
         self._held.add(name)
-        self.queue.add_after(name, HOLD_SECONDS)
+        # A timer of its own key: a predecessor under the same name, finishing or forgotten
+        # meanwhile, cancels its own timers (the request's key), never this one.
+        self.queue.add_after(_HOLD + name, HOLD_SECONDS)
+
+    async def _release(self, name: str) -> None:
+        """The hold ended with no change: decide the request from the held copy now."""
+        if name in self._held:
+            self._held.discard(name)
+            self.queue.add(name)
 
     def enqueue_key(self, key: str, slow: bool = False) -> None:
         """Ask for the work of a key of another kind (see ``keyed``); a standby keeps none."""
