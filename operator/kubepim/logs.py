@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 
+from kubepim.api.common import CONTROL
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
-# Control characters (as api.common.CONTROL_CHARACTERS, in Python's syntax).
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def escape(text: str) -> str:

@@ -17,10 +17,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from kubepim.logs import CONTROL
-
 from . import duration
 from .common import (
+    CONTROL,
     DNS_SUBDOMAIN,
     Condition,
     LabelSelector,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # entry or terminal line can be split or redrawn by text a user wrote. RE2 syntax: CEL in the
 # API server evaluates it.
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f-\x9f\x{2028}-\x{202e}\x{2066}-\x{2069}]"
+# The same in Python's syntax: log lines (kubepim.logs) and texts checked outside CEL.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069]")
 
 
 def plain_text_rule(field: str, path: str) -> dict[str, str]:
