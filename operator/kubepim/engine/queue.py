@@ -45,13 +45,15 @@ class WorkQueue:
         held: tuple[type[BaseException], ...] = (),
         woken: Callable[[str], None] = lambda key: None,
         slow_workers: int = 8,
-        due: Callable[[str], None] = lambda key: None,
+        due: Callable[[str], bool] = lambda key: False,
     ) -> None:
         self._process = process
         # Told of every key a timer or a retry adds (before it is added): not a watch event's.
         self._woken = woken
         # Told of every key whose timer fires (before it is added): what cannot wait for a
-        # worker (an expired grant's binding) is done beside the queue.
+        # worker (an expired grant's binding) is done beside the queue. True: what is left for
+        # the worker is bookkeeping, and the key waits in the slow lane (whoever finds more to
+        # do adds it again, which moves it to the first lane).
         self._due = due
         # Workers take keys only while ``gate()`` holds (this replica leads); a key whose
         # processing raised one of ``held`` is put back at once, not counted as a failure.
@@ -106,9 +108,9 @@ class WorkQueue:
     def add_after(self, key: str, seconds: float) -> None:
         """Add ``key`` once ``seconds`` have passed (the earliest of several such adds wins)."""
         if seconds <= 0:
-            self._due(key)  # (a timer all the same: due already)
+            slow = self._due(key)  # (a timer all the same: due already)
             self._woken(key)
-            self.add(key)
+            self.add(key, slow=slow)
             return
         deadline = self._clock() + seconds
         if self._waiting.get(key, float("inf")) <= deadline:
@@ -311,12 +313,13 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
+                slow = False
                 try:
-                    self._due(key)
+                    slow = self._due(key)
                 except Exception:  # never the timers' end: the key is added all the same
                     logger.exception("the due hook failed for %s", key)
                 self._woken(key)
-                self.add(key)
+                self.add(key, slow=slow)
             self._timer.clear()
             timeout = max(self._delayed[0][0] - now, 0) if self._delayed else None
             with contextlib.suppress(TimeoutError):
