@@ -48,12 +48,34 @@ logger = logging.getLogger(__name__)
 _REPLAY_WINDOW = datetime.timedelta(seconds=120)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: kubepim's handlers are all ``on.event``, which never look at one.
+
+    kopf builds an object's essence (a deep copy of its whole body, status and history
+    included) on every watch event for its change-detecting handlers (on.create, on.update,
+    on.delete, daemons); kubepim registers none (tests/unit/test_kopf_settings.py holds it to
+    that).
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        """An empty essence (not a copy of the body)."""
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        """Nothing was stored."""
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        """Nothing to store."""
+        return None
+
+
 @kopf.on.startup(registry=registry)
 async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Configure kopf, revoke what is overdue, sweep orphans, start background work."""
     # GitOps tools own the objects' metadata: kopf's progress and diff-base go in status.
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.INFO
     # List in pages: 10,000 requests listed at once held 80 MiB while kopf worked through them.
     settings.watching.chunk_size = 500
