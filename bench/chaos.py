@@ -185,7 +185,7 @@ def _overdue(replica: OperatorProcess) -> float:
 def run(grants: int, load_seconds: float, workdir: Path) -> dict[str, Any]:
     """Set up, load, inject faults, check invariants; the results."""
     clock = Clock()
-    started = cluster.start(workdir / "cluster", binaries.ensure())
+    started = cluster.start(workdir / "cluster", binaries.ensure(), audit_sink=False)
     try:
         return _run(started, grants, load_seconds, workdir, clock)
     finally:

@@ -253,17 +253,21 @@ def _common_prefix(names: list[str]) -> str:
     return first[: first.rfind("-") + 1] if "-" in first else first
 
 
-def start(workdir: Path, resync: str | None = "60") -> tuple[Bench, cluster.Cluster]:
+def start(workdir: Path, resync: str | None = "60", audit_sink: bool = False,
+          operator_env: dict[str, str] | None = None) -> tuple[Bench, cluster.Cluster]:
     """Start the control plane, install kubepim, create the bench namespace, start the operator.
 
-    ``resync``: the operator's resync seconds (None: the product's default).
+    ``resync``: the operator's resync seconds (None: the product's default); ``audit_sink``: the
+    API server posts its audit events to the operator (off unless a measure is about it, so
+    numbers stay comparable with runs before it existed); ``operator_env``: more settings.
     """
-    started = cluster.start(workdir / "cluster", binaries.ensure())
+    started = cluster.start(workdir / "cluster", binaries.ensure(), audit_sink=audit_sink)
     kubectl = prepare(started.kubeconfig)
     (workdir / "operator").mkdir()
     operator = OperatorProcess(
         install.operator_kubeconfig(started.kubeconfig, workdir / "operator.kubeconfig"),
-        workdir / "operator", **({"KUBEPIM_RESYNC_SECONDS": resync} if resync else {}))
+        workdir / "operator", **({"KUBEPIM_RESYNC_SECONDS": resync} if resync else {}),
+        **started.operator_env(), **(operator_env or {}))
     operator.start()
     return Bench(workdir, started.kubeconfig, operator, kubectl), started
 

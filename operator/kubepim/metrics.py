@@ -186,3 +186,21 @@ REVIEW_OUTCOMES = Counter(
     "Subjects decided by completed access reviews, by outcome: Kept, Removed (a reviewer "
     "said so), Suspended (nobody decided and the review suspends the undecided).",
     ["outcome"], registry=REGISTRY)
+
+# Per-grant activity from the API server's audit stream (docs/activity.md)
+
+AUDIT_EVENTS = Counter(
+    "kubepim_audit_events", "Audit events the sink received, by result: attributed (to a "
+    "grant's binding), other_binding (the subject of a live grant, allowed by another binding), "
+    "denied (the subject of a live grant, refused), duplicate (an audit id counted before), "
+    "unattributed (anything else).", ["result"], registry=REGISTRY)
+
+AUDIT_POSTS_REFUSED = Counter(
+    "kubepim_audit_posts_refused", "Posts to the audit sink refused, by reason: "
+    "untrusted_certificate (TLS handshake refused), no_certificate, wrong_identity, "
+    "not_leader, catching_up, bad_request, overloaded, tls_handshake.", ["reason"],
+    registry=REGISTRY)
+
+AUDIT_PENDING = Gauge(
+    "kubepim_audit_pending_events", "Attributed audit events counted but not yet written to "
+    "their grants' status.", registry=REGISTRY)

@@ -105,6 +105,37 @@ class Settings(BaseSettings):
         description="Write the ValidatingWebhookConfiguration at start-up (off when a chart "
         "installs it).",
     )
+    audit_sink_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="Port of the audit sink, where the API server's audit webhook backend "
+        "posts (TLS, client certificate required; docs/activity.md); 0 disables it.",
+    )
+    audit_sink_listen: str = Field(
+        default="127.0.0.1", description="Address the audit sink listens on."
+    )
+    audit_sink_cert_file: str = Field(
+        default="", description="The audit sink's serving certificate (PEM); the API server's "
+        "audit webhook kubeconfig trusts its CA.",
+    )
+    audit_sink_key_file: str = Field(default="", description="Its private key (PEM).")
+    audit_sink_client_ca_file: str = Field(
+        default="", description="CA bundle the API server's client certificate must chain to; "
+        "nothing else may post.",
+    )
+    audit_sink_client_names: list[str] = Field(
+        default_factory=list,
+        description="Common names the client certificate may carry (empty: any the CA "
+        "signed; use a CA only for this).",
+    )
+    activity_flush_seconds: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How often a used grant's status.activity is written at most.",
+    )
+    audit_sink_max_pending: int = Field(
+        default=20000, ge=100,
+        description="Events parsed and not yet answered beyond which a post is refused with 503 "
+        "(the API server retries it with backoff, then drops it: the API server never waits).",
+    )
     max_open_requests: int = Field(
         default=20, ge=1,
         description="Open (Pending or Active) AccessRequests one requester may have at once.",

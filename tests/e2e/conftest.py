@@ -90,7 +90,10 @@ def operator_process(
     workdir = tmp_path_factory.mktemp("operator")
     config = install.operator_kubeconfig(installed, workdir / "operator.kubeconfig")
     # The product's default resync (300 s): the tests prove the event path, not the safety net.
-    process = OperatorProcess(config, workdir)
+    # The local control plane posts its audit events to the operator's audit sink.
+    local = cluster.Cluster.load(installed.parent) if (installed.parent / cluster.STATE_FILE) \
+        .is_file() else None
+    process = OperatorProcess(config, workdir, **(local.operator_env() if local else {}))
     yield process
     process.stop()
 

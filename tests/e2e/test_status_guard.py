@@ -79,3 +79,15 @@ def test_approval_groups_come_from_the_api_server_not_from_the_approver(
     active = pim.wait_phase(kubectl, namespace, "Active")
     assert active["status"]["approvals"]["carol"]["groups"] == ["security",
                                                                "system:authenticated"]
+
+
+def test_an_approver_cannot_write_a_grants_activity(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    # status.activity feeds the idle timeout and the audit record: only the operator's sink.
+    _pending_request(kubectl, namespace)
+    before = pim.get_request(kubectl, namespace)["status"]
+    error = _patch_status(kubectl, namespace, {"activity": {
+        "requests": 5, "lastUse": "2099-01-01T00:00:00Z"}}, "bob")
+    assert "only the kubepim operator writes the status of an AccessRequest" in error
+    assert pim.get_request(kubectl, namespace)["status"] == before

@@ -28,7 +28,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_alert_rules_pass_promtool_check_rules() -> None:
     result = _promtool("check", "rules", "alerts.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 @needs_promtool

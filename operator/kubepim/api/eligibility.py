@@ -131,6 +131,8 @@ _SPEC_RULES: list[dict[str, str]] = [
     {"rule": "!has(self.defaultDuration) || !has(self.maxDuration) || "
              "duration(self.defaultDuration) <= duration(self.maxDuration)",
      "message": "defaultDuration must not exceed maxDuration"},
+    {"rule": "!has(self.idleTimeout) || duration(self.idleTimeout) >= duration('10s')",
+     "message": "idleTimeout must be at least 10s, e.g. 15m"},
     {"rule": "self.clusterWide || size(self.namespaces) > 0 || has(self.namespaceSelector)",
      "message": "name where the roles may be granted: namespaces, namespaceSelector "
                 "or clusterWide"},
@@ -192,11 +194,22 @@ class RoleEligibilitySpec(Model):
         description="How long a request may wait for approval before it times out.",
     )
 
+    idle_timeout: str | None = Field(
+        default=None, min_length=2, max_length=32, pattern=duration.PATTERN,
+        description="End a grant unused for this long (at least 10s), counted from its "
+        "activation, so a grant never used ends too. Use is what the API server's audit "
+        "stream attributes to the grant's binding (docs/activity.md); without the audit "
+        "sink configured no use is seen and every grant ends after this long.",
+    )
+
     @model_validator(mode="after")
     def _durations_positive(self) -> RoleEligibilitySpec:
         # ValueError says what is allowed; the CRD's CEL rules refuse the same at admission.
         duration.parse(self.max_duration)
         duration.parse(self.pending_timeout)
+        if self.idle_timeout is not None and \
+                duration.parse(self.idle_timeout) < datetime.timedelta(seconds=10):
+            raise ValueError("idleTimeout must be at least 10s, e.g. 15m")
         if self.break_glass is not None and \
                 duration.parse(self.break_glass.max_duration) > duration.parse(self.max_duration):
             raise ValueError("breakGlass.maxDuration must not exceed maxDuration")

@@ -20,7 +20,7 @@ ChannelType = Literal["Webhook", "Email", "Slack", "SlackWebhook", "Teams"]
 # What a route may ask to be told of: the history's actions (one per transition), and the
 # notifier's own reminders.
 NotificationEvent = Literal[
-    "Requested", "Approved", "Denied", "Activated", "Expired", "Revoked", "Withdrawn",
+    "Requested", "Approved", "Denied", "Activated", "Expired", "Idle", "Revoked", "Withdrawn",
     "TimedOut", "Rejected", "BreakGlass", "Reviewed", "BindingRestored",
     "Reminder", "ExpiringSoon", "ReviewMissing",
 ]

@@ -164,6 +164,41 @@ class Delivery(Model):
                                "ones edit it and reply in its thread, also after a restart.")
 
 
+class Operation(Model):
+    """How often the grant was used for one verb on one resource."""
+
+    verb: str = Field(max_length=64, description="The API verb, e.g. get, list, create.")
+    resource: str = Field(max_length=128, description="resource[/subresource] with its API "
+                          "group (pods, pods/log, deployments.apps), or a non-resource path.")
+    count: int = Field(ge=0, description="Requests attributed to the grant.")
+
+
+class Activity(Model):
+    """What the grant was used for, from the API server's audit stream (written by the operator).
+
+    Attributed exactly: a request counts when the RBAC authorizer's reason names this grant's
+    binding. Written at most every few seconds while the grant is used, and at its end.
+    """
+
+    requests: int = Field(default=0, ge=0, description="API requests the grant allowed.")
+    first_use: datetime.datetime | None = Field(default=None, description="The first of them.")
+    last_use: datetime.datetime | None = Field(default=None, description="The last of them.")
+    operations: list[Operation] = Field(
+        default_factory=list, max_length=32, description="The requests by verb and resource, "
+        "most frequent first (at most 32; the rest are counted in otherOperations).")
+    other_operations: int = Field(default=0, ge=0, description="Requests of verbs and "
+                                  "resources beyond the 32 listed.")
+    denied: int = Field(default=0, ge=0, description="Requests by the grant's subject during "
+                        "the grant that the API server refused.")
+    other_bindings: int = Field(default=0, ge=0, description="Requests by the grant's subject "
+                                "during the grant allowed by some other binding (standing "
+                                "access overlapping the grant).")
+    audit_ids: list[str] = Field(
+        default_factory=list, max_length=2048, description="Audit ids counted by the write "
+        "that recorded this (an API server posting them again after an operator restart is "
+        "not counted twice).")
+
+
 class AccessRequestStatus(Model):
     """Observed state, written by the operator (approvers add only their own approval)."""
 
@@ -205,6 +240,9 @@ class AccessRequestStatus(Model):
         description="Delivery progress per NotificationRoute, written with the operator's own "
         "status writes: after a restart, what was not recorded as delivered is sent again "
         "(under the same id, so a receiver can tell).")
+    activity: Activity | None = Field(
+        default=None, description="What the grant was used for (the operator's audit sink, "
+        "docs/activity.md).")
     settled: bool = Field(
         default=False, description="The operator has nothing left to do: the request is final, "
         "its binding gone, its audit lines logged and no break-glass review awaited. The "

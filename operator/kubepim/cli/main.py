@@ -522,6 +522,9 @@ def cmd_show(api: Api, args: argparse.Namespace) -> int:
         binding = status["binding"]
         print(f"Binding:     {binding.get('kind')} {binding.get('name')}"
               + (f" in {binding['namespace']}" if binding.get("namespace") else ""))
+    used = status.get("activity")
+    if used:
+        print(f"Activity:    {_used(used)}")
     approvals = status.get("approvals") or {}
     if approvals:
         print("Decisions:")
@@ -536,6 +539,18 @@ def cmd_show(api: Api, args: argparse.Namespace) -> int:
             print(f"  {stamp}  {entry.get('action'):<16} {entry.get('actor', '')}: "
                   f"{entry.get('reason', '')}".rstrip(": "))
     return EXIT_OK
+
+
+def _used(recorded: dict[str, Any]) -> str:
+    """status.activity in one line (from the API server's audit stream: docs/activity.md)."""
+    from kubepim.api.request import Activity  # (pydantic: only when there is one to show)
+    from kubepim.domain import activity
+
+    try:
+        return activity.summary(Activity.model_validate(recorded)) + (
+            f"; last {recorded['lastUse']}" if recorded.get("lastUse") else "")
+    except ValueError:
+        return "(unreadable)"
 
 
 def _candidates(api: Api, verb: str, user: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -62,10 +63,12 @@ def _run(args: argparse.Namespace) -> int:
         # clusters may run side by side); a port set in the environment is kept.
         ports = {name: str(cluster.free_port()) for name in (
             "KUBEPIM_METRICS_PORT", "KUBEPIM_WEBHOOK_PORT", "KUBEPIM_LIVENESS_PORT")}
-        env = dict(ports, **os.environ, KUBECONFIG=str(operator_config))
+        env = dict(ports, **started.operator_env(), **os.environ, KUBECONFIG=str(operator_config))
         print(f"operator endpoints: metrics http://127.0.0.1:{env['KUBEPIM_METRICS_PORT']}"
               f"/metrics, health http://127.0.0.1:{env['KUBEPIM_LIVENESS_PORT']}/healthz, "
-              f"webhooks https://127.0.0.1:{env['KUBEPIM_WEBHOOK_PORT']}", flush=True)
+              f"webhooks https://127.0.0.1:{env['KUBEPIM_WEBHOOK_PORT']}"
+              + (f", audit sink https://127.0.0.1:{env['KUBEPIM_AUDIT_SINK_PORT']}"
+                 if "KUBEPIM_AUDIT_SINK_PORT" in env else ""), flush=True)
         print("starting the operator (python -m kubepim) as ServiceAccount kubepim/kubepim; "
               "press Ctrl-C to stop", flush=True)
         operator = subprocess.Popen([sys.executable, "-m", "kubepim"], env=env)
@@ -109,6 +112,8 @@ def _env(args: argparse.Namespace) -> int:
             f"the dev cluster in {args.dir} is not running; run `down`, then `up`"
         )
     print(f"export KUBECONFIG={found.kubeconfig}")
+    for key, value in found.operator_env().items():  # the operator's audit sink
+        print(f"export {key}={shlex.quote(value)}")
     return 0
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import certs
+from . import audit, certs
 from .binaries import Binaries
 from .errors import DevClusterError
 
@@ -43,10 +43,13 @@ class Cluster:
     server: str
     kubeconfig: Path
     pids: dict[str, int] = field(default_factory=dict)
+    # Where the API server posts its audit events (the operator's audit sink), if it does.
+    audit_sink: audit.AuditSink | None = None
 
     def save(self) -> None:
         """Record this cluster in ``workdir/cluster.json``."""
-        state = {"server": self.server, "kubeconfig": str(self.kubeconfig), "pids": self.pids}
+        state = {"server": self.server, "kubeconfig": str(self.kubeconfig), "pids": self.pids,
+                 **({"audit_sink": self.audit_sink.wire()} if self.audit_sink else {})}
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -61,7 +64,13 @@ class Cluster:
                 f"{workdir / STATE_FILE} is unreadable ({error}); stop any processes it started "
                 f"and remove {workdir}"
             ) from error
-        return cls(workdir, state["server"], Path(state["kubeconfig"]), dict(state["pids"]))
+        sink = state.get("audit_sink")
+        return cls(workdir, state["server"], Path(state["kubeconfig"]), dict(state["pids"]),
+                   audit.AuditSink.from_wire(sink) if sink else None)
+
+    def operator_env(self) -> dict[str, str]:
+        """Settings an operator for this cluster needs beyond its kubeconfig (the audit sink)."""
+        return self.audit_sink.operator_env() if self.audit_sink else {}
 
     def running(self) -> dict[str, int]:
         """The recorded processes that are still alive and still ours."""
@@ -190,11 +199,14 @@ def start(
     port: int | None = None,
     detach: bool = False,
     timeout: float = 90.0,
+    audit_sink: bool = True,
 ) -> Cluster:
     """Start a control plane in ``workdir`` and return once it serves ready.
 
     ``detach`` keeps the processes running after this Python process exits (``up``); otherwise
-    they are signalled when it dies. On any failure everything started is stopped again.
+    they are signalled when it dies. ``audit_sink``: the API server posts its audit events to
+    an operator's audit sink on a port chosen here (:meth:`Cluster.operator_env`); benchmarks
+    that measure without it turn it off. On any failure everything started is stopped again.
     """
     workdir = workdir.resolve()
     existing = Cluster.load(workdir) if workdir.exists() else None
@@ -221,6 +233,9 @@ def start(
     kubeconfig = workdir / "kubeconfig"
     write_kubeconfig(kubeconfig, server, pki)
     cluster = Cluster(workdir, server, kubeconfig)
+    audit_flags: list[str] = []
+    if audit_sink:
+        cluster.audit_sink, audit_flags = audit.prepare(workdir / "audit", free_port())
 
     starter = _Starter(workdir, binaries, detach)
     deadline = time.monotonic() + timeout
@@ -259,6 +274,7 @@ def start(
             f"--service-account-signing-key-file={pki.sa_private}",
             "--profiling=false",
             "--v=0",
+            *audit_flags,
         ])
         cluster.pids["kube-apiserver"] = starter.processes["kube-apiserver"].pid
         cluster.save()

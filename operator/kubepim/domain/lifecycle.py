@@ -1,6 +1,7 @@
 """The AccessRequest lifecycle as a pure function: given what is, what should happen next.
 
     (new) ── covered ──▶ Pending ── quorum ──▶ Active ── expiresAt ──▶ Expired
+      │                   │  │                   ├── unused for idleTimeout ──▶ Expired (Idle)
       │                   │  │                   └── eligibility gone ──▶ Revoked
       └─ not covered ─▶ Rejected  └─ denial / eligibility gone ──▶ Denied
                           └─ pendingTimeout ──▶ TimedOut
@@ -22,6 +23,7 @@ from kubepim.api.common import Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
 from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Action, Phase
 
+from . import activity
 from .quorum import Case, is_approver, person, tally
 from .review import Accepted, Review, RoleKey, review
 
@@ -70,6 +72,19 @@ def overdue(status: AccessRequestStatus, now: datetime.datetime) -> bool:
             and status.expires_at <= now)
 
 
+def idle_at(status: AccessRequestStatus, eligibilities: Mapping[str, RoleEligibilitySpec],
+            last_used: datetime.datetime | None = None) -> datetime.datetime | None:
+    """When an Active grant becomes idle under its eligibility's idleTimeout (None: never)."""
+    policy = eligibilities.get(status.eligibility or "")
+    if status.phase != Phase.ACTIVE or status.activated_at is None or policy is None \
+            or policy.idle_timeout is None:
+        return None
+    uses = [t for t in (last_used, status.activity.last_use if status.activity else None)
+            if t is not None]
+    return activity.idle_deadline(status.activated_at, max(uses) if uses else None,
+                                  duration.parse(policy.idle_timeout))
+
+
 def settled(status: AccessRequestStatus) -> bool:
     """Whether nothing is left to decide on a request: final, and no break-glass review awaited.
 
@@ -101,8 +116,13 @@ def decide(
     case: Case = "insensitive",
     namespace_uid: str | None = None,
     access_ended_at: datetime.datetime | None = None,
+    last_used: datetime.datetime | None = None,
 ) -> Plan:
     """Next step of one request. Final phases only keep the binding absent.
+
+    ``last_used``: the latest use of an Active grant counted from the audit stream, written to
+    status.activity or not yet (the eligibility's idleTimeout counts from it, or from the
+    activation if it was never used).
 
     ``access_ended_at``: when the operator removed an expired grant's binding ahead of this
     decision (the Expired entry says how late access ended, not how late it was recorded).
@@ -115,7 +135,7 @@ def decide(
     """
     phase = status.phase
     inputs = _Inputs(eligibilities, namespace_labels, privileged or {}, case, namespace_uid,
-                     access_ended_at)
+                     access_ended_at, last_used)
     if phase is not None and phase.final:
         plan = Plan(message=status.message)
     elif phase == Phase.ACTIVE:
@@ -135,6 +155,7 @@ class _Inputs:
     case: Case
     namespace_uid: str | None
     access_ended_at: datetime.datetime | None = None
+    last_used: datetime.datetime | None = None
 
     def review(self, spec: AccessRequestSpec, status: AccessRequestStatus,
                requested_at: datetime.datetime | None = None) -> Review:
@@ -170,6 +191,15 @@ def _decide_active(
         note = f"; revoked {late:.0f}s late" if late >= 1 else ""
         return _final("Expired", Phase.EXPIRED, OPERATOR,
                       f"access ended at its expiry {_iso(status.expires_at)}{note}")
+    idle = idle_at(status, inputs.eligibilities, inputs.last_used)
+    if idle is not None and idle <= now:
+        policy = inputs.eligibilities[status.eligibility or ""]
+        last = inputs.last_used or (status.activity.last_use if status.activity else None)
+        since = f"last used {_iso(last)}" if last is not None and status.activated_at \
+            and last >= status.activated_at else "never used since its activation"
+        return _final("Idle", Phase.EXPIRED, OPERATOR,
+                      f"access ended: unused for its eligibility's idleTimeout "
+                      f"{policy.idle_timeout} ({since})")
     taken = _action(status, spec, ("End", "Revoke"))
     if taken is not None:
         who, entry = taken

@@ -281,7 +281,7 @@ def facts(body: Mapping[str, Any], request: AccessRequest, eligibility: RoleElig
 # The phase each action leaves a request in (Reviewed and Approved-but-short leave it as it was).
 _PHASE_AFTER = {"Requested": Phase.PENDING, "Approved": Phase.PENDING,
                 "BreakGlass": Phase.PENDING, "Activated": Phase.ACTIVE,
-                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED,
+                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED, "Idle": Phase.EXPIRED,
                 "Denied": Phase.DENIED, "Revoked": Phase.REVOKED, "Withdrawn": Phase.WITHDRAWN,
                 "TimedOut": Phase.TIMED_OUT, "Rejected": Phase.REJECTED}
 

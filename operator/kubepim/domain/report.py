@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from kubepim.api.accessreview import EligibilityReviewRun
-from kubepim.api.request import AccessRequest
+from kubepim.api.request import AccessRequest, Activity
 
 COLUMNS = ("request", "requester", "role", "namespace", "activated_at", "ended_at", "ended_by",
-           "outcome", "approved_by", "justification", "ticket", "break_glass", "reviewed_by")
-_ENDINGS = ("Expired", "Revoked")
+           "outcome", "approved_by", "justification", "ticket", "break_glass", "reviewed_by",
+           "used", "last_used", "operations", "denied", "other_bindings")
+_ENDINGS = ("Expired", "Idle", "Revoked")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class GrantRow:
     ticket: str
     break_glass: bool
     reviewed_by: str
+    # What the grant was used for (status.activity, from the audit stream: docs/activity.md).
+    used: int = 0
+    last_used: str = ""
+    operations: str = ""
+    denied: int = 0
+    other_bindings: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """The row as a JSON-ready mapping."""
@@ -88,8 +96,20 @@ def grants(
             ticket=spec.ticket or "",
             break_glass=spec.break_glass,
             reviewed_by=status.reviewed_by or "",
+            **_activity(status.activity),
         )))
     return [row for _, row in sorted(rows, key=lambda pair: (pair[0], pair[1].request))]
+
+
+def _activity(activity: Activity | None) -> dict[str, Any]:
+    if activity is None:
+        return {}
+    listed = [f"{o.verb} {o.resource} {o.count}" for o in activity.operations]
+    if activity.other_operations:
+        listed.append(f"other {activity.other_operations}")
+    return {"used": activity.requests, "last_used": _iso(activity.last_use),
+            "operations": "; ".join(listed), "denied": activity.denied,
+            "other_bindings": activity.other_bindings}
 
 
 REVIEW_COLUMNS = ("run", "review", "started_at", "deadline", "completed_at", "eligibility",

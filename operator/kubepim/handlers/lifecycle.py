@@ -36,6 +36,7 @@ from kubepim.notify.notifier import Notifier
 from kubepim.settings import Settings
 
 from . import admission, notifications, registry
+from .activity import ActivitySink
 from .reconcile import Reconciler, utcnow
 from .reviews import Reviews
 from .standing import StandingWatch
@@ -105,6 +106,17 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
                             config.max_unreviewed_break_glass)
     memo.reconciler = reconciler
     memo.reviews = Reviews(reconciler, duration.parse(config.retention))
+    if config.audit_sink_port:
+        missing = [f"KUBEPIM_{key.upper()}={getattr(config, key) or '(unset)'}" for key in (
+            "audit_sink_cert_file", "audit_sink_key_file", "audit_sink_client_ca_file")
+            if not getattr(config, key) or not Path(getattr(config, key)).is_file()]
+        if missing:
+            await kube.close()
+            raise kopf.PermanentError(
+                f"the audit sink (KUBEPIM_AUDIT_SINK_PORT={config.audit_sink_port}) needs its "
+                f"serving certificate, key and the client CA as files: {', '.join(missing)} "
+                "(docs/activity.md)")
+        reconciler.activity = ActivitySink(reconciler, config)
 
     async def warn(body: dict[str, Any], reason: str, message: str) -> None:
         history = len((body.get("status") or {}).get("history") or [])
@@ -182,6 +194,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         await elector.takeover_done(timeout=30)
         if config.webhook_port:
             await _serve_webhooks(settings, config, kube, memo)
+        if reconciler.activity is not None:
+            await reconciler.activity.start()
     except BaseException:
         renewals.cancel()  # kopf runs start-up again: no second elector beside a new one
         raise
@@ -245,6 +259,8 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
         await watch.close()
     reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
+        if reconciler.activity is not None:
+            await reconciler.activity.stop()
         if reconciler.notifier is not None:
             await reconciler.notifier.close()
         await reconciler.kube.close()

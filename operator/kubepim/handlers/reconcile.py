@@ -28,10 +28,11 @@ from kubepim.api.request import (
     AccessRequest,
     AccessRequestSpec,
     AccessRequestStatus,
+    Activity,
     HistoryEntry,
     Phase,
 )
-from kubepim.domain import bindings
+from kubepim.domain import activity, bindings
 from kubepim.domain.admission import check_limits as limits_refusal
 from kubepim.domain.admission import privileged
 from kubepim.domain.lifecycle import OPERATOR, Plan, Transition, conditions, decide, settled
@@ -50,6 +51,8 @@ from kubepim.k8s.client import (
 )
 from kubepim.notify.notifier import Notifier
 
+from .activity import ActivitySink, Unwritten
+from .activity import dump as dump_activity
 from .limits import RequesterLimits
 
 logger = logging.getLogger(__name__)
@@ -128,6 +131,9 @@ class Reconciler:
         self.keyed[_HOLD] = self._release
         # Deliveries to NotificationRoutes (the operator's start-up makes it); never waited on.
         self.notifier: Notifier | None = None
+        # The audit sink (issue 18), when configured: told which grants are Active; its
+        # counted use rides along with the final status write (docs/activity.md).
+        self.activity: ActivitySink | None = None
         # NotificationRoutes as the route watch last delivered them (by name).
         self.routes: dict[str, dict[str, Any]] = {}
         # Whether this replica may act now (leader election sets it; alone, always), and
@@ -213,6 +219,8 @@ class Reconciler:
         self.state.forget(name)
         self._expiring.pop(name, None)
         self._revoked_at.pop(name, None)
+        if self.activity is not None:
+            self.activity.forget(name, ended_too=False)  # (late events of an ended grant count)
         self._reconciled(name)
 
     def catch_up(self, names: Iterable[str]) -> None:
@@ -432,6 +440,8 @@ class Reconciler:
         self.state.reset()
         if self.notifier is not None:
             self.notifier.reset()
+        if self.activity is not None:
+            self.activity.reset()
 
     async def _process(self, key: str) -> None:
         """The queue's worker: one key; an exception makes the queue retry it with backoff."""
@@ -557,7 +567,8 @@ class Reconciler:
         plan = decide(spec, status, created, eligibilities, labels, now,
                       uid=body["metadata"]["uid"], privileged=self.state.privileged,
                       case=self.case,
-                      namespace_uid=namespace_uid, access_ended_at=self._access_ended(name, uid))
+                      namespace_uid=namespace_uid, access_ended_at=self._access_ended(name, uid),
+                      last_used=self._last_used(name, uid))
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
             # watch last delivered them (it may not have listed them yet).
@@ -600,12 +611,24 @@ class Reconciler:
         else:
             await self._remove_binding(name, request, body["metadata"].get("uid"))
 
+        # A grant that ends: its counted use goes with the final write, and in its entry.
+        used: tuple[Activity, Unwritten] | None = None
+        if self.activity is not None and transitions and transitions[-1].phase.final \
+                and status.activated_at is not None:
+            counted = self.activity.take(name, uid)
+            used = (activity.merged(status.activity, counted[1].tally), counted[1]) \
+                if counted is not None and counted[1].tally else None
+            final = used[0] if used is not None else status.activity
+            transitions[-1] = dataclasses.replace(
+                transitions[-1], message=f"{transitions[-1].message}; {activity.summary(final)}")
         # What the routes owe as the request stood before this write: queued first, so the
         # settling below waits for it (after a restart, nothing is owed until observed).
         self._notify(body, eligibilities, request)
         patch = self._status_patch(body, status, plan, transitions, now,
                                    self.notifier.progress(uid) if self.notifier else {},
                                    self._owes(uid))
+        if used is not None:
+            patch["activity"] = dump_activity(used[0])
         expires_at = plan.expires_at or status.expires_at
         unsettled: Exception | None = None
         if patch.get("settled") and not transitions and not status.settled \
@@ -618,8 +641,15 @@ class Reconciler:
             audit.replay(body, request, from_index=first)
         if patch:
             try:
-                written = await self.kube.patch_request_status(
-                    name, patch, body["metadata"]["resourceVersion"])
+                try:
+                    written = await self.kube.patch_request_status(
+                        name, patch, body["metadata"]["resourceVersion"])
+                except BaseException:
+                    if used is not None and self.activity is not None:
+                        self.activity.not_written(name, uid, used[1])
+                    raise
+                if used is not None and self.activity is not None:
+                    self.activity.wrote(name, uid, used[1], used[0])
             except NotFound:
                 await self.request_deleted(body, "deleted before its status could record "
                                            + ", ".join(t.action for t in transitions))
@@ -665,8 +695,14 @@ class Reconciler:
             self._expiring.pop(name, None)
             if phase is not None and phase.final:
                 self._revoked_at.pop(name, None)
+        if self.activity is not None:
+            self._track_use(name, uid, spec, status, plan, phase,
+                            used[0] if used is not None else None, now)
         if phase == Phase.ACTIVE and expires_at is not None:
             self.expires(name, uid, spec.namespace, expires_at)
+            idle = self._idle_at(name, uid, status, plan, governing, eligibilities)
+            if idle is not None and idle < expires_at:
+                self.queue.schedule(name, idle)  # (the earlier of the two timers fires)
         else:
             timeout = self._timeout(created, governing) if phase == Phase.PENDING else None
             if timeout is not None:
@@ -675,6 +711,40 @@ class Reconciler:
                 self.queue.cancel(name)
         if unsettled is not None:
             raise unsettled  # the queue retries (with backoff); the next reconcile settles it
+
+    def _last_used(self, name: str, uid: str) -> datetime.datetime | None:
+        return self.activity.last_use(name, uid) if self.activity is not None else None
+
+    def _idle_at(self, name: str, uid: str, status: AccessRequestStatus, plan: Plan,
+                 governing: str | None, eligibilities: dict[str, RoleEligibilitySpec]
+                 ) -> datetime.datetime | None:
+        """When the Active grant becomes idle (its eligibility's idleTimeout; None: never)."""
+        policy = eligibilities.get(governing or "")
+        activated = plan.activated_at or status.activated_at
+        if policy is None or policy.idle_timeout is None or activated is None:
+            return None
+        uses = [t for t in (self._last_used(name, uid),
+                            status.activity.last_use if status.activity else None)
+                if t is not None]
+        return activity.idle_deadline(activated, max(uses) if uses else None,
+                                      duration.parse(policy.idle_timeout))
+
+    def _track_use(self, name: str, uid: str, spec: AccessRequestSpec,
+                   status: AccessRequestStatus, plan: Plan, phase: Phase | None,
+                   written: Activity | None, now: datetime.datetime) -> None:
+        """Tell the audit sink which grant this is now: Active (counted to) or ended."""
+        assert self.activity is not None
+        activated = plan.activated_at or status.activated_at
+        expires = plan.expires_at or status.expires_at
+        if phase == Phase.ACTIVE and activated is not None and expires is not None \
+                and spec.requester is not None:
+            ref = bindings.binding_ref_in(name, spec.namespace)
+            self.activity.track(activity.Grant(
+                request=name, uid=uid, username=spec.requester.username,
+                binding=(ref.kind, ref.namespace or "", ref.name), activated_at=activated,
+                ends_at=expires), status.activity)
+        elif phase is not None and phase.final and activated is not None:
+            self.activity.ended(name, uid, now, written or status.activity)
 
     async def _settle(self, name: str, written: dict[str, Any]
                       ) -> tuple[bool, Exception | None]:
@@ -738,13 +808,20 @@ class Reconciler:
             except Exception:  # changed since, renewal late, or a failure: a reconcile does it
                 self.enqueue(name)  # (kept while the renewal is late; nothing on a standby)
                 return
-            if self.state.is_held(name):
-                self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
-                if name in self._again or name in self._bodies:
-                    # A resync's or a watch's copy waits: older now than the version just
-                    # "decided", it would be skipped undecided. Read and decided instead.
-                    self._woken.add(name)
+            self.wrote_alone(name, answer)
             self.notifier.recorded(uid, answer)
+
+    def wrote_alone(self, name: str, answer: dict[str, Any]) -> None:
+        """A status field written on its own (no decision): its version counts as decided.
+
+        (Notification progress, activity: merge patches on the version last decided.)
+        """
+        if self.state.is_held(name):
+            self.state.decided(name, str(answer["metadata"]["resourceVersion"]))
+            if name in self._again or name in self._bodies:
+                # A resync's or a watch's copy waits: older now than the version just
+                # "decided", it would be skipped undecided. Read and decided instead.
+                self._woken.add(name)
 
     def _owes(self, uid: str) -> bool:
         return self.notifier is not None and self.notifier.owes_unknown(uid)
