@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from kubepim.api.common import Condition
 from kubepim.api.eligibility import RoleEligibilitySpec
-from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Phase
-from kubepim.domain.lifecycle import OPERATOR, Plan, conditions, decide
+from kubepim.api.request import AccessRequestSpec, AccessRequestStatus, Activity, Phase
+from kubepim.domain.lifecycle import OPERATOR, Plan, conditions, decide, idle_at
 
 from .builders import NOW, PAYMENTS_LABELS, approve, deny, eligibility, request
 
@@ -367,3 +367,51 @@ def test_the_recorded_governing_eligibility_is_kept_while_it_still_covers() -> N
     plan = decide(request(), pending, NOW, both, PAYMENTS_LABELS, NOW)
     assert plan.eligibility == "team"
     assert plan.binding == "present"  # bob's approval, accepted under team, still counts
+
+
+# --- idle timeout (docs/activity.md) -----------------------------------------------------------
+
+def _idle_team() -> dict[str, RoleEligibilitySpec]:
+    return {"team": eligibility(idleTimeout="15m")}
+
+
+def test_a_grant_never_used_ends_idle_its_timeout_after_activation() -> None:
+    status = _active(expires_at=NOW + datetime.timedelta(minutes=44))  # activated 16 min ago
+    plan = decide(request(), status, CREATED, _idle_team(), PAYMENTS_LABELS, NOW)
+    assert _steps(plan) == [("Idle", Phase.EXPIRED, OPERATOR)]
+    assert plan.binding == "absent"
+    assert plan.transitions[0].message == ("access ended: unused for its eligibility's "
+                                           "idleTimeout 15m (never used since its activation)")
+    assert idle_at(status, _idle_team()) == status.activated_at + datetime.timedelta(minutes=15)
+
+
+def test_a_grant_used_within_its_idle_timeout_stays_and_its_timer_moves() -> None:
+    status = _active(expires_at=NOW + datetime.timedelta(minutes=44))
+    used = NOW - datetime.timedelta(minutes=3)
+    plan = decide(request(), status, CREATED, _idle_team(), PAYMENTS_LABELS, NOW,
+                  last_used=used)
+    assert plan.transitions == () and plan.binding == "present"
+    assert idle_at(status, _idle_team(), used) == used + datetime.timedelta(minutes=15)
+    # The use as written in status.activity counts the same as one not written yet.
+    recorded = status.model_copy(update={"activity": Activity(requests=1, last_use=used)})
+    assert decide(request(), recorded, CREATED, _idle_team(), PAYMENTS_LABELS,
+                  NOW).transitions == ()
+    # Unused since: idle, naming the last use.
+    later = NOW + datetime.timedelta(minutes=13)
+    ended = decide(request(), recorded, CREATED, _idle_team(), PAYMENTS_LABELS, later)
+    assert _steps(ended) == [("Idle", Phase.EXPIRED, OPERATOR)]
+    assert "(last used 2026-11-23T11:57:00Z)" in ended.transitions[0].message
+
+
+def test_without_an_idle_timeout_nothing_ends_idle_and_the_expiry_comes_first() -> None:
+    status = _active(expires_at=NOW + datetime.timedelta(minutes=44))
+    assert _decide(status).transitions == ()
+    assert idle_at(status, TEAM) is None
+    expired = _active(expires_at=NOW)  # both due: the expiry is what ended it
+    plan = decide(request(), expired, CREATED, _idle_team(), PAYMENTS_LABELS, NOW)
+    assert _steps(plan) == [("Expired", Phase.EXPIRED, OPERATOR)]
+
+
+def test_an_idle_timeout_below_ten_seconds_is_refused_with_what_is_allowed() -> None:
+    with pytest.raises(ValidationError, match="idleTimeout must be at least 10s"):
+        eligibility(idleTimeout="5s")

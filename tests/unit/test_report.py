@@ -244,3 +244,19 @@ def test_a_row_as_a_mapping_has_exactly_the_columns_in_order() -> None:
     row = _only(_granted(T1, T2))
     assert tuple(row.as_dict()) == COLUMNS
     assert row.as_dict()["request"] == "r"
+
+
+def test_a_grant_ended_idle_ends_there_and_its_row_says_what_it_was_used_for() -> None:
+    grant = _granted(SINCE + DAY, None, phase=Phase.EXPIRED, history=[
+        entry("Activated", SINCE + DAY), entry("Idle", SINCE + DAY + HOUR)],
+        activity={"requests": 14, "lastUse": SINCE + DAY + datetime.timedelta(minutes=5),
+                  "operations": [{"verb": "get", "resource": "pods", "count": 12},
+                                 {"verb": "get", "resource": "pods/log", "count": 2}],
+                  "otherOperations": 3, "denied": 1})
+    row = _only(grant)
+    assert (row.ended_at, row.ended_by) == ("2026-11-02T01:00:00Z", "kubepim")
+    assert (row.used, row.last_used, row.denied, row.other_bindings) == (
+        14, "2026-11-02T00:05:00Z", 1, 0)
+    assert row.operations == "get pods 12; get pods/log 2; other 3"
+    unused = _only(_granted(SINCE + DAY, SINCE + DAY + HOUR))  # no audit sink: columns empty
+    assert (unused.used, unused.operations, unused.last_used) == (0, "", "")
