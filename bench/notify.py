@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *_: Any) -> None:
         pass
 
+    def do_GET(self) -> None:
+        """What was received so far (the bench process asks; the receiver is a process apart)."""
+        with self.server.lock:
+            body = json.dumps({"received": self.server.received, "bad": self.server.bad,
+                               "event_time": self.server.event_time}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         now = time.time()
@@ -64,6 +77,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+
+class _Remote:
+    """The receiver in a process of its own: its CPU is not the load generator's GIL."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.notify", "--receiver"],
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.server_address = ("127.0.0.1", self.port)
+        self.received: dict[str, float] = {}
+        self.event_time: dict[str, float] = {}
+        self.bad = 0
+
+    def refresh(self) -> None:
+        """Fetch what the receiver has."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as answer:
+            state = json.loads(answer.read())
+        self.received, self.event_time, self.bad = (state["received"], state["event_time"],
+                                                    state["bad"])
+
+    def shutdown(self) -> None:
+        """Stop the receiver process (ours, by pid)."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 def _burst(bench: harness.Bench, prefix: str, count: int) -> tuple[list[str], dict[str, Any]]:
@@ -84,8 +123,14 @@ def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser(prog="python -m bench.notify", description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--receiver", action="store_true",
+                        help="(internal) run only the receiver, print its port")
     args = parser.parse_args()
-    receiver = _Receiver()
+    if args.receiver:
+        alone = _Receiver()
+        print(alone.server_address[1], flush=True)
+        threading.Event().wait()
+    receiver = _Remote()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
         bench, started = harness.start(Path(scratch))
@@ -111,8 +156,11 @@ def main() -> None:
             uids = {i["metadata"]["uid"] for i in bench.custom().list_cluster_custom_object(
                 GROUP, VERSION, "accessrequests")["items"] if i["metadata"]["name"] in names}
             wanted = {f"{uid}/{n}" for uid in uids for n in range(3)}
-            wait_until(lambda: wanted <= set(receiver.received), 300,
-                       f"{len(wanted)} CloudEvents received", interval=0.5)
+            def all_received() -> bool:
+                receiver.refresh()
+                return wanted <= set(receiver.received)
+
+            wait_until(all_received, 300, f"{len(wanted)} CloudEvents received", interval=0.5)
             results["events"] = {
                 "received": len(wanted), "bad_signatures": receiver.bad,
                 "burst_start_to_last_received_s": max(receiver.received[i] for i in wanted)

@@ -63,7 +63,7 @@ def _line(body: dict[str, Any], spec: AccessRequestSpec, index: int, when: datet
 # The phase each action leaves a request in (Reviewed leaves it where it was).
 _PHASE_AFTER = {"Requested": Phase.PENDING, "Approved": Phase.PENDING,
                 "BreakGlass": Phase.PENDING, "Activated": Phase.ACTIVE,
-                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED,
+                "BindingRestored": Phase.ACTIVE, "Expired": Phase.EXPIRED, "Idle": Phase.EXPIRED,
                 "Denied": Phase.DENIED, "Revoked": Phase.REVOKED, "Withdrawn": Phase.WITHDRAWN,
                 "TimedOut": Phase.TIMED_OUT, "Rejected": Phase.REJECTED}
 

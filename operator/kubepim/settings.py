@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=60,
         description="How often a used grant's status.activity is written at most.",
     )
+    activity_takeover_grace_seconds: float = Field(
+        default=90.0, ge=0,
+        description="After a takeover, no grant ends Idle for this long: uses the previous "
+        "leader counted but did not write come again only when the API server posts them "
+        "again, after its retry backoff (about 80 s with the default 10 s initial backoff).",
+    )
     audit_sink_max_pending: int = Field(
         default=20000, ge=100,
         description="Events parsed and not yet answered beyond which a post is refused with 503 "

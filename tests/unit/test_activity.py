@@ -137,3 +137,15 @@ def test_a_grant_never_used_is_idle_from_its_activation() -> None:
     assert activity.idle_deadline(T0, used, idle) == used + idle
     # (a use recorded before activation, by a predecessor's binding: activation counts)
     assert activity.idle_deadline(T0, T0 - idle, idle) == T0 + idle
+
+
+def test_a_write_that_landed_though_its_answer_was_lost_is_not_counted_again() -> None:
+    tally = Tally()
+    for n in range(2):
+        seen = activity.reduce(event(audit_id=f"g{n}"))
+        assert seen is not None
+        tally.add(seen, "grant")
+    landed = activity.merged(None, tally)
+    assert landed.requests == 2
+    again = activity.merged(landed, tally)  # the same events, written again on its version
+    assert again.requests == 2 and again.audit_ids == ["g0", "g1"]

@@ -34,7 +34,9 @@ class AuditSink:
                 "KUBEPIM_AUDIT_SINK_CERT_FILE": str(self.serving_cert),
                 "KUBEPIM_AUDIT_SINK_KEY_FILE": str(self.serving_key),
                 "KUBEPIM_AUDIT_SINK_CLIENT_CA_FILE": str(self.ca_cert),
-                "KUBEPIM_AUDIT_SINK_CLIENT_NAMES": json.dumps([CLIENT_NAME])}
+                "KUBEPIM_AUDIT_SINK_CLIENT_NAMES": json.dumps([CLIENT_NAME]),
+                # The backend's retries span 16 s here (2 s initial backoff): see prepare.
+                "KUBEPIM_ACTIVITY_TAKEOVER_GRACE_SECONDS": "20"}
 
     def wire(self) -> dict[str, object]:
         """As recorded in cluster.json."""

@@ -44,6 +44,7 @@ class Seen:
     binding: BindingKey | None  # the binding the RBAC reason names
     time: datetime.datetime
     code: int | None
+    impersonator: str = ""  # who authenticated, when the request acted as ``username``
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def reduce(event: Mapping[str, Any]) -> Seen | None:
     when = _time(event.get("requestReceivedTimestamp") or event.get("stageTimestamp"))
     if not isinstance(audit_id, str) or not audit_id or when is None:
         return None
-    user = event.get("impersonatedUser") or event.get("user") or {}
+    authenticated = event.get("user") or {}
+    user = event.get("impersonatedUser") or authenticated
     annotations = event.get("annotations") or {}
     decision = annotations.get("authorization.k8s.io/decision")
     reason = annotations.get("authorization.k8s.io/reason") or ""
@@ -82,7 +84,9 @@ def reduce(event: Mapping[str, Any]) -> Seen | None:
         verb=str(event.get("verb") or ""), resource=_resource(ref, event),
         namespace=str(ref.get("namespace") or ""), name=str(ref.get("name") or ""),
         allowed=allowed, binding=parse_reason(reason) if allowed else None, time=when,
-        code=code if isinstance(code, int) else None)
+        code=code if isinstance(code, int) else None,
+        impersonator=str(authenticated.get("username") or "")
+        if event.get("impersonatedUser") else "")
 
 
 def parse_reason(reason: str) -> BindingKey | None:
@@ -116,67 +120,68 @@ def attribute(seen: Seen, by_binding: Mapping[BindingKey, Grant],
 
 @dataclass
 class Tally:
-    """What was attributed to one grant and not yet written to its status."""
+    """Requests counted to one grant and not yet written to its status, in arrival order."""
 
-    requests: int = 0
-    first_use: datetime.datetime | None = None
-    last_use: datetime.datetime | None = None
-    operations: dict[tuple[str, str], int] = field(default_factory=dict)
-    denied: int = 0
-    other_bindings: int = 0
-    ids: list[str] = field(default_factory=list)
+    events: list[tuple[Seen, Attribution]] = field(default_factory=list)
 
     def add(self, seen: Seen, how: Attribution) -> None:
         """Count one request (the caller has already dropped ids it counted before)."""
-        self.ids.append(seen.audit_id)
-        if how == "denied":
-            self.denied += 1
-        elif how == "other-binding":
-            self.other_bindings += 1
-        else:
-            self.requests += 1
-            key = (seen.verb, seen.resource)
-            self.operations[key] = self.operations.get(key, 0) + 1
-            self.first_use = min(self.first_use or seen.time, seen.time)
-            self.last_use = max(self.last_use or seen.time, seen.time)
+        self.events.append((seen, how))
 
-    def absorb(self, other: Tally) -> None:
-        """Add what ``other`` counted (a tally whose write failed, put back)."""
-        self.ids[:0] = other.ids
-        self.requests += other.requests
-        self.denied += other.denied
-        self.other_bindings += other.other_bindings
-        for key, number in other.operations.items():
-            self.operations[key] = self.operations.get(key, 0) + number
-        for moment in (other.first_use, other.last_use):
-            if moment is not None:
-                self.first_use = min(self.first_use or moment, moment)
-                self.last_use = max(self.last_use or moment, moment)
+    def ids(self) -> list[str]:
+        """The audit ids counted, in order."""
+        return [seen.audit_id for seen, _ in self.events]
+
+    def last_use(self) -> datetime.datetime | None:
+        """The latest request counted to the grant itself."""
+        uses = [seen.time for seen, how in self.events if how == "grant"]
+        return max(uses) if uses else None
+
+    def split(self, limit: int) -> Tally:
+        """The first ``limit`` events, taken out of this tally."""
+        taken, self.events = self.events[:limit], self.events[limit:]
+        return Tally(taken)
+
+    def put_back(self, other: Tally) -> None:
+        """``other``'s events (a write that failed) in front of what was counted since."""
+        self.events[:0] = other.events
 
     def __bool__(self) -> bool:
-        return bool(self.ids)
+        return bool(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
 
 
 def merged(recorded: Activity | None, tally: Tally) -> Activity:
-    """The activity to write: what status recorded plus ``tally`` (whose ids replace its ids)."""
+    """The activity to write: what status recorded plus ``tally`` (its ids replace the ids).
+
+    Events whose id the recorded activity already lists are not counted again (a write whose
+    outcome was unknown, that landed after all).
+    """
     before = recorded or Activity()
+    already = set(before.audit_ids)
+    fresh = [(seen, how) for seen, how in tally.events if seen.audit_id not in already]
     counts: dict[tuple[str, str], int] = {(o.verb, o.resource): o.count
                                           for o in before.operations}
-    for key, count in tally.operations.items():
-        counts[key] = counts.get(key, 0) + count
+    used = [seen for seen, how in fresh if how == "grant"]
+    for seen in used:
+        key = (seen.verb, seen.resource)
+        counts[key] = counts.get(key, 0) + 1
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     listed, rest = ranked[:OPERATIONS], ranked[OPERATIONS:]
-    firsts = [t for t in (before.first_use, tally.first_use) if t is not None]
-    lasts = [t for t in (before.last_use, tally.last_use) if t is not None]
+    firsts = [t for t in (before.first_use, *(s.time for s in used)) if t is not None]
+    lasts = [t for t in (before.last_use, *(s.time for s in used)) if t is not None]
     return Activity(
-        requests=before.requests + tally.requests,
+        requests=before.requests + len(used),
         first_use=min(firsts) if firsts else None, last_use=max(lasts) if lasts else None,
         operations=[Operation(verb=verb, resource=resource, count=count)
                     for (verb, resource), count in listed],
         other_operations=before.other_operations + sum(count for _, count in rest),
-        denied=before.denied + tally.denied,
-        other_bindings=before.other_bindings + tally.other_bindings,
-        audit_ids=tally.ids[-AUDIT_IDS:])
+        denied=before.denied + sum(1 for _, how in fresh if how == "denied"),
+        other_bindings=before.other_bindings + sum(1 for _, how in fresh
+                                                   if how == "other-binding"),
+        audit_ids=tally.ids()[-AUDIT_IDS:])
 
 
 def summary(activity: Activity | None) -> str:

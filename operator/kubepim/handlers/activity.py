@@ -39,8 +39,8 @@ from cryptography.x509.oid import NameOID
 
 from kubepim import metrics
 from kubepim.api.request import Activity
-from kubepim.domain import activity
-from kubepim.domain.activity import BindingKey, Grant, Seen, Tally
+from kubepim.domain import activity, bindings
+from kubepim.domain.activity import AUDIT_IDS, BindingKey, Grant, Seen, Tally
 from kubepim.k8s.client import NotFound
 
 if TYPE_CHECKING:
@@ -58,12 +58,12 @@ _MAX_BODY = 32 * 1024 * 1024
 
 
 @dataclass
-class Unwritten:
-    """What is counted to one grant since its last write, and who waits for it to be written."""
+class _Waiter:
+    """One post waiting for the ids it added to be written."""
 
-    tally: Tally = field(default_factory=Tally)
-    done: asyncio.Event = field(default_factory=asyncio.Event)  # set when written, or not
-    written: bool = False
+    remaining: set[str]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False
 
 
 @dataclass
@@ -72,10 +72,11 @@ class _Held:
 
     grant: Grant
     recorded: Activity | None = None  # status.activity as last read or written
-    unwritten: Unwritten = field(default_factory=Unwritten)
+    tally: Tally = field(default_factory=Tally)  # counted, not yet written
+    in_flight: Tally | None = None  # being written
     ended: float | None = None  # monotonic time the grant ended (kept GRACE for late events)
-    flushing: bool = False  # a flush of it is under way (waiting for the request's lock)
-    writing: bool = False  # its activity is being written on its own (under the lock)
+    idle_not_before: datetime.datetime | None = None  # a takeover's grace: track_listed
+    flushing: bool = False  # a write of it is queued or under way
 
 
 class ActivitySink:
@@ -89,16 +90,38 @@ class ActivitySink:
         self._held: dict[str, _Held] = {}  # request name -> held grant
         self._by_binding: dict[BindingKey, Grant] = {}
         self._by_user: dict[str, list[Grant]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._pending = 0  # events parsed whose post is not answered yet
+        self._written: OrderedDict[str, None] = OrderedDict()  # ids written (bounded)
+        self._pending: dict[str, str] = {}  # id counted, not yet written -> request name
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._parsed = 0  # events parsed whose post is not answered yet
+        self._ready = False  # this leader's takeover listed its grants (see track_listed)
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._writes: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(8)  # activity writes at once
         self.port: int | None = None
 
     # What the reconciler tells: which grants exist, and what its own writes carried
+
+    def track_listed(self, requests: list[dict[str, Any]]) -> None:
+        """A takeover's listing: count to its Active grants at once (before their reconciles).
+
+        Uses the previous leader counted but did not write come again (the API server posts
+        them again), maybe only after its retry backoff: until ``activity_takeover_grace``
+        has passed, those grants are taken as used at the takeover, so none ends Idle for
+        want of a use that is on its way.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        grace = datetime.timedelta(seconds=self.settings.activity_takeover_grace_seconds)
+        for item in requests:
+            grant, recorded = _listed_grant(item)
+            if grant is None:
+                continue
+            self.track(grant, recorded)
+            self._held[grant.request].idle_not_before = now + grace
+        self._ready = True
 
     def track(self, grant: Grant, recorded: Activity | None) -> None:
         """An Active grant as a reconcile found or wrote it: count its use from now on."""
@@ -109,13 +132,15 @@ class ActivitySink:
             held = _Held(grant=grant, recorded=recorded)
             self._held[grant.request] = held
             for audit_id in (recorded.audit_ids if recorded else ()):
-                self._remember(audit_id)
+                self._mark_written(audit_id)
         else:
             if held.grant != grant:
                 self._unindex(held.grant)
                 held.grant = grant
-            if recorded is not None and not held.writing:
+            if recorded is not None and held.in_flight is None:
                 held.recorded = recorded
+                for audit_id in recorded.audit_ids:
+                    self._mark_written(audit_id)
         self._index(held.grant)
 
     def ended(self, name: str, uid: str, at: datetime.datetime,
@@ -124,7 +149,7 @@ class ActivitySink:
         held = self._held.get(name)
         if held is None or held.grant.uid != uid:
             return
-        if recorded is not None and not held.writing:
+        if recorded is not None and held.in_flight is None:
             held.recorded = recorded
         if held.ended is None:
             held.ended = self._clock()
@@ -133,18 +158,24 @@ class ActivitySink:
             self._index(held.grant)
 
     def forget(self, name: str, ended_too: bool = True) -> None:
-        """The request is gone, or this replica stopped leading: posts waiting are refused.
+        """The request is gone, or this replica stopped leading: what it counted is dropped.
 
         ``ended_too``: also a grant that ended (else kept :data:`GRACE` for late events).
+        Posts waiting for it are answered 503: the API server posts them again (to the next
+        leader, which counts them).
         """
         held = self._held.get(name)
-        if held is not None and (ended_too or held.ended is None):
-            del self._held[name]
-            self._unindex(held.grant)
-            held.unwritten.done.set()  # (not written: their posts answered 503, posted again)
+        if held is None or not (ended_too or held.ended is None):
+            return
+        del self._held[name]
+        self._unindex(held.grant)
+        for tally in (held.tally, held.in_flight):
+            if tally:
+                self._settle(tally.ids(), written=False)
 
     def reset(self) -> None:
-        """Leadership lost: nothing is counted until grants are tracked again."""
+        """Leadership lost: nothing is counted until a takeover lists the grants again."""
+        self._ready = False
         for name in list(self._held):
             self.forget(name)
 
@@ -153,43 +184,53 @@ class ActivitySink:
         held = self._held.get(name)
         if held is None or held.grant.uid != uid:
             return None
-        uses = [t for t in (held.unwritten.tally.last_use,
-                            held.recorded.last_use if held.recorded else None) if t is not None]
+        uses = [t for t in (held.tally.last_use(),
+                            held.in_flight.last_use() if held.in_flight else None,
+                            held.recorded.last_use if held.recorded else None)
+                if t is not None]
         return max(uses) if uses else None
 
-    def take(self, name: str, uid: str) -> tuple[Activity | None, Unwritten] | None:
-        """For a reconcile's status write: the recorded activity and what to write along.
+    def idle_not_before(self, name: str, uid: str) -> datetime.datetime | None:
+        """Until when a grant listed at a takeover may not end Idle (None: no such wait)."""
+        held = self._held.get(name)
+        return held.idle_not_before if held is not None and held.grant.uid == uid else None
+
+    def take(self, name: str, uid: str) -> tuple[Activity | None, Tally] | None:
+        """For a reconcile's status write (under the request's lock): what to write along.
 
         Give it back with :meth:`wrote` or :meth:`not_written`.
         """
         held = self._held.get(name)
-        if held is None or held.grant.uid != uid or held.writing:
+        if held is None or held.grant.uid != uid or held.in_flight is not None \
+                or not held.tally:
             return None
-        taken, held.unwritten = held.unwritten, Unwritten()
-        return held.recorded, taken
+        held.in_flight = held.tally.split(AUDIT_IDS)
+        return held.recorded, held.in_flight
 
-    def wrote(self, name: str, uid: str, taken: Unwritten, recorded: Activity) -> None:
-        """``taken`` was written (status.activity is now ``recorded``)."""
+    def wrote(self, name: str, uid: str, tally: Tally, recorded: Activity) -> None:
+        """``tally`` was written (status.activity is now ``recorded``)."""
         held = self._held.get(name)
         if held is not None and held.grant.uid == uid:
             held.recorded = recorded
-        taken.written = True
-        taken.done.set()
+            if held.in_flight is tally:
+                held.in_flight = None
+        self._settle(tally.ids(), written=True)
         self._gauge()
 
-    def not_written(self, name: str, uid: str, taken: Unwritten) -> None:
-        """``taken``'s write failed: counted again with the next one; its posts answered 503."""
+    def not_written(self, name: str, uid: str, tally: Tally) -> None:
+        """``tally``'s write failed (or its outcome is unknown): it goes with the next one."""
         held = self._held.get(name)
-        if held is not None and held.grant.uid == uid:
-            held.unwritten.tally.absorb(taken.tally)
+        if held is not None and held.grant.uid == uid and held.in_flight is tally:
+            held.in_flight = None
+            held.tally.put_back(tally)
             self._wake.set()
-        taken.done.set()
+        self._settle(tally.ids(), written=False, pending=held is not None)
 
     # Receiving
 
-    def count(self, events: list[Any]) -> list[Unwritten]:
-        """Attribute one batch; what it added to (its answer waits for those writes)."""
-        touched: dict[str, Unwritten] = {}
+    def count(self, events: list[Any]) -> _Waiter | None:
+        """Attribute one batch; what its answer waits for (None: nothing, answer at once)."""
+        waiting: set[str] = set()
         results: dict[str, int] = {}
         for event in events:
             seen = activity.reduce(event) if isinstance(event, dict) else None
@@ -198,31 +239,40 @@ class ActivitySink:
             if seen is None or not attributions:
                 results["unattributed"] = results.get("unattributed", 0) + 1
                 continue
-            if seen.audit_id in self._seen:
+            if seen.audit_id in self._written:
                 results["duplicate"] = results.get("duplicate", 0) + 1
                 continue
-            self._remember(seen.audit_id)
+            if seen.audit_id in self._pending:  # counted, not written yet: wait for it
+                results["duplicate"] = results.get("duplicate", 0) + 1
+                waiting.add(seen.audit_id)
+                continue
             for grant, how in attributions:
                 held = self._held.get(grant.request)
                 if held is None or held.grant.uid != grant.uid:
                     continue
-                held.unwritten.tally.add(seen, how)
-                touched[grant.request] = held.unwritten
+                held.tally.add(seen, how)
+                self._pending[seen.audit_id] = grant.request
+                waiting.add(seen.audit_id)
                 key = "attributed" if how == "grant" else how.replace("-", "_")
                 results[key] = results.get(key, 0) + 1
                 _line(seen, grant, how)
+                break  # (one grant per event: the first live one of its user)
         for result, number in results.items():
             metrics.AUDIT_EVENTS.labels(result).inc(number)
-        if touched:
-            self._wake.set()
-            self._gauge()
-        return list(touched.values())
+        if not waiting:
+            return None
+        waiter = _Waiter(remaining=waiting)
+        for audit_id in waiting:
+            self._waiters.setdefault(audit_id, []).append(waiter)
+        self._wake.set()
+        self._gauge()
+        return waiter
 
     async def _receive(self, request: web.Request) -> web.Response:
         refused = self._refuse(request)
         if refused is not None:
             return refused
-        if self._pending > self.settings.audit_sink_max_pending:
+        if self._parsed > self.settings.audit_sink_max_pending:
             metrics.AUDIT_POSTS_REFUSED.labels("overloaded").inc()
             return web.Response(status=503, text="overloaded: retry later\n")
         body = await request.read()
@@ -235,19 +285,19 @@ class ActivitySink:
             metrics.AUDIT_POSTS_REFUSED.labels("bad_request").inc()
             return web.Response(status=400, text="expected an audit.k8s.io/v1 EventList "
                                 f"({error})\n")
-        self._pending += len(events)
+        self._parsed += len(events)
         try:
-            deadline = self._clock() + _ANSWER_TIMEOUT
-            for unwritten in self.count(events):
+            waiter = self.count(events)
+            if waiter is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(unwritten.done.wait(),
-                                           max(deadline - self._clock(), 0.001))
-                if not unwritten.written:
-                    # Not written yet (a failed write, a lost lease, slow): the API server posts
-                    # the batch again; what was written by then is skipped by its id.
+                    await asyncio.wait_for(waiter.done.wait(), _ANSWER_TIMEOUT)
+                if waiter.failed or waiter.remaining:
+                    # Not all written (a failed write, a lost lease, slow): the API server
+                    # posts the batch again; what is written by then is skipped by its id.
+                    self._drop_waiter(waiter)
                     return web.Response(status=503, text="not recorded yet: retry\n")
         finally:
-            self._pending -= len(events)
+            self._parsed -= len(events)
         return web.Response(status=200)
 
     def _refuse(self, request: web.Request) -> web.Response | None:
@@ -268,10 +318,9 @@ class ActivitySink:
             metrics.AUDIT_POSTS_REFUSED.labels("not_leader").inc()
             return web.Response(status=503, text="not the leader: retry\n",
                                 headers={"Connection": "close"})
-        if not self.reconciler.caught_up.is_set():
-            # A new leader has not yet reconciled every grant it listed: a batch posted now
-            # (perhaps again, after the previous leader died) would find grants it cannot
-            # count to yet. Posted again shortly.
+        if not self._ready:
+            # A new leader that has not listed the grants yet cannot count to them. Posted
+            # again shortly (the takeover lists them first thing).
             metrics.AUDIT_POSTS_REFUSED.labels("catching_up").inc()
             return web.Response(status=503, text="taking over: retry\n")
         return None
@@ -284,70 +333,108 @@ class ActivitySink:
                 await asyncio.wait_for(self._wake.wait(), GRACE.total_seconds() / 4)
             self._wake.clear()
             started = self._clock()
-            try:
-                await self.flush()
-            except Exception:  # never the flusher's end
-                logger.exception("activity flush failed")
+            self.flush()
             self._expire()
             await asyncio.sleep(max(0.0, self.settings.activity_flush_seconds
                                     - (self._clock() - started)))
 
-    async def flush(self) -> None:
-        """Write every grant's unwritten activity (each grant at most one write at a time)."""
-        due = [held for held in self._held.values()
-               if held.unwritten.tally and not held.flushing]
-        if due:
-            await asyncio.gather(*(self._write(held) for held in due))
+    def flush(self) -> None:
+        """Start a write of every grant's unwritten activity (one at a time per grant)."""
+        for held in list(self._held.values()):
+            if held.tally and not held.flushing:
+                held.flushing = True
+                task = asyncio.create_task(self._write(held), name="activity-write")
+                self._writes.add(task)
+                task.add_done_callback(self._writes.discard)
 
     async def _write(self, held: _Held) -> None:
         name, uid = held.grant.request, held.grant.uid
-        held.flushing = True
         try:
-            async with self._slots, self.reconciler.lock(name):
-                if self._held.get(name) is not held or not held.unwritten.tally \
-                        or not self.reconciler.leading():
-                    return  # (a reconcile took it; or posts waiting time out: 503, again)
-                held.writing = True
-                version = self.reconciler.state.decided_version(name)
-                recorded = held.recorded
-                if version is None:  # an ended grant, settled and out of the operator's watch
-                    current = await self.reconciler.kube.get_request(name)
-                    if current is None or current["metadata"].get("uid") != uid:
-                        self.forget(name)
+            async with self.reconciler.lock(name), self._slots:
+                while self._held.get(name) is held and held.tally and \
+                        self.reconciler.leading() and held.in_flight is None:
+                    if not await self._write_one(held, name, uid):
                         return
-                    version = str(current["metadata"]["resourceVersion"])
-                    found = (current.get("status") or {}).get("activity")
-                    recorded = Activity.model_validate(found) if found else None
-                taken, held.unwritten = held.unwritten, Unwritten()
-                merged = activity.merged(recorded, taken.tally)
-                try:
-                    answer = await self.reconciler.kube.patch_request_status(
-                        name, {"activity": dump(merged)}, version, uid=uid)
-                except NotFound:
-                    self.forget(name)
-                    taken.done.set()
-                    return
-                except Exception as error:
-                    logger.debug("activity of %s not written (%s: %s): its reconcile next",
-                                 name, type(error).__name__, error)
-                    held.writing = False
-                    self.not_written(name, uid, taken)
-                    self.reconciler.enqueue(name)
-                    return
-                self.reconciler.wrote_alone(name, answer)
-                held.writing = False
-                self.wrote(name, uid, taken, merged)
+        except Exception:  # never the flusher's end; what was taken went back (_write_one)
+            logger.exception("activity write of %s failed", name)
         finally:
-            held.flushing = held.writing = False
+            held.flushing = False
+
+    async def _write_one(self, held: _Held, name: str, uid: str) -> bool:
+        """Write at most :data:`AUDIT_IDS` events of the grant's tally; False: stop."""
+        version = self.reconciler.state.decided_version(name)
+        recorded = held.recorded
+        if version is None:  # an ended grant, settled and out of the operator's watch
+            current = await self.reconciler.kube.get_request(name)
+            if current is None or current["metadata"].get("uid") != uid:
+                self.forget(name)
+                return False
+            version = str(current["metadata"]["resourceVersion"])
+            found = (current.get("status") or {}).get("activity")
+            recorded = Activity.model_validate(found) if found else None
+        chunk = held.in_flight = held.tally.split(AUDIT_IDS)
+        try:
+            merged = activity.merged(recorded, chunk)
+            answer = await self.reconciler.kube.patch_request_status(
+                name, {"activity": dump(merged)}, version, uid=uid)
+        except NotFound:
+            held.in_flight = None
+            self.forget(name)
+            self._settle(chunk.ids(), written=False)
+            return False
+        except BaseException as error:
+            self.not_written(name, uid, chunk)
+            if isinstance(error, Exception):
+                logger.debug("activity of %s not written (%s: %s): its reconcile next",
+                             name, type(error).__name__, error)
+                self.reconciler.enqueue(name)  # (reads it: the next write is on its version)
+                return False
+            raise
+        self.reconciler.wrote_alone(name, answer)
+        self.wrote(name, uid, chunk, merged)
+        return True
+
+    # Bookkeeping
+
+    def _settle(self, ids: list[str], written: bool, pending: bool = False) -> None:
+        """These ids were written (or not): their waiters are told."""
+        for audit_id in ids:
+            if written:
+                self._pending.pop(audit_id, None)
+                self._mark_written(audit_id)
+            elif not pending:
+                self._pending.pop(audit_id, None)
+            for waiter in self._waiters.pop(audit_id, ()):
+                if written:
+                    waiter.remaining.discard(audit_id)
+                    if not waiter.remaining:
+                        waiter.done.set()
+                else:
+                    waiter.failed = True
+                    waiter.done.set()
+
+    def _drop_waiter(self, waiter: _Waiter) -> None:
+        for audit_id in waiter.remaining:
+            waiters = self._waiters.get(audit_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[audit_id]
+
+    def _mark_written(self, audit_id: str) -> None:
+        self._written[audit_id] = None
+        self._written.move_to_end(audit_id)
+        while len(self._written) > _SEEN_IDS:
+            self._written.popitem(last=False)
 
     def _gauge(self) -> None:
-        metrics.AUDIT_PENDING.set(sum(len(h.unwritten.tally.ids) for h in self._held.values()))
+        metrics.AUDIT_PENDING.set(len(self._pending))
 
     def _expire(self) -> None:
         now = self._clock()
         for name, held in list(self._held.items()):
             if held.ended is not None and now - held.ended > GRACE.total_seconds() \
-                    and not held.unwritten.tally:
+                    and not held.tally and held.in_flight is None:
                 self.forget(name)
 
     def _index(self, grant: Grant) -> None:
@@ -366,12 +453,6 @@ class ActivitySink:
             if not users:
                 del self._by_user[grant.username]
 
-    def _remember(self, audit_id: str) -> None:
-        self._seen[audit_id] = None
-        self._seen.move_to_end(audit_id)
-        while len(self._seen) > _SEEN_IDS:
-            self._seen.popitem(last=False)
-
     # Serving
 
     async def start(self) -> None:
@@ -380,7 +461,7 @@ class ActivitySink:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
                                              cafile=settings.audit_sink_client_ca_file)
         context.load_cert_chain(settings.audit_sink_cert_file, settings.audit_sink_key_file)
-        context.verify_mode = ssl.CERT_OPTIONAL  # none: 401 (counted); a wrong one: below
+        context.verify_mode = ssl.CERT_OPTIONAL  # none: 401 (counted); a wrong one: _TlsGate
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/{tail:.*}", self._receive)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -401,27 +482,54 @@ class ActivitySink:
 
     async def stop(self) -> None:
         """Stop listening and writing."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in [*([self._flusher] if self._flusher else []), *self._writes]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await task
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
 
+def _listed_grant(item: dict[str, Any]) -> tuple[Grant | None, Activity | None]:
+    """An Active grant as a takeover listed it (None: not one)."""
+    status = item.get("status") or {}
+    spec = item.get("spec") or {}
+    requester = (spec.get("requester") or {}).get("username")
+    if status.get("phase") != "Active" or not requester:
+        return None, None
+    try:
+        activated = datetime.datetime.fromisoformat(str(status["activatedAt"])
+                                                    .replace("Z", "+00:00"))
+        expires = datetime.datetime.fromisoformat(str(status["expiresAt"])
+                                                  .replace("Z", "+00:00"))
+        recorded = Activity.model_validate(status["activity"]) if status.get("activity") \
+            else None
+    except (KeyError, ValueError):
+        return None, None
+    name = str(item["metadata"]["name"])
+    ref = bindings.binding_ref_in(name, spec.get("namespace"))
+    return Grant(request=name, uid=str(item["metadata"].get("uid") or ""), username=requester,
+                 binding=(ref.kind, ref.namespace or "", ref.name), activated_at=activated,
+                 ends_at=expires), recorded
+
+
 class _TlsGate(asyncio.Protocol):
     """Completes the TLS handshake itself, so a refused client certificate is counted.
 
     (A server socket with TLS refuses such a handshake deep in asyncio, logged at debug level
-    and counted nowhere.) After the handshake the connection is handed to aiohttp.
+    and counted nowhere.) After the handshake the connection is handed to aiohttp, with what
+    arrived in between (a TLS 1.3 client sends its request right behind its Finished).
     """
 
     def __init__(self, context: ssl.SSLContext, http: Any) -> None:
         self._context = context
         self._http = http
         self._task: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        self._eof = False
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -439,21 +547,34 @@ class _TlsGate(asyncio.Protocol):
             logger.info("audit sink: TLS handshake refused (%s)", error)
             transport.close()
             return
-        if secured is None:
+        if secured is None or self._lost:
             transport.close()
             return
         protocol = self._http()
         secured.set_protocol(protocol)
         protocol.connection_made(secured)
+        for data in self._early:
+            protocol.data_received(data)
+        self._early.clear()
+        if self._eof:
+            protocol.eof_received()
 
-    def data_received(self, data: bytes) -> None:  # (none before the handshake completes)
-        pass
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)  # (only before the hand-over: then aiohttp's)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True  # (keep the transport open until the hand-over answers)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
 
 
 def _line(seen: Seen, grant: Grant, how: str) -> None:
     lines.info(json.dumps({
         "id": f"{grant.uid}/audit/{seen.audit_id}", "kind": "Activity", "attribution": how,
         "request": grant.request, "auditID": seen.audit_id, "user": seen.username,
+        "impersonatedBy": seen.impersonator or None,
         "verb": seen.verb, "resource": seen.resource, "namespace": seen.namespace or None,
         "name": seen.name or None, "code": seen.code, "time": seen.time.isoformat(),
         "binding": "/".join(p for p in (grant.binding[1], grant.binding[2]) if p),

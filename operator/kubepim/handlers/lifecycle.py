@@ -134,6 +134,8 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_
         # logged before its request is settled: what a kill lost is among these).
         requests = await reconciler.kube.list_requests(unsettled=True)
         reconciler.catch_up(item["metadata"]["name"] for item in requests)
+        if reconciler.activity is not None:  # the audit sink counts to them from now on
+            reconciler.activity.track_listed(requests)
         # Each listed request reconciled from its listed copy, in the slow lane (the queue
         # resumes below): the watch's own listing repeats the same versions, then skipped as
         # decided. Queued with no await since the list: a DELETED event that comes later drops

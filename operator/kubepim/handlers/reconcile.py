@@ -51,7 +51,7 @@ from kubepim.k8s.client import (
 )
 from kubepim.notify.notifier import Notifier
 
-from .activity import ActivitySink, Unwritten
+from .activity import ActivitySink
 from .activity import dump as dump_activity
 from .limits import RequesterLimits
 
@@ -568,7 +568,7 @@ class Reconciler:
                       uid=body["metadata"]["uid"], privileged=self.state.privileged,
                       case=self.case,
                       namespace_uid=namespace_uid, access_ended_at=self._access_ended(name, uid),
-                      last_used=self._last_used(name, uid))
+                      last_used=self._last_used(name, uid, status, eligibilities))
         if plan.activated_at is not None:
             # About to grant: judge the role by its rules as they are now, not as the role
             # watch last delivered them (it may not have listed them yet).
@@ -612,33 +612,44 @@ class Reconciler:
             await self._remove_binding(name, request, body["metadata"].get("uid"))
 
         # A grant that ends: its counted use goes with the final write, and in its entry.
-        used: tuple[Activity, Unwritten] | None = None
+        used: tuple[Activity, activity.Tally] | None = None
         if self.activity is not None and transitions and transitions[-1].phase.final \
                 and status.activated_at is not None:
             counted = self.activity.take(name, uid)
-            used = (activity.merged(status.activity, counted[1].tally), counted[1]) \
-                if counted is not None and counted[1].tally else None
+            if counted is not None:
+                try:
+                    used = (activity.merged(status.activity, counted[1]), counted[1])
+                except BaseException:
+                    self.activity.not_written(name, uid, counted[1])
+                    raise
             final = used[0] if used is not None else status.activity
             transitions[-1] = dataclasses.replace(
                 transitions[-1], message=f"{transitions[-1].message}; {activity.summary(final)}")
-        # What the routes owe as the request stood before this write: queued first, so the
-        # settling below waits for it (after a restart, nothing is owed until observed).
-        self._notify(body, eligibilities, request)
-        patch = self._status_patch(body, status, plan, transitions, now,
-                                   self.notifier.progress(uid) if self.notifier else {},
-                                   self._owes(uid))
-        if used is not None:
-            patch["activity"] = dump_activity(used[0])
-        expires_at = plan.expires_at or status.expires_at
-        unsettled: Exception | None = None
-        if patch.get("settled") and not transitions and not status.settled \
-                and not self.state.final_lines_logged(name, uid):
-            # Settling a request whose final write this replica did not follow through (a kill
-            # in between, a failed settle): its last write's lines once more first (same ids).
-            last = status.history[-1].time if status.history else None
-            first = next((i for i, entry in enumerate(status.history) if entry.time == last),
-                         len(status.history))
-            audit.replay(body, request, from_index=first)
+        try:
+            # What the routes owe as the request stood before this write: queued first, so the
+            # settling below waits for it (after a restart, nothing is owed until observed).
+            self._notify(body, eligibilities, request)
+            patch = self._status_patch(body, status, plan, transitions, now,
+                                       self.notifier.progress(uid) if self.notifier else {},
+                                       self._owes(uid))
+            if used is not None:
+                patch["activity"] = dump_activity(used[0])
+            expires_at = plan.expires_at or status.expires_at
+            unsettled: Exception | None = None
+            if patch.get("settled") and not transitions and not status.settled \
+                    and not self.state.final_lines_logged(name, uid):
+                # Settling a request whose final write this replica did not follow through (a kill
+                # in between, a failed settle): its last write's lines once more first (same ids).
+                last = status.history[-1].time if status.history else None
+                first = next((i for i, entry in enumerate(status.history) if entry.time == last),
+                             len(status.history))
+                audit.replay(body, request, from_index=first)
+        except BaseException:
+            if used is not None and self.activity is not None:
+                self.activity.not_written(name, uid, used[1])  # (taken: given back)
+            raise
+        if used is not None and not patch and self.activity is not None:
+            self.activity.not_written(name, uid, used[1])  # (nothing to write it with)
         if patch:
             try:
                 try:
@@ -712,8 +723,24 @@ class Reconciler:
         if unsettled is not None:
             raise unsettled  # the queue retries (with backoff); the next reconcile settles it
 
-    def _last_used(self, name: str, uid: str) -> datetime.datetime | None:
-        return self.activity.last_use(name, uid) if self.activity is not None else None
+    def _last_used(self, name: str, uid: str, status: AccessRequestStatus,
+                   eligibilities: dict[str, RoleEligibilitySpec]) -> datetime.datetime | None:
+        """The grant's latest use the sink counted; after a takeover, presumed for a while.
+
+        (A use the previous leader counted and did not write comes again only once the API
+        server posts its batch again: until the takeover's grace is over the grant is taken as
+        used just so long ago that it cannot end Idle before then.)
+        """
+        if self.activity is None:
+            return None
+        used = self.activity.last_use(name, uid)
+        hold = self.activity.idle_not_before(name, uid)
+        policy = eligibilities.get(status.eligibility or "")
+        if hold is not None and hold > utcnow() and policy is not None \
+                and policy.idle_timeout is not None:
+            presumed = hold - duration.parse(policy.idle_timeout)
+            used = max(used, presumed) if used is not None else presumed
+        return used
 
     def _idle_at(self, name: str, uid: str, status: AccessRequestStatus, plan: Plan,
                  governing: str | None, eligibilities: dict[str, RoleEligibilitySpec]
@@ -723,7 +750,7 @@ class Reconciler:
         activated = plan.activated_at or status.activated_at
         if policy is None or policy.idle_timeout is None or activated is None:
             return None
-        uses = [t for t in (self._last_used(name, uid),
+        uses = [t for t in (self._last_used(name, uid, status, eligibilities),
                             status.activity.last_use if status.activity else None)
                 if t is not None]
         return activity.idle_deadline(activated, max(uses) if uses else None,
