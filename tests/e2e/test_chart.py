@@ -145,3 +145,22 @@ def test_standing_discovery_needs_only_to_read_rbac_and_is_configured_from_value
     assert json.loads(env["KUBEPIM_STANDING_ACCEPT"]) == ["ServiceAccount/flux/kc"]
     refused = _helm("template", "kubepim", str(CHART), "--set", "standing.scanSeconds=-1")
     assert refused.returncode != 0 and "scanSeconds" in refused.stderr
+
+
+def test_the_audit_sink_is_off_by_default_and_configured_from_values_with_its_secret() -> None:
+    documents = _documents()
+    assert not any(d["kind"] == "Service" and d["metadata"]["name"].endswith("-audit")
+                   for d in documents)
+    documents = _documents("--set", "auditSink.enabled=true",
+                           "--set", "auditSink.tlsSecret=kubepim-audit-tls")
+    pod = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KUBEPIM_AUDIT_SINK_PORT"] == "8443"
+    assert env["KUBEPIM_AUDIT_SINK_CLIENT_CA_FILE"] == "/audit/ca.crt"
+    assert json.loads(env["KUBEPIM_AUDIT_SINK_CLIENT_NAMES"]) == ["kube-apiserver-audit"]
+    assert {"name": "audit", "secret": {"secretName": "kubepim-audit-tls"}} in pod["volumes"]
+    service = next(d for d in documents
+                   if d["kind"] == "Service" and d["metadata"]["name"].endswith("-audit"))
+    assert service["spec"]["ports"] == [{"name": "audit", "port": 443, "targetPort": "audit"}]
+    refused = _helm("template", "kubepim", str(CHART), "--set", "auditSink.enabled=true")
+    assert refused.returncode != 0 and "auditSink.tlsSecret" in refused.stderr
