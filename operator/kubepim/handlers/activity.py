@@ -564,7 +564,7 @@ class _TlsGate(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        return True  # (keep the transport open until the hand-over answers)
+        return None  # (over TLS the transport closes; connection_lost then ends the gate)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
