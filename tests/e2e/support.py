@@ -185,6 +185,17 @@ class OperatorProcess:
     def log(self) -> str:
         return "\n".join(p.read_text() for p in sorted(self.log_dir.glob("operator-*.log")))
 
+    def json_lines(self, logger: str, request: str) -> list[dict[str, Any]]:
+        """The JSON lines one logger (kubepim.audit, kubepim.activity) wrote about a request."""
+        found = []
+        for line in self.log().splitlines():
+            _, marker, payload = line.partition(f" {logger} ")
+            if marker:
+                record = json.loads(payload)
+                if record["request"] == request:
+                    found.append(record)
+        return found
+
 
 def _listening(port: int) -> bool:
     with socket.socket() as sock:

@@ -56,14 +56,7 @@ def _activity(kubectl: Kubectl, name: str) -> dict[str, Any]:
 
 
 def _lines(operator: OperatorProcess, request: str) -> list[dict[str, Any]]:
-    found = []
-    for line in operator.log().splitlines():
-        _, marker, payload = line.partition(" kubepim.activity ")
-        if marker:
-            record = json.loads(payload)
-            if record["request"] == request:
-                found.append(record)
-    return found
+    return operator.json_lines("kubepim.activity", request)
 
 
 def test_a_grants_use_is_counted_to_it_and_each_request_named(

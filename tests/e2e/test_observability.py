@@ -49,14 +49,7 @@ def _grant(kubectl: Kubectl, namespace: str, duration: str) -> dict[str, Any]:
 
 
 def _audit_lines(operator: OperatorProcess, request: str) -> list[dict[str, Any]]:
-    lines = []
-    for line in operator.log().splitlines():
-        _, marker, payload = line.partition(" kubepim.audit ")
-        if marker:
-            record = json.loads(payload)
-            if record["request"] == request:
-                lines.append(record)
-    return lines
+    return operator.json_lines("kubepim.audit", request)
 
 
 @needs_prometheus
