@@ -259,33 +259,3 @@ def test_background_work_waits_until_the_queue_has_been_quiet_for_a_while() -> N
         runner.cancel()
 
     _run(scenario)
-
-
-def test_a_timer_whose_due_hook_did_the_urgent_part_waits_in_the_slow_lane() -> None:
-    # An expiry whose binding the due hook is revoking: its reconcile only records it, so it
-    # waits behind watch events and the other timers (they may be revokes still to start).
-    async def scenario() -> None:
-        seen: list[str] = []
-        release = asyncio.Event()
-
-        async def process(key: str) -> None:
-            if key == "first":
-                await release.wait()
-            seen.append(key)
-
-        queue = WorkQueue(process, workers=1, due=lambda key: key.startswith("revoked"))
-        runner = asyncio.create_task(queue.run())
-        queue.add("first")
-        await _until(lambda: "first" in queue._processing)
-        queue.add_after("revoked-1", -1.0)
-        queue.add_after("timeout", -1.0)  # (a pending timeout: the hook did nothing)
-        queue.add("event")
-        assert "revoked-1" in queue._slow_keys and "timeout" not in queue._slow_keys
-        queue.add_after("revoked-2", 0.01)
-        await _until(lambda: "revoked-2" in queue._slow_keys)
-        release.set()
-        await _until(lambda: len(seen) == 5)
-        assert seen == ["first", "timeout", "event", "revoked-1", "revoked-2"]
-        runner.cancel()
-
-    _run(scenario)

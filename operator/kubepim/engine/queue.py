@@ -45,15 +45,13 @@ class WorkQueue:
         held: tuple[type[BaseException], ...] = (),
         woken: Callable[[str], None] = lambda key: None,
         slow_workers: int = 8,
-        due: Callable[[str], bool] = lambda key: False,
+        due: Callable[[str], None] = lambda key: None,
     ) -> None:
         self._process = process
         # Told of every key a timer or a retry adds (before it is added): not a watch event's.
         self._woken = woken
         # Told of every key whose timer fires (before it is added): what cannot wait for a
-        # worker (an expired grant's binding) is done beside the queue. True: what is left for
-        # the worker is bookkeeping, and the key waits in the slow lane (whoever finds more to
-        # do adds it again, which moves it to the first lane).
+        # worker (an expired grant's binding) is done beside the queue.
         self._due = due
         # Workers take keys only while ``gate()`` holds (this replica leads); a key whose
         # processing raised one of ``held`` is put back at once, not counted as a failure.
@@ -108,9 +106,9 @@ class WorkQueue:
     def add_after(self, key: str, seconds: float) -> None:
         """Add ``key`` once ``seconds`` have passed (the earliest of several such adds wins)."""
         if seconds <= 0:
-            slow = self._due(key)  # (a timer all the same: due already)
+            self._due(key)  # (a timer all the same: due already)
             self._woken(key)
-            self.add(key, slow=slow)
+            self.add(key)
             return
         deadline = self._clock() + seconds
         if self._waiting.get(key, float("inf")) <= deadline:
@@ -313,13 +311,12 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
-                slow = False
                 try:
-                    slow = self._due(key)
+                    self._due(key)
                 except Exception:  # never the timers' end: the key is added all the same
                     logger.exception("the due hook failed for %s", key)
                 self._woken(key)
-                self.add(key, slow=slow)
+                self.add(key)
             self._timer.clear()
             timeout = max(self._delayed[0][0] - now, 0) if self._delayed else None
             with contextlib.suppress(TimeoutError):

@@ -255,22 +255,18 @@ class Reconciler:
         ended = self._revoked_at.get(name)
         return ended[1] if ended is not None and ended[0] == uid else None
 
-    def _due(self, name: str) -> bool:
+    def _due(self, name: str) -> None:
         """A timer fired: an Active grant past its expiry loses its binding now, beside the queue.
 
         The reconcile the timer also queues records Expired (and deletes the binding itself if
-        this did not: a failure here is only a lost head start). True when the revoke started:
-        that reconcile is bookkeeping and waits in the queue's slow lane, so that under a burst
-        of expiries the revokes, not the records of those already done, have the API server
-        first; a revoke that leaves the binding to the reconcile moves it to the first lane.
+        this did not: a failure here is only a lost head start).
         """
         held = self._expiring.get(name)
         if held is None or held[0] > utcnow() or not self.leading():
-            return False  # (not an Active grant's expiry: a pending timeout, a retry)
+            return  # (not an Active grant's expiry: a pending timeout, a retry)
         task = asyncio.create_task(self._revoke(name, *held), name=f"revoke-{name}")
         self._revoking.add(task)
         task.add_done_callback(self._revoking.discard)
-        return True
 
     async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
         async with self._revoke_slots, self.lock(name):  # (locks are not held while queued)
@@ -280,8 +276,7 @@ class Reconciler:
             written = self.state.own_write(key, uid)
             if written is None:
                 metrics.EARLY_REVOKES.labels("unverified").inc()
-                self.queue.add(name)  # (out of the slow lane) the reconcile reads and judges it
-                return
+                return  # not a version we wrote or verified: the reconcile reads and judges it
             kind, namespace, binding = key.split("/", 2)
             self.state.drop_write(key)
             try:
@@ -292,7 +287,6 @@ class Reconciler:
                 metrics.EARLY_REVOKES.labels("failed").inc()
                 logger.debug("early revoke of %s left to its reconcile (%s: %s)", name,
                              type(error).__name__, error)
-                self.queue.add(name)  # (out of the slow lane)
                 return
             metrics.EARLY_REVOKES.labels("removed" if removed else "gone").inc()
             self._deleted_binding(key, removed)
