@@ -57,6 +57,15 @@ def _labelled(bench: Bench, name: str) -> dict[str, float]:
                 if line.startswith(name + "{")}
 
 
+def _buckets(bench: Bench, name: str) -> dict[str, float]:
+    """A histogram's cumulative bucket counts by ``le``, from the operator's /metrics."""
+    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in response.read().decode().splitlines()
+                if line.startswith(name + "_bucket{")}
+
+
 async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
                      concurrency: int = 32) -> None:
     """Run ``job(i)`` for every i < count, ``concurrency`` at a time, retrying load shedding."""
@@ -304,6 +313,11 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
         after = _counters(bench)
         result["early_revokes"] = _labelled(bench, "kubepim_expiry_early_revokes_total")
+        # Where an expiry's lag goes: the timer firing late (the operator's event loop), or the
+        # revoke's DELETE (the API server): the operator's own histograms, cumulative by le.
+        result["timer_lateness_buckets"] = _buckets(
+            bench, "kubepim_workqueue_timer_lateness_seconds")
+        result["operator_expiry_lag_buckets"] = _buckets(bench, "kubepim_expiry_lag_seconds")
         watcher.stop()
         result["expiry_lag_s"] = summary(
             [watcher.deleted[f"kubepim-{n}"] - expires[n] for n in names])

@@ -104,6 +104,11 @@ QUEUE_SECONDS = Histogram(
     "kubepim_workqueue_queue_duration_seconds", "Time a key waited before a worker took it.",
     buckets=_QUEUE_LATENCY, registry=REGISTRY)
 
+TIMER_LATENESS_SECONDS = Histogram(
+    "kubepim_workqueue_timer_lateness_seconds", "How late a timer (an expiry, a pending "
+    "timeout) fired after its deadline: the event loop's own delay, before any API call.",
+    buckets=_QUEUE_LATENCY, registry=REGISTRY)
+
 WORK_SECONDS = Histogram(
     "kubepim_workqueue_work_duration_seconds", "Time one reconcile took.",
     buckets=_QUEUE_LATENCY, registry=REGISTRY)

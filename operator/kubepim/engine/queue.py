@@ -311,6 +311,7 @@ class WorkQueue:
                 if self._waiting.get(key) != deadline:
                     continue  # superseded or cancelled
                 del self._waiting[key]
+                metrics.TIMER_LATENESS_SECONDS.observe(max(0.0, now - deadline))
                 try:
                     self._due(key)
                 except Exception:  # never the timers' end: the key is added all the same
