@@ -9,7 +9,7 @@ set). Side by side, in one run:
 2. the same two while the sink takes ``--rate`` events/s (batches of 400, as the API server's
    batch backend sends them; 5% of them uses of live grants, the rest other traffic): how many
    it took, how long a post waited for its answer, the operator's CPU;
-3. a flood: as fast as four posters can send, for ``--flood`` s: what the sink refused (503,
+3. a flood: as fast as 32 posters can send, for ``--flood`` s: what the sink refused (503,
    ``overloaded``) and the operator's peak RSS against its RSS before.
 """
 
@@ -36,10 +36,14 @@ BATCH = 400
 
 
 class Poster:
-    """Posts EventLists to the sink at a rate, from ``threads`` keep-alive connections."""
+    """Posts EventLists to the sink at a rate, from ``threads`` keep-alive connections.
+
+    Many at once, as the API server's batch backend does (a goroutine per batch): a post
+    waits for its answer until what it added is written (up to the flush interval).
+    """
 
     def __init__(self, port: int, directory: Path, grants: list[tuple[str, str]],
-                 rate: float, threads: int = 2) -> None:
+                 rate: float, threads: int = 16) -> None:
         self.context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
         self.context.load_cert_chain(str(directory / "client.crt"), str(directory / "client.key"))
         self.port, self.grants, self.rate, self.threads = port, grants, rate, threads
@@ -133,7 +137,8 @@ def _burst(bench: harness.Bench, prefix: str, count: int) -> dict[str, Any]:
 
 def _phase(bench: harness.Bench, tag: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"approval_to_active_s": _burst(bench, f"burst-{tag}", args.grants),
-            "expiry": measures.expiry(bench, args.expiring, args.window, 50.0)}
+            "expiry": measures.expiry(bench, args.expiring, args.window, 50.0,
+                                      prefix=f"exp-{tag}-")}
 
 
 def main() -> None:
@@ -172,7 +177,7 @@ def main() -> None:
                               .get("requests", 0)) for n, _ in live)
             results["load"]["attributed_written"] = counted
             before = bench.rss_mib()
-            with Poster(port, workdir / "audit", live, 0.0, threads=4) as flood:
+            with Poster(port, workdir / "audit", live, 0.0, threads=32) as flood:
                 flooded = time.monotonic()
                 while time.monotonic() - flooded < args.flood:
                     time.sleep(0.5)
@@ -197,7 +202,7 @@ def main() -> None:
           f"{load['operator_cpu_per_s']:.2f} s/s; written to the 20 grants: "
           f"{load['attributed_written']}")
     flood = results["flood"]
-    print(f"flood {flood['seconds']:.0f} s from 4 posters: posts {flood['posts']}, "
+    print(f"flood {flood['seconds']:.0f} s from 32 posters: posts {flood['posts']}, "
           f"{flood['events_accepted']} events accepted; operator RSS idle "
           f"{flood['rss_idle_mib']:.0f} MiB, before {flood['rss_before_mib']:.0f}, peak "
           f"{flood['rss_peak_mib']:.0f}, after {flood['rss_after_mib']:.0f}")

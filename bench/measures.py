@@ -100,13 +100,14 @@ def activation(bench: Bench, count: int) -> dict[str, Any]:
             "p99_ratio": kubepim["p99"] / bare["p99"], "p50_ratio": kubepim["p50"] / bare["p50"]}
 
 
-def expiry(bench: Bench, count: int, window: int, rate: float) -> dict[str, Any]:
+def expiry(bench: Bench, count: int, window: int, rate: float, prefix: str = "exp"
+           ) -> dict[str, Any]:
     """Time from expiresAt to binding gone, ``count`` grants expiring across ``window`` s."""
     watcher = BindingWatcher(bench)
     # Every grant must be Active before the first expires: twice the time the burst took.
     base = int(30 + 2 * count / rate)
     durations = [f"{base + (i * window) // count}s" for i in range(count)]
-    names = bench.grant_many(f"exp{count}", durations)
+    names = bench.grant_many(f"{prefix}{count}", durations)
     expires = {n: parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
                for n in names}
     last = max(expires.values())
