@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 
 from tests.e2e import pim
@@ -57,8 +58,9 @@ def test_grant_expired_while_the_operator_was_killed_is_revoked_within_5s_of_res
     assert (action, actor) == ("Expired", "kubepim")
     reason = expired["status"]["history"][-1]["reason"]
     stamp = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert reason.startswith(f"access ended at its expiry {stamp}; revoked ")
-    assert reason.endswith("s late")
+    # (then, with the audit sink configured, what the grant was used for: docs/activity.md)
+    assert re.fullmatch(rf"access ended at its expiry {stamp}; revoked \d+s late(; .+)?",
+                        reason), reason
 
 
 def test_deleted_binding_is_restored_while_the_grant_is_live(

@@ -195,3 +195,29 @@ def test_a_lease_lost_and_won_again_drops_what_was_not_written_and_counts_it_whe
             await sink.stop()
 
     asyncio.run(scenario())
+
+
+def test_posts_beyond_the_pending_bound_are_refused_at_once_not_queued(tmp_path: Path) -> None:
+    # Load is shed, never queued without bound: the API server retries a refused batch later.
+    async def scenario() -> None:
+        _, _, sink = await _granted(tmp_path)
+        sink.settings = sink.settings.model_copy(update={"audit_sink_max_pending": 100})
+        client = _client(tmp_path, tmp_path / "client.crt", tmp_path / "client.key")
+        try:
+            sink.flush = lambda: None  # type: ignore[method-assign]  # (nothing written)
+            first = asyncio.create_task(_post(sink, client, [_event(f"p-{n}")
+                                                             for n in range(150)]))
+            for _ in range(100):
+                if sink._parsed:
+                    break
+                await asyncio.sleep(0.01)
+            before = _refused("overloaded")
+            assert await _post(sink, client, [_event("q-1")]) == 503
+            assert _refused("overloaded") == before + 1
+            del sink.flush
+            sink._wake.set()  # (the next flush)
+            assert await first == 200  # written by the next flush, then answered
+        finally:
+            await sink.stop()
+
+    asyncio.run(scenario())

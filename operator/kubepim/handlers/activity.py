@@ -220,11 +220,13 @@ class ActivitySink:
     def not_written(self, name: str, uid: str, tally: Tally) -> None:
         """``tally``'s write failed (or its outcome is unknown): it goes with the next one."""
         held = self._held.get(name)
-        if held is not None and held.grant.uid == uid and held.in_flight is tally:
+        back = held is not None and held.grant.uid == uid and held.in_flight is tally
+        if back:
+            assert held is not None
             held.in_flight = None
             held.tally.put_back(tally)
             self._wake.set()
-        self._settle(tally.ids(), written=False, pending=held is not None)
+        self._settle(tally.ids(), written=False, pending=back)  # (else dropped for good)
 
     # Receiving
 
