@@ -32,6 +32,9 @@ from .errors import DevClusterError
 
 STATE_FILE = "cluster.json"
 _STOP_GRACE_SECONDS = 10.0
+# An API server posting audit events retries what it holds at shutdown (2 + 3 + 4.5 + 6.75 s
+# with the dev cluster's backoff) when the operator's sink is already gone: it may take this long.
+_AUDIT_STOP_GRACE_SECONDS = 25.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -329,7 +332,9 @@ def stop(cluster: Cluster, *, remove: bool = True) -> list[str]:
         if name not in running:
             continue
         _signal(running[name], signal.SIGTERM)
-        if not _wait_gone(running[name], cluster.workdir, time.monotonic() + _STOP_GRACE_SECONDS):
+        grace = _AUDIT_STOP_GRACE_SECONDS if name == "kube-apiserver" and cluster.audit_sink \
+            else _STOP_GRACE_SECONDS
+        if not _wait_gone(running[name], cluster.workdir, time.monotonic() + grace):
             _signal(running[name], signal.SIGKILL)
             _wait_gone(running[name], cluster.workdir, time.monotonic() + 5)
             killed.append(name)
