@@ -89,7 +89,7 @@ def test_only_the_stages_that_end_a_request_count_and_ill_formed_events_are_skip
     assert activity.reduce(event(audit_id="")) is None
     assert activity.reduce({"stage": "ResponseComplete", "auditID": "x"}) is None  # no time
     assert activity.reduce("not an event") is None  # type: ignore[arg-type]
-    logs = activity.reduce(event(subresource="log"))
+    logs = activity.reduce(event(subresource="log", stage="ResponseStarted"))
     apps = activity.reduce(event(resource="deployments", apiGroup="apps"))
     assert logs is not None and logs.resource == "pods/log"
     assert apps is not None and apps.resource == "deployments.apps"
@@ -101,7 +101,7 @@ def test_the_tally_merges_into_a_bounded_summary_most_frequent_first() -> None:
         seen = activity.reduce(event(audit_id=f"g{n}", at=T0 + datetime.timedelta(seconds=n)))
         assert seen is not None
         tally.add(seen, "grant")
-    logs = activity.reduce(event(audit_id="l", subresource="log"))
+    logs = activity.reduce(event(audit_id="l", subresource="log", stage="ResponseStarted"))
     assert logs is not None
     tally.add(logs, "grant")
     tally.add(logs, "denied")
@@ -149,3 +149,21 @@ def test_a_write_that_landed_though_its_answer_was_lost_is_not_counted_again() -
     assert landed.requests == 2
     again = activity.merged(landed, tally)  # the same events, written again on its version
     assert again.requests == 2 and again.audit_ids == ["g0", "g1"]
+
+
+def test_a_long_running_request_counts_once_at_its_start_not_again_at_its_end() -> None:
+    # kubectl logs -f, a watch: ResponseStarted first, ResponseComplete maybe an hour later
+    # (after a failover, with its id long forgotten): one request.
+    assert activity.reduce(event(stage="ResponseStarted", subresource="log")) is not None
+    assert activity.reduce(event(stage="ResponseComplete", subresource="log")) is None
+    assert activity.reduce(event(stage="ResponseComplete", verb="watch")) is None
+    assert activity.reduce(event(stage="ResponseComplete", verb="get")) is not None
+
+
+def test_a_request_through_the_binding_name_before_the_activation_is_not_this_grants() -> None:
+    # A request made again under its name has the same binding name as its predecessor.
+    early = activity.reduce(event(at=T0 - datetime.timedelta(minutes=1)))
+    skewed = activity.reduce(event(at=T0 - datetime.timedelta(seconds=2)))
+    assert early is not None and skewed is not None
+    assert activity.attribute(early, BY_BINDING, BY_USER) == []
+    assert activity.attribute(skewed, BY_BINDING, BY_USER) == [(GRANT, "grant")]  # clock skew

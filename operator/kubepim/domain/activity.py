@@ -23,6 +23,10 @@ _REASON = re.compile(r'^RBAC: allowed by (RoleBinding|ClusterRoleBinding) "([^"]
 # Stages that end a request's processing: the first of them counts (a watch or a log stream
 # reports ResponseStarted first and ResponseComplete when it ends: one request, one count).
 _COUNTED_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
+# The API server's long-running requests (its ResponseStarted always comes first): their
+# ResponseComplete, maybe an hour later and after a failover, is not a second request.
+_LONG_RUNNING = frozenset({"log", "exec", "attach", "portforward", "proxy"})
+SKEW = datetime.timedelta(seconds=5)  # clocks of the API server and the operator
 OPERATIONS = 32  # listed in status.activity.operations; the rest only counted
 AUDIT_IDS = 2048  # at most this many ids per write (a flush writes again when more are waiting)
 
@@ -66,6 +70,11 @@ def reduce(event: Mapping[str, Any]) -> Seen | None:
     """
     if not isinstance(event, Mapping) or event.get("stage") not in _COUNTED_STAGES:
         return None
+    ref_ = event.get("objectRef") or {}
+    if event.get("stage") == "ResponseComplete" and (
+            event.get("verb") in ("watch", "proxy")
+            or (isinstance(ref_, Mapping) and ref_.get("subresource") in _LONG_RUNNING)):
+        return None  # (counted at its ResponseStarted)
     audit_id = event.get("auditID")
     when = _time(event.get("requestReceivedTimestamp") or event.get("stageTimestamp"))
     if not isinstance(audit_id, str) or not audit_id or when is None:
@@ -105,14 +114,17 @@ def attribute(seen: Seen, by_binding: Mapping[BindingKey, Grant],
               by_user: Mapping[str, Iterable[Grant]]) -> list[tuple[Grant, Attribution]]:
     """The grants one request counts to, and how.
 
-    To the grant whose binding allowed it (whenever: the binding exists only for the grant, and
-    a request it allowed after the expiry, before the binding was gone, is the grant's too);
+    To the grant whose binding allowed it (from its activation on: the binding exists only for
+    the grant, and a request it allowed after the expiry, before the binding was gone, is the
+    grant's too);
     else, to each grant of the same user live at the time: as allowed by another binding, or
     as denied.
     """
     if seen.binding is not None:
         grant = by_binding.get(seen.binding)
-        if grant is not None and grant.username == seen.username:
+        # (not before the activation: a predecessor of the same name had the same binding name)
+        if grant is not None and grant.username == seen.username \
+                and seen.time >= grant.activated_at - SKEW:
             return [(grant, "grant")]
     how: Attribution = "other-binding" if seen.allowed else "denied"
     return [(grant, how) for grant in by_user.get(seen.username, ()) if _during(seen, grant)]

@@ -95,6 +95,7 @@ class ActivitySink:
         self._waiters: dict[str, list[_Waiter]] = {}
         self._parsed = 0  # events parsed whose post is not answered yet
         self._ready = False  # this leader's takeover listed its grants (see track_listed)
+        self._idle_hold: datetime.datetime | None = None  # posts refused for load: no Idle
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -119,7 +120,9 @@ class ActivitySink:
             grant, recorded = _listed_grant(item)
             if grant is None:
                 continue
-            self.track(grant, recorded)
+            held = self._held.get(grant.request)
+            if held is None or held.grant.uid != grant.uid:
+                self.track(grant, recorded)  # (one already held is newer than a listing)
             self._held[grant.request].idle_not_before = now + grace
         self._ready = True
 
@@ -172,6 +175,7 @@ class ActivitySink:
         for tally in (held.tally, held.in_flight):
             if tally:
                 self._settle(tally.ids(), written=False)
+        self._gauge()
 
     def reset(self) -> None:
         """Leadership lost: nothing is counted until a takeover lists the grants again."""
@@ -191,9 +195,12 @@ class ActivitySink:
         return max(uses) if uses else None
 
     def idle_not_before(self, name: str, uid: str) -> datetime.datetime | None:
-        """Until when a grant listed at a takeover may not end Idle (None: no such wait)."""
+        """Until when a grant may not end Idle (after a takeover, or posts refused for load)."""
         held = self._held.get(name)
-        return held.idle_not_before if held is not None and held.grant.uid == uid else None
+        if held is None or held.grant.uid != uid:
+            return None
+        holds = [t for t in (held.idle_not_before, self._idle_hold) if t is not None]
+        return max(holds) if holds else None
 
     def take(self, name: str, uid: str) -> tuple[Activity | None, Tally] | None:
         """For a reconcile's status write (under the request's lock): what to write along.
@@ -227,6 +234,7 @@ class ActivitySink:
             held.tally.put_back(tally)
             self._wake.set()
         self._settle(tally.ids(), written=False, pending=back)  # (else dropped for good)
+        self._gauge()
 
     # Receiving
 
@@ -275,6 +283,10 @@ class ActivitySink:
         if refused is not None:
             return refused
         if self._parsed > self.settings.audit_sink_max_pending:
+            # Uses in the refused batch are unknown until it comes again: no grant ends Idle
+            # meanwhile (for the same grace as after a takeover).
+            self._idle_hold = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                seconds=self.settings.activity_takeover_grace_seconds)
             metrics.AUDIT_POSTS_REFUSED.labels("overloaded").inc()
             return web.Response(status=503, text="overloaded: retry later\n")
         body = await request.read()
@@ -287,6 +299,10 @@ class ActivitySink:
             metrics.AUDIT_POSTS_REFUSED.labels("bad_request").inc()
             return web.Response(status=400, text="expected an audit.k8s.io/v1 EventList "
                                 f"({error})\n")
+        if not self._ready or not self.reconciler.leading():  # (lost while the body was read)
+            metrics.AUDIT_POSTS_REFUSED.labels("not_leader").inc()
+            return web.Response(status=503, text="not the leader: retry\n",
+                                headers={"Connection": "close"})
         self._parsed += len(events)
         try:
             waiter = self.count(events)
@@ -352,9 +368,13 @@ class ActivitySink:
     async def _write(self, held: _Held) -> None:
         name, uid = held.grant.request, held.grant.uid
         try:
-            async with self.reconciler.lock(name), self._slots:
-                while self._held.get(name) is held and held.tally and \
-                        self.reconciler.leading() and held.in_flight is None:
+            # (a slot first: no request's lock is held while writes of others are queued)
+            async with self._slots, self.reconciler.lock(name):
+                chunks = -(-len(held.tally) // AUDIT_IDS)  # what is here now, not what comes
+                for _ in range(chunks):
+                    if self._held.get(name) is not held or not held.tally or \
+                            not self.reconciler.leading() or held.in_flight is not None:
+                        return
                     if not await self._write_one(held, name, uid):
                         return
         except Exception:  # never the flusher's end; what was taken went back (_write_one)
@@ -392,8 +412,8 @@ class ActivitySink:
                 self.reconciler.enqueue(name)  # (reads it: the next write is on its version)
                 return False
             raise
-        self.reconciler.wrote_alone(name, answer)
         self.wrote(name, uid, chunk, merged)
+        self.reconciler.wrote_alone(name, answer)
         return True
 
     # Bookkeeping
