@@ -6,6 +6,9 @@ set). Side by side, in one run:
 
 1. without audit load: a burst of ``--grants`` requests (approval → Active) and ``--expiring``
    grants expiring across ``--window`` s (expiresAt → binding gone);
+1b. the same while the bench posts the same load to a receiver that only answers 200 (a
+   process of its own, ``--null``): what generating and sending the load costs the machine,
+   which a real API server pays too, apart from the sink's own work;
 2. the same two while the sink takes ``--rate`` events/s (batches of 400, as the API server's
    batch backend sends them; 5% of them uses of live grants, the rest other traffic): how many
    it took, how long a post waited for its answer, the operator's CPU;
@@ -19,10 +22,13 @@ import argparse
 import http.client
 import json
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +156,12 @@ def main() -> None:
     parser.add_argument("--expiring", type=int, default=300, help="grants expiring")
     parser.add_argument("--window", type=int, default=30, help="seconds they expire across")
     parser.add_argument("--flood", type=float, default=15.0, help="seconds of flood")
+    parser.add_argument("--null", type=Path, help="(internal) answer posts with 200 only, "
+                        "with the sink's certificates in this directory; print the port")
     args = parser.parse_args()
+    if args.null:
+        _null_receiver(args.null)
+        return
     results: dict[str, Any] = {"rate": args.rate}
     with tempfile.TemporaryDirectory(prefix="kubepim-bench-") as scratch:
         workdir = Path(scratch)
@@ -164,6 +175,17 @@ def main() -> None:
             live = [(name, f"live-user-{name.rsplit('-', 1)[1]}") for name in names]
             rest = bench.rss_mib()
             results["without"] = _phase(bench, "plain", args)
+            null = subprocess.Popen([sys.executable, "-m", "bench.activity", "--null",
+                                     str(workdir / "audit")], stdout=subprocess.PIPE, text=True)
+            try:
+                assert null.stdout is not None
+                null_port = int(null.stdout.readline())
+                with Poster(null_port, workdir / "audit", live, args.rate) as nowhere:
+                    results["null"] = _phase(bench, "null", args)
+                results["null"]["posts"] = nowhere.statuses
+            finally:
+                null.terminate()
+                null.wait(timeout=10)
             cpu = cpu_seconds(pid)
             began = time.monotonic()
             with Poster(port, workdir / "audit", live, args.rate) as poster:
@@ -189,10 +211,11 @@ def main() -> None:
         finally:
             bench.operator.stop()
             cluster.stop(started)
-    for phase in ("without", "with"):
+    for phase, what in (("without", "no audit load"), ("null", "load to a null receiver"),
+                        ("with", "load to the sink")):
         lag = results[phase]["expiry"]["lag_s"]
         act = results[phase]["approval_to_active_s"]
-        print(f"{phase:8} audit load: {args.grants} grants approval→Active p50 {act['p50']:.3f} "
+        print(f"{what:24}: {args.grants} grants approval→Active p50 {act['p50']:.3f} "
               f"p99 {act['p99']:.3f} s; {args.expiring} expiries lag p50 {lag['p50']:.3f} "
               f"p99 {lag['p99']:.3f} s")
     load = results["load"]
@@ -209,6 +232,30 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "activity.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
+
+
+def _null_receiver(directory: Path) -> None:
+    """Answer every post with 200 at once, over TLS like the sink (the bench's ``--null``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(directory / "sink.crt"), str(directory / "sink.key"))
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":
