@@ -288,3 +288,25 @@ def test_a_binding_changed_while_we_read_it_is_not_taken_for_ours() -> None:
     assert state.own_write_current("RoleBinding/payments/kubepim-r")
     state.binding_seen("RoleBinding/payments/kubepim-r", present=True, version="42")
     assert not state.own_write_current("RoleBinding/payments/kubepim-r")  # changed since
+
+
+def test_only_a_change_decisions_read_counts_as_an_eligibility_change() -> None:
+    # Its own Ready or Notified condition written by the operator is no reason to decide every
+    # request it governs again; a spec edit, a suspension or its deletion is.
+    state = State()
+    spec = {"subjects": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "dave"}],
+            "roles": [{"kind": "Role", "name": "db-reader"}], "namespaces": ["payments"],
+            "approval": {"users": ["bob"]}}
+    assert state.observe_eligibility("e", spec, "4")  # (nothing cached yet: not known)
+    state.apply_eligibility_list([{"metadata": {"name": "e", "resourceVersion": "5"},
+                                   "spec": spec}], 10)
+    conditions = {"conditions": [{"type": "Notified", "status": "True"}]}
+    assert not state.observe_eligibility("e", spec, "11", {"team": "db"}, conditions)
+    assert state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "12")
+    suspended = {"suspended": [{"subject": {"kind": "User", "name": "dave"}, "run": "r-1",
+                                "at": "2026-11-27T00:00:00Z", "outcome": "Removed"}]}
+    changed = state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "13", {},
+                                        suspended)
+    assert changed
+    assert state.observe_eligibility("e", None, "14")  # deleted
+    assert not state.observe_eligibility("e", spec, "9")  # an older event: ignored

@@ -504,14 +504,17 @@ class State:
     def observe_eligibility(self, name: str, spec: dict[str, Any] | None,
                             version: str | None = None,
                             labels: dict[str, str] | None = None,
-                            status: dict[str, Any] | None = None) -> None:
+                            status: dict[str, Any] | None = None) -> bool:
         """Apply one eligibility watch event (``spec`` None: deleted); older ones are ignored.
 
         ``status``: its suspended subjects (access reviews) are left out of the cached spec.
+        True when what decisions read changed (or is not known yet): the spec as in force,
+        its existence. Not for a status-only change (its Ready or Notified condition): the
+        requests it governs need no reconcile for that.
         """
         seen = _int(version)
         if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
-            return
+            return False
         self._eligibility_versions[name] = (seen, spec is not None)
         # Kept on deletion too (the event carries the last labels): the Revoked notifications
         # of the requests it governed are routed by them. Dropped by the next list once none
@@ -519,8 +522,9 @@ class State:
         # review is not counted: its later notifications route without the labels).
         self._eligibility_labels[name] = dict(labels or {})
         if self._eligibilities is None:
-            return  # the first use lists everything anyway
+            return True  # the first use lists everything anyway
         updated = dict(self._eligibilities)
+        before = updated.get(name)
         parsed = _eligibility(spec, status) if spec is not None else None
         self._suspensions[name] = suspensions_in(status) if spec is not None else []
         if parsed is None:
@@ -528,6 +532,7 @@ class State:
         else:
             updated[name] = parsed
         self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
+        return parsed != before
 
     # Leadership.
 

@@ -167,13 +167,17 @@ async def roleeligibility_event(
     reconciler: Reconciler = memo.reconciler
     metrics.WATCH_EVENTS.labels("roleeligibilities").inc()
     spec = None if type == "DELETED" else dict(body.get("spec") or {})
-    reconciler.state.observe_eligibility(name, spec, body.metadata.get("resourceVersion"),
-                                         dict(body.metadata.get("labels") or {}),
-                                         dict(body.get("status") or {}))
+    changed = reconciler.state.observe_eligibility(
+        name, spec, body.metadata.get("resourceVersion"),
+        dict(body.metadata.get("labels") or {}), dict(body.get("status") or {}))
     # First the requests it governs (a listing too: an edit missed while the watch was down);
-    # enqueue keeps nothing on a standby, whose takeover reconciles everything.
-    for request in reconciler.state.governed_by(name):
-        reconciler.enqueue(request)
+    # enqueue keeps nothing on a standby, whose takeover reconciles everything. Not for a
+    # status-only change such as its own Ready or Notified condition: a NotificationRoute
+    # made Ready had every Active grant under the eligibility read and decided again, right
+    # when a burst began (docs/notifications.md).
+    if changed:
+        for request in reconciler.state.governed_by(name):
+            reconciler.enqueue(request)
     if type != "DELETED" and memo.get("reviews") is not None:
         # (made again under a new uid: its suspensions come back)
         memo.reviews.eligibility_changed(name, str(body.metadata.get("uid") or ""))
