@@ -259,3 +259,29 @@ def test_background_work_waits_until_the_queue_has_been_quiet_for_a_while() -> N
         runner.cancel()
 
     _run(scenario)
+
+
+def test_due_work_presses_while_it_waits_or_runs_and_the_slow_lane_does_not() -> None:
+    # Deliveries wait while this holds (notifier): reconciles of due keys, queued or running.
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def process(key: str) -> None:
+            await release.wait()
+
+        queue = WorkQueue(process, workers=2)
+        runner = asyncio.create_task(queue.run())
+        assert not queue.pressing()
+        queue.add("resync-1", slow=True)
+        await _until(lambda: "resync-1" in queue._processing)
+        assert not queue.pressing()  # a resync running: deliveries need not wait
+        queue.add("approval")
+        assert queue.pressing()
+        await _until(lambda: "approval" in queue._processing)
+        assert queue.pressing()  # still running: still pressing
+        release.set()
+        await _until(lambda: not queue._processing)
+        assert not queue.pressing()
+        runner.cancel()
+
+    _run(scenario)

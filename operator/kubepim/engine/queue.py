@@ -181,8 +181,12 @@ class WorkQueue:
         return not self._open.is_set()
 
     def pressing(self) -> bool:
-        """Whether keys wait in the first lane (work that is due: timers, watch events)."""
-        return bool(self._queue)
+        """Whether work that is due waits or runs.
+
+        First-lane keys (timers, watch events) waiting, or reconciles of such keys in progress
+        (the slow lane's are not counted): deliveries let both go first (docs/notifications.md).
+        """
+        return bool(self._queue) or len(self._processing) > len(self._slow_taken)
 
     def __len__(self) -> int:
         return len(self._queue) + len(self._slow_keys) + len(self._waiting)
