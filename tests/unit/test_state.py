@@ -301,12 +301,13 @@ def test_only_a_change_decisions_read_counts_as_an_eligibility_change() -> None:
     state.apply_eligibility_list([{"metadata": {"name": "e", "resourceVersion": "5"},
                                    "spec": spec}], 10)
     conditions = {"conditions": [{"type": "Notified", "status": "True"}]}
-    assert not state.observe_eligibility("e", spec, "11", {"team": "db"}, conditions)
-    assert state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "12")
+    assert not state.observe_eligibility("e", spec, "11", {}, conditions)
+    assert state.observe_eligibility("e", spec, "11", {"team": "db"}, conditions)  # routing
+    assert state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "12", {"team": "db"})
     suspended = {"suspended": [{"subject": {"kind": "User", "name": "dave"}, "run": "r-1",
                                 "at": "2026-11-27T00:00:00Z", "outcome": "Removed"}]}
-    changed = state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "13", {},
-                                        suspended)
+    changed = state.observe_eligibility("e", {**spec, "maxDuration": "1h"}, "13",
+                                        {"team": "db"}, suspended)
     assert changed
-    assert state.observe_eligibility("e", None, "14")  # deleted
+    assert state.observe_eligibility("e", None, "14", {"team": "db"})  # deleted
     assert not state.observe_eligibility("e", spec, "9")  # an older event: ignored

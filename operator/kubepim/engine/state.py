@@ -509,13 +509,14 @@ class State:
 
         ``status``: its suspended subjects (access reviews) are left out of the cached spec.
         True when what decisions read changed (or is not known yet): the spec as in force,
-        its existence. Not for a status-only change (its Ready or Notified condition): the
-        requests it governs need no reconcile for that.
+        its existence, its labels (notification routes select by them). Not for a status-only
+        change (its Ready or Notified condition): the requests it governs need no reconcile.
         """
         seen = _int(version)
         if seen and self._eligibility_versions.get(name, (0, False))[0] > seen:
             return False
         self._eligibility_versions[name] = (seen, spec is not None)
+        relabelled = self._eligibility_labels.get(name) != dict(labels or {})
         # Kept on deletion too (the event carries the last labels): the Revoked notifications
         # of the requests it governed are routed by them. Dropped by the next list once none
         # of its Pending or Active requests is held (a final one awaiting its break-glass
@@ -532,7 +533,7 @@ class State:
         else:
             updated[name] = parsed
         self._eligibilities = updated  # replaced, not mutated: readers keep a stable view
-        return parsed != before
+        return parsed != before or relabelled
 
     # Leadership.
 

@@ -110,6 +110,8 @@ async def report(reconciler: Reconciler, namespace: str, name: str, body: dict[s
         after = notifier.routes.get(name)
         if (before.spec if before else None) != (after.spec if after else None):
             _eligibilities_again(reconciler)
+            if after is not None:
+                _requests_again(reconciler)
     if not reconciler.leading():
         return
     generation = body.get("metadata", {}).get("generation", 0)
@@ -159,6 +161,18 @@ async def notificationroute_event(
 
 
 _AGAIN: set[asyncio.Task[None]] = set()
+
+
+def _requests_again(reconciler: Reconciler) -> None:
+    """A route now delivers (new or changed): every open request is looked at again.
+
+    So the route's timers for requests that already exist are set (a reminder of a Pending
+    one, the warning before an Active one expires). In the slow lane: behind every grant and
+    expiry, never a storm in front of a burst (docs/notifications.md).
+    """
+    for eligibility in sorted(reconciler.state.eligibilities or {}):
+        for request in reconciler.state.governed_by(eligibility):
+            reconciler.enqueue(request, slow=True)
 
 
 def _eligibilities_again(reconciler: Reconciler) -> None:
