@@ -17,6 +17,7 @@ finished in this run, so each seeded request is byte-for-byte what the operator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
@@ -31,6 +32,7 @@ from kubepim.devcluster import cluster
 from kubepim.k8s.client import ApiError, Conflict, Kube
 
 from . import harness
+from .cpu import control_plane_pids, cpu_seconds
 from .harness import Bench, percentile, summary, wait_until
 from .measures import BindingWatcher, _retrying
 
@@ -64,6 +66,109 @@ def _buckets(bench: Bench, name: str) -> dict[str, float]:
         return {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                 for line in response.read().decode().splitlines()
                 if line.startswith(name + "_bucket{")}
+
+
+# Across the expiry window, where a revoke's time goes on the server's side: the API server's
+# own latency of binding DELETEs, the priority level the operator's ServiceAccount is queued in
+# (API Priority and Fairness), and etcd's latency for bindings, by operation.
+_SERVER_HISTOGRAMS = (
+    ("apiserver_request_duration_seconds", {"verb": "DELETE", "resource": "rolebindings"}, ""),
+    ("apiserver_flowcontrol_request_wait_duration_seconds", {"flow_schema": "service-accounts"},
+     "execute"),
+    ("etcd_request_duration_seconds",
+     {"group": "rbac.authorization.k8s.io", "resource": "rolebindings"},
+     "operation"),
+)
+_SERVER_SCALARS = ("go_gc_duration_seconds_sum", "go_gc_duration_seconds_count",
+                   "go_memstats_heap_inuse_bytes", "process_cpu_seconds_total")
+
+
+def _labels(line: str) -> dict[str, str]:
+    inner = line[line.index("{") + 1:line.rindex("}")]
+    return {k: v.strip('"') for k, v in (part.split("=", 1) for part in inner.split('",'))}
+
+
+def _histograms(text: str, name: str, match: dict[str, str], by: str
+                ) -> dict[str, dict[str, float]]:
+    """A histogram's cumulative buckets, sum and count from a /metrics text.
+
+    Summed over the series that carry ``match``, grouped by the label ``by`` ("" for one group).
+    """
+    found: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_"):
+            continue
+        kind = line[len(name) + 1:].split("{", 1)[0].split(" ", 1)[0]
+        if kind not in ("bucket", "sum", "count") or "{" not in line:
+            continue
+        labels = _labels(line)
+        if any(labels.get(k) != v for k, v in match.items()):
+            continue
+        group = found.setdefault(labels.get(by, "") if by else "", {})
+        slot = f"le={labels['le']}" if kind == "bucket" else kind
+        group[slot] = group.get(slot, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def _quantiles(delta: dict[str, float]) -> dict[str, float | None]:
+    """p50/p99 (upper bound of the bucket they fall in), mean and count of a histogram delta."""
+    count = delta.get("count", 0.0)
+    bounds = sorted((float(k[3:]), v) for k, v in delta.items() if k.startswith("le="))
+    result: dict[str, float | None] = {"count": count,
+                                       "mean": delta.get("sum", 0.0) / count if count else None}
+    for label, q in (("p50_le", 0.5), ("p99_le", 0.99)):
+        result[label] = next((le for le, n in bounds if count and n >= q * count), None)
+    return result
+
+
+def _pids(bench: Bench, workdir: Path) -> dict[str, int]:
+    """The control plane's processes under ``workdir`` and the operator's."""
+    assert bench.operator.process is not None
+    return {**control_plane_pids(workdir), "operator": bench.operator.process.pid}
+
+
+def _window_probe(bench: Bench, pids: dict[str, int]) -> dict[str, Any]:
+    """What the window's differences are taken from.
+
+    The API server's and the operator's histograms, the API server's Go runtime and every
+    process's CPU seconds.
+    """
+    server = bench.kubectl("get", "--raw", "/metrics").stdout
+    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        operator = response.read().decode()
+    probe: dict[str, Any] = {"at": time.monotonic()}
+    for name, match, by in _SERVER_HISTOGRAMS:
+        probe[name] = _histograms(server, name, match, by)
+    probe["kubepim_expiry_revoke_stage_seconds"] = _histograms(
+        operator, "kubepim_expiry_revoke_stage_seconds", {}, "stage")
+    probe["apiserver_runtime"] = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in server.splitlines()
+        if line.split(" ")[0] in _SERVER_SCALARS}
+    probe["cpu_s"] = {}
+    for process, pid in pids.items():
+        with contextlib.suppress(OSError):  # (a process that has gone)
+            probe["cpu_s"][process] = cpu_seconds(pid)
+    return probe
+
+
+def _window_difference(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The window between two probes: latencies by series, CPU per process, the GC's share."""
+    result: dict[str, Any] = {"seconds": after["at"] - before["at"]}
+    for name in [n for n, _, _ in _SERVER_HISTOGRAMS] + ["kubepim_expiry_revoke_stage_seconds"]:
+        result[name] = {
+            group: _quantiles({k: v - before[name].get(group, {}).get(k, 0.0)
+                               for k, v in slots.items()})
+            for group, slots in after[name].items()}
+    result["cpu_s"] = {p: round(after["cpu_s"][p] - before["cpu_s"].get(p, 0.0), 2)
+                       for p in after["cpu_s"]}
+    runtime = {k: after["apiserver_runtime"].get(k, 0.0) - before["apiserver_runtime"].get(k, 0.0)
+               for k in _SERVER_SCALARS}
+    result["apiserver_gc"] = {"pauses": runtime["go_gc_duration_seconds_count"],
+                              "pause_s": runtime["go_gc_duration_seconds_sum"],
+                              "heap_inuse_mib": after["apiserver_runtime"].get(
+                                  "go_memstats_heap_inuse_bytes", 0.0) / 2**20}
+    return result
 
 
 async def _in_flight(count: int, job: Callable[[int], Awaitable[None]],
@@ -308,10 +413,12 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
         first, last = min(expires.values()), max(expires.values())
         wait_until(lambda: time.time() >= first - 1, max(first - time.time(), 0) + 5,
                    "the expiry window", interval=0.5)
-        before = _counters(bench)
+        pids = _pids(bench, workdir / "org")
+        before, probe = _counters(bench), _window_probe(bench, pids)
         wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
         after = _counters(bench)
+        result["expiry_window_server"] = _window_difference(probe, _window_probe(bench, pids))
         result["early_revokes"] = _labelled(bench, "kubepim_expiry_early_revokes_total")
         # Where an expiry's lag goes: the timer firing late (the operator's event loop), or the
         # revoke's DELETE (the API server): the operator's own histograms, cumulative by le.
@@ -351,9 +458,15 @@ def scale(workdir: Path, sizes: dict[str, int], result: dict[str, Any]) -> dict[
         result["baseline_idle_rss"] = _idle_rss(bench)
         expires = {n: harness.parse_time(bench.request(n)["status"]["expiresAt"]).timestamp()
                    for n in names}
-        last = max(expires.values())
+        first, last = min(expires.values()), max(expires.values())
+        wait_until(lambda: time.time() >= first - 1, max(first - time.time(), 0) + 5,
+                   "the expiry window", interval=0.5)
+        pids = _pids(bench, workdir / "baseline")
+        probe = _window_probe(bench, pids)
         wait_until(lambda: all(f"kubepim-{n}" in watcher.deleted for n in names),
                    max(last - time.time(), 0) + 120, f"{live} bindings removed", interval=0.5)
+        result["baseline_expiry_window_server"] = _window_difference(
+            probe, _window_probe(bench, pids))
         watcher.stop()
         result["baseline_early_revokes"] = _labelled(bench, "kubepim_expiry_early_revokes_total")
         result["baseline_expiry_lag_s"] = summary(

@@ -109,6 +109,11 @@ TIMER_LATENESS_SECONDS = Histogram(
     "timeout) fired after its deadline: the event loop's own delay, before any API call.",
     buckets=_QUEUE_LATENCY, registry=REGISTRY)
 
+REVOKE_STAGE_SECONDS = Histogram(
+    "kubepim_expiry_revoke_stage_seconds", "An expiry's early revoke by stage: wait (for one of "
+    "its slots and the request's lock), delete (the DELETE's round trip, as the operator saw it).",
+    ["stage"], buckets=_QUEUE_LATENCY, registry=REGISTRY)
+
 WORK_SECONDS = Histogram(
     "kubepim_workqueue_work_duration_seconds", "Time one reconcile took.",
     buckets=_QUEUE_LATENCY, registry=REGISTRY)

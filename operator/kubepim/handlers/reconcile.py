@@ -269,7 +269,10 @@ class Reconciler:
         task.add_done_callback(self._revoking.discard)
 
     async def _revoke(self, name: str, expires: datetime.datetime, key: str, uid: str) -> None:
+        asked = time.monotonic()
         async with self._revoke_slots, self.lock(name):  # (locks are not held while queued)
+            sent = time.monotonic()
+            metrics.REVOKE_STAGE_SECONDS.labels("wait").observe(sent - asked)
             if self._expiring.get(name) != (expires, key, uid) or not self.leading():
                 metrics.EARLY_REVOKES.labels("decided").inc()
                 return  # decided since (ended, expired, forgotten) or no longer leading
@@ -288,6 +291,7 @@ class Reconciler:
                 logger.debug("early revoke of %s left to its reconcile (%s: %s)", name,
                              type(error).__name__, error)
                 return
+            metrics.REVOKE_STAGE_SECONDS.labels("delete").observe(time.monotonic() - sent)
             metrics.EARLY_REVOKES.labels("removed" if removed else "gone").inc()
             self._deleted_binding(key, removed)
             if removed:
