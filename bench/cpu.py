@@ -27,6 +27,7 @@ from pathlib import Path
 from kubepim.devcluster import cluster
 
 from . import harness
+from .measures import ActivationWatcher
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager")
@@ -68,8 +69,11 @@ def webhook_calls(bench: harness.Bench) -> Counter[str]:
 
 
 def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
-             work: Callable[[], None]) -> None:
+             work: Callable[[], float | None]) -> None:
     """Run ``work``; print its wall time, CPU per process, API requests and webhook runs per item.
+
+    The wall time ends when ``work`` returns, or at the moment (epoch seconds) it returns: the
+    burst's last activation as a watch saw it.
 
     Webhook runs per item tell the API server's own retries apart: a PATCH that conflicts with a
     concurrent write is applied again and admitted again (each approval's run asks two
@@ -78,9 +82,9 @@ def measured(bench: harness.Bench, pids: dict[str, int], label: str, items: int,
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     calls = bench.api_requests()
     reviews = webhook_calls(bench)
-    start = time.perf_counter()
-    work()
-    wall = time.perf_counter() - start
+    start = time.time()
+    ended = work()
+    wall = (ended if ended is not None else time.time()) - start
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     made = bench.api_requests() - calls
     admitted = webhook_calls(bench) - reviews
@@ -118,9 +122,11 @@ def main() -> None:
                 with ThreadPoolExecutor(16) as pool:
                     list(pool.map(bare, range(args.requests)))
 
-            def burst() -> None:
+            watcher = ActivationWatcher(bench, "cpu-")  # (listing before the clock starts)
+
+            def burst() -> float:
                 names = bench.submit_many("cpu", ["1h"] * args.requests)
-                bench.wait_activated(names, timeout=60 + args.requests * 0.2)
+                return watcher.wait(names, timeout=60 + args.requests * 0.2)
 
             def client_side() -> None:
                 def one(i: int) -> None:
@@ -148,7 +154,11 @@ def main() -> None:
                      "-r", "250", "-o", str(args.py_spy), "-p", str(bench.operator.process.pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)  # attached before the burst starts
-            measured(bench, pids, "burst (create + approve until Active)", args.requests, burst)
+            try:
+                measured(bench, pids, "burst (create + approve until Active)", args.requests,
+                         burst)
+            finally:
+                watcher.stop()
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(60)

@@ -39,7 +39,14 @@ def record(
     line = _line(body, spec, index, when, transition.action, transition.actor,
                  transition.phase, transition.message, expires_at)
     logger.info(json.dumps(line, sort_keys=True))
-    return _post(kube, body, transition, when, str(line["request"]), index)
+    return _post(kube, involved(body), transition, when, str(line["request"]), index)
+
+
+def involved(body: dict[str, Any]) -> dict[str, Any]:
+    """What an Event needs of its object: a waiting post holds this, not the whole request."""
+    metadata = body.get("metadata") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: metadata[k] for k in ("name", "uid", "namespace") if k in metadata}}
 
 
 def _line(body: dict[str, Any], spec: AccessRequestSpec, index: int, when: datetime.datetime,

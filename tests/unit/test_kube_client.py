@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kubepim.k8s.client import ApiError, Conflict, Forbidden, Kube, NotFound
+from kubepim.k8s.client import ApiError, Conflict, Forbidden, Kube, NotFound, NotLeading
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,3 +139,41 @@ def test_managed_bindings_are_listed_by_label_with_their_kind(tmp_path: Path) ->
     assert {(b["kind"], b["metadata"]["name"]) for b in result} == {
         ("RoleBinding", "/apis/rbac.authorization.k8s.io/v1/rolebindings"),
         ("ClusterRoleBinding", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")}
+
+
+def _binding(name: str) -> dict[str, Any]:
+    return {"kind": "RoleBinding", "metadata": {"name": name, "namespace": "ns"}}
+
+
+def test_a_fenced_sibling_writes_under_its_parents_fence_and_name(tmp_path: Path) -> None:
+    """The revokes' own connections: no write once the parent's lease may have passed, and the
+    parent's field manager as it is when each write goes (set after the sibling was made)."""
+    async def scenario(kube: Kube) -> list[str]:
+        revoker = kube.sibling(64, fenced=True)
+        unfenced = kube.sibling()
+        try:
+            kube.fence, kube.field_manager = (lambda: 5.0), "kubepim-replica-a"
+            await revoker.create_binding(_binding("b"))
+            outcomes = [str(await revoker.delete_binding("RoleBinding", "b", "ns"))]
+            kube.fence = lambda: 0.0  # the lease may have passed
+            for client in (revoker, kube):
+                try:
+                    await client.delete_binding("RoleBinding", "b", "ns")
+                    outcomes.append("sent")
+                except NotLeading:
+                    outcomes.append("not sent")
+            await unfenced.create_binding(_binding("c"))
+            assert (revoker.connections, unfenced.connections, kube.connections) == (64, 32, 32)
+            return outcomes
+        finally:
+            await revoker.close()
+            await unfenced.close()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"metadata": {"resourceVersion": "7"}})
+
+    outcomes, seen = _serve(tmp_path, answer, scenario)
+    assert outcomes == ["True", "not sent", "not sent"]
+    assert [r.method for r in seen] == ["POST", "DELETE", "POST"]
+    assert seen[0].query.get("fieldManager") == "kubepim-replica-a"
+    assert "fieldManager" not in seen[2].query  # an unfenced sibling writes under no name

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from kubepim.engine.state import binding_key
+from kubepim.handlers import reconcile
 from kubepim.handlers.reconcile import Reconciler
 from kubepim.k8s.client import Conflict
 
@@ -82,6 +87,9 @@ class RecordingKube:
     async def delete_binding(self, *_: Any, **__: Any) -> bool:
         self.calls.append("delete_binding")
         return True
+
+    def sibling(self, *_: Any, **__: Any) -> RecordingKube:
+        return self  # (the revokes' own connections: the same fake, its calls recorded)
 
     async def patch_request_status(self, name: str, status: dict[str, Any],
                                    resource_version: str, uid: str | None = None
@@ -315,3 +323,39 @@ def test_a_late_deleted_event_of_a_predecessor_leaves_the_request_made_again_alo
         await reconciler._process("deleted:u-0")
         assert "r" in reconciler._expiring and reconciler.state.active_grants() == 1
     asyncio.run(run())
+
+
+def test_events_wait_while_grants_wait_in_the_queue_but_not_longer_than_the_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        reconciler = Reconciler(RecordingKube(body("10")))  # type: ignore[arg-type]
+        posted: list[int] = []
+
+        async def post(number: int) -> None:
+            posted.append(number)
+
+        pressing = [True]
+        monkeypatch.setattr(reconciler.queue, "pressing", lambda: pressing[0])
+        monkeypatch.setattr(reconcile, "EVENT_YIELD_SECONDS", 0.5)
+        reconciler.post_later(post(1))
+        reconciler.post_later(post(2))
+        await asyncio.sleep(0.2)
+        assert posted == []  # grants and expiries first
+        pressing[0] = False
+        await _until(lambda: sorted(posted) == [1, 2], 2.0)  # at once when the queue is quiet
+        pressing[0] = True
+        began = time.monotonic()
+        reconciler.post_later(post(3))  # under pressure that does not end
+        await _until(lambda: 3 in posted, 5.0)
+        assert 0.45 <= time.monotonic() - began < 2.0  # after the bound, not starved
+        reconciler.post_later(post(4))
+        await reconciler.flush_events(2.0)  # shutting down: posted now, while still leading
+        assert 4 in posted
+    asyncio.run(run())
+
+
+async def _until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)

@@ -252,6 +252,9 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     loader = getattr(memo, "route_loader", None)
     for task in [*getattr(memo, "background", []), *([loader] if loader else [])]:
         task.cancel()
+    reconciler = getattr(memo, "reconciler", None)
+    if reconciler is not None:
+        await reconciler.flush_events(5.0)  # (while still leading: Events are fenced writes)
     elector = getattr(memo, "elector", None)
     if elector is not None:
         await elector.release()
@@ -259,13 +262,12 @@ async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     watch = getattr(memo, "standing", None)
     if watch is not None:
         await watch.close()
-    reconciler = getattr(memo, "reconciler", None)
     if reconciler is not None:
         if reconciler.activity is not None:
             await reconciler.activity.stop()
         if reconciler.notifier is not None:
             await reconciler.notifier.close()
-        await reconciler.kube.close()
+        await reconciler.close()
     cert_dir = getattr(memo, "temporary_cert_dir", None)
     if cert_dir is not None:
         shutil.rmtree(cert_dir, ignore_errors=True)

@@ -65,6 +65,14 @@ _ATTEMPTS = 8
 HOLD_SECONDS = 0.25
 _HOLD = "hold:"
 
+# Expiries whose bindings are being deleted at once, beside the queue (Reconciler._revoke).
+REVOKE_SLOTS = 64
+
+# How long an Event waits at most for the grants and expiries in the queue to go first, and how
+# often that wait looks at the queue (Reconciler._after_grants).
+EVENT_YIELD_SECONDS = 30.0
+_EVENT_YIELD_POLL = 0.05
+
 
 def utcnow() -> datetime.datetime:
     """The operator's clock (the only place handlers read one)."""
@@ -98,7 +106,11 @@ class Reconciler:
         # binding gone. Under a burst of expiries the queue's wait is then bookkeeping's alone.
         self._expiring: dict[str, tuple[datetime.datetime, str, str]] = {}
         self._revoking: set[asyncio.Task[None]] = set()
-        self._revoke_slots = asyncio.Semaphore(16)
+        # Connections of their own: a revoke never waits for one behind reconciles and Events,
+        # and enough of them that a stall of the API server does not leave revokes queued
+        # here behind a few slots when it ends (docs/scale.md, run O).
+        self._revoke_slots = asyncio.Semaphore(REVOKE_SLOTS)
+        self._revoker: Kube | None = None
         # When the early revoke removed a grant's binding (its lag observed then; the Expired
         # entry says how late access ended by it).
         self._revoked_at: dict[str, tuple[str, datetime.datetime]] = {}  # name -> (uid, when)
@@ -124,6 +136,10 @@ class Reconciler:
         self._refreshing = asyncio.Lock()  # one relist at a time
         self._posting: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(8)
+        # Events wait while grants and expiries wait or run in the queue (see _after_grants):
+        # one shared wait, not a poll per Event.
+        self._quiet: asyncio.Task[None] | None = None
+        self._flushing = False  # shutting down: Events wait no more
         # Queue keys of other kinds, by prefix (``review:NAME``, ``run:NAME``): their worker.
         self.keyed: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {}
         # What the resync (and a takeover) also asks of those kinds: their keys queued again.
@@ -282,10 +298,12 @@ class Reconciler:
                 return  # not a version we wrote or verified: the reconcile reads and judges it
             kind, namespace, binding = key.split("/", 2)
             self.state.drop_write(key)
+            if self._revoker is None:
+                self._revoker = self.kube.sibling(REVOKE_SLOTS, fenced=True)
             try:
                 # Only the version we wrote or verified (changed since: the reconcile judges).
-                removed = await self.kube.delete_binding(kind, binding, namespace or None,
-                                                         resource_version=written)
+                removed = await self._revoker.delete_binding(kind, binding, namespace or None,
+                                                             resource_version=written)
             except Exception as error:  # (NotLeading, Conflict, a timeout: the reconcile's)
                 metrics.EARLY_REVOKES.labels("failed").inc()
                 logger.debug("early revoke of %s left to its reconcile (%s: %s)", name,
@@ -298,6 +316,12 @@ class Reconciler:
                 ended = utcnow()
                 metrics.EXPIRY_LAG_SECONDS.observe(metrics.seconds_between(expires, ended) or 0.0)
                 self._revoked_at[name] = (uid, ended)
+
+    async def close(self) -> None:
+        """Close the connections of the client and of the revokes."""
+        if self._revoker is not None:
+            await self._revoker.close()
+        await self.kube.close()
 
     def lock(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock held while one request is reconciled (``async with``)."""
@@ -367,9 +391,43 @@ class Reconciler:
 
     def post_later(self, post: Coroutine[Any, Any, None]) -> None:
         """Post an Event in the background, a bounded share of connections (never waited on)."""
-        task = asyncio.create_task(_in_order([post], self._event_slots))
+        self._post_in_order([post])
+
+    def _post_in_order(self, posts: list[Coroutine[Any, Any, None]]) -> None:
+        """Post Events in order, in the background, once grants have gone first."""
+        async def post() -> None:
+            await self._after_grants()
+            await _in_order(posts, self._event_slots)
+        task = asyncio.create_task(post())
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
+
+    async def _after_grants(self) -> None:
+        """Wait while first-lane work waits or runs in the queue, at most EVENT_YIELD_SECONDS.
+
+        An Event records a transition the status history already holds; under a burst of
+        grants or expiries it goes after them rather than beside them (docs/performance.md).
+        Every waiting Event shares one wait, so a sustained burst releases them in batches.
+        """
+        if self._flushing or not self.queue.pressing():
+            return
+        if self._quiet is None or self._quiet.done():
+            self._quiet = task = asyncio.create_task(self._until_quiet())
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
+        await asyncio.shield(self._quiet)
+
+    async def _until_quiet(self) -> None:
+        deadline = time.monotonic() + EVENT_YIELD_SECONDS
+        while self.queue.pressing() and time.monotonic() < deadline and not self._flushing:
+            await asyncio.sleep(_EVENT_YIELD_POLL)
+
+    async def flush_events(self, seconds: float) -> None:
+        """Shutting down: post the Events still waiting, for at most ``seconds``."""
+        self._flushing = True
+        pending = list(self._posting)
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
 
     def enqueue_deletion(self, body: dict[str, Any]) -> None:
         """A request is gone: remove its binding and log its final line (through the queue)."""
@@ -680,9 +738,7 @@ class Reconciler:
             events = [audit.record(self.kube, body, spec, transition, now, expires_at, index)
                       for index, transition in enumerate(transitions, start=first)]
             if events:  # the lines are logged at once; the Events, in order, in the background
-                task = asyncio.create_task(_in_order(events, self._event_slots))
-                self._posting.add(task)
-                task.add_done_callback(self._posting.discard)
+                self._post_in_order(events)
             self._observe(status, created, plan, transitions, done,
                           lag_observed=self._access_ended(name, uid) is not None)
             done_with = bool((written.get("status") or {}).get("settled"))

@@ -92,16 +92,29 @@ class Kube:
         self._tls = tls
         self._authorization = authorization
         self._session: aiohttp.ClientSession | None = None
+        # Each TLS connection holds a 256 KiB read buffer: enough of them to keep the API server
+        # busy, not one per concurrent reconcile.
+        self.connections = 32
         # Asked before every write (not reads, not access reviews): the seconds this replica
         # may still write; none left stops the write unsent, and a write that cannot be sent
         # within them is given up (a timeout), so none lands after the lease deadline.
         self.fence: Callable[[], float] | None = None
         # Named in managedFields of what this client writes: which replica wrote what, when.
         self.field_manager: str | None = None
+        self._manager: Callable[[], str | None] = lambda: self.field_manager
 
-    def sibling(self) -> Kube:
-        """Another client with the same credentials on its own connections (and no fence)."""
-        return Kube(self._server, self._tls, self._authorization)
+    def sibling(self, connections: int = 32, fenced: bool = False) -> Kube:
+        """Another client with the same credentials on its own ``connections``.
+
+        No fence, unless ``fenced``: then this client's fence and field manager, as they are
+        when each write is sent (a sibling made before the election is fenced by it too).
+        """
+        other = Kube(self._server, self._tls, self._authorization)
+        other.connections = connections
+        if fenced:
+            other.fence = lambda: self.fence() if self.fence is not None else float("inf")
+            other._manager = lambda: self.field_manager
+        return other
 
     @classmethod
     def connect(cls, kubeconfig: Path | None = None) -> Kube:
@@ -158,9 +171,7 @@ class Kube:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                # Each TLS connection holds a 256 KiB read buffer: enough of them to keep the
-                # API server busy, not one per concurrent reconcile.
-                connector=aiohttp.TCPConnector(limit=32, ssl=self._tls),
+                connector=aiohttp.TCPConnector(limit=self.connections, ssl=self._tls),
                 timeout=aiohttp.ClientTimeout(total=60),
                 json_serialize=_dumps,
             )
@@ -178,9 +189,9 @@ class Kube:
                 raise NotLeading(f"{method} {path} not sent: this replica is not leading")
             timeout = aiohttp.ClientTimeout(total=min(60.0, left))
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        if self.field_manager and method in ("POST", "PATCH", "PUT") \
-                and not path.endswith(_READS_BY_POST):
-            params = dict(params or {}, fieldManager=self.field_manager)
+        manager = self._manager()
+        if manager and method in ("POST", "PATCH", "PUT") and not path.endswith(_READS_BY_POST):
+            params = dict(params or {}, fieldManager=manager)
         token = self._authorization()
         if token:
             headers["Authorization"] = token
