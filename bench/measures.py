@@ -99,8 +99,9 @@ class ActivationWatcher:
         name = item["metadata"]["name"]
         if name.startswith(self._prefix) and (item.get("status") or {}).get("activatedAt"):
             with self._changed:
-                self.activated.setdefault(name, moment)
-                self._changed.notify_all()
+                if name not in self.activated:
+                    self.activated[name] = moment
+                    self._changed.notify_all()
 
     def _run(self) -> None:
         custom = self._bench.custom()
@@ -133,13 +134,14 @@ class ActivationWatcher:
         """Wait until every named request was seen activated; the last of those moments."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not all(n in self.activated for n in names):
+            missing = [n for n in names if n not in self.activated]
+            while missing:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    missing = sum(1 for n in names if n not in self.activated)
-                    raise TimeoutError(f"{missing} of {len(names)} requests not activated "
-                                       f"within {timeout:.0f} s")
+                    raise TimeoutError(f"{len(missing)} of {len(names)} requests not "
+                                       f"activated within {timeout:.0f} s")
                 self._changed.wait(min(left, 1.0))
+                missing = [n for n in missing if n not in self.activated]
             return max(self.activated[n] for n in names)
 
     def stop(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubepim.api.request import AccessRequest, AccessRequestSpec, Phase
 from kubepim.domain.lifecycle import Transition
-from kubepim.k8s.client import Conflict, Kube
+from kubepim.k8s.client import Conflict, Kube, NotLeading
 
 logger = logging.getLogger("kubepim.audit")  # the JSON lines, and nothing else
 events_logger = logging.getLogger("kubepim.events")
@@ -112,6 +112,9 @@ async def _post(kube: Kube, body: dict[str, Any], transition: Transition,
     try:
         await post_event(kube, body, kind, transition.action, message, when, index,
                          f"{request}'s {transition.action}")
+    except NotLeading:  # (the lease was lost while it waited: the history holds the transition)
+        events_logger.debug("the %s Event of %s was not posted: not leading", transition.action,
+                            request)
     except Exception:
         events_logger.exception("could not post the %s Event of %s", transition.action,
                                 request)
@@ -183,8 +186,8 @@ def review_record(kube: Kube, body: dict[str, Any], entry: Any, index: int
     review_line(body, entry, index)
     warning = entry.action in ("Removed", "Suspended")
     message = f"{entry.subject}: {entry.reason}" if entry.subject else entry.reason
-    return _post_review(kube, body, "Warning" if warning else "Normal", entry.action, message,
-                        entry.time, index)
+    return _post_review(kube, involved(body), "Warning" if warning else "Normal", entry.action,
+                        message, entry.time, index)
 
 
 async def _post_review(kube: Kube, body: dict[str, Any], kind: str, reason: str, message: str,
@@ -192,6 +195,8 @@ async def _post_review(kube: Kube, body: dict[str, Any], kind: str, reason: str,
     run = body.get("metadata", {}).get("name")
     try:
         await post_event(kube, body, kind, reason, message, when, index, f"{run}'s {reason}")
+    except NotLeading:
+        events_logger.debug("the %s Event of %s was not posted: not leading", reason, run)
     except Exception:
         events_logger.exception("could not post the %s Event of %s", reason, run)
 

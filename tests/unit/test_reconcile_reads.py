@@ -348,9 +348,13 @@ def test_events_wait_while_grants_wait_in_the_queue_but_not_longer_than_the_boun
         reconciler.post_later(post(3))  # under pressure that does not end
         await _until(lambda: 3 in posted, 5.0)
         assert 0.45 <= time.monotonic() - began < 2.0  # after the bound, not starved
+        monkeypatch.setattr(reconcile, "EVENT_YIELD_SECONDS", 30.0)
         reconciler.post_later(post(4))
+        await asyncio.sleep(0.1)
+        assert 4 not in posted  # waiting for grants, up to 30 s
+        began = time.monotonic()
         await reconciler.flush_events(2.0)  # shutting down: posted now, while still leading
-        assert 4 in posted
+        assert 4 in posted and time.monotonic() - began < 0.5
     asyncio.run(run())
 
 

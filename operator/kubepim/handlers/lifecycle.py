@@ -249,13 +249,16 @@ async def _serve_webhooks(
 @kopf.on.cleanup(registry=registry)
 async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop background tasks, hand the lease over, remove temporary certificates."""
+    reconciler = getattr(memo, "reconciler", None)
+    elector = getattr(memo, "elector", None)
+    if reconciler is not None:
+        # Events still waiting for grants to go first, posted while this replica leads (they
+        # are fenced writes) and its queue still runs; briefly: the standby waits for the lease.
+        left = elector.remaining() if elector is not None else 0.0
+        await reconciler.flush_events(max(0.0, min(2.0, left - 1.0)))
     loader = getattr(memo, "route_loader", None)
     for task in [*getattr(memo, "background", []), *([loader] if loader else [])]:
         task.cancel()
-    reconciler = getattr(memo, "reconciler", None)
-    if reconciler is not None:
-        await reconciler.flush_events(5.0)  # (while still leading: Events are fenced writes)
-    elector = getattr(memo, "elector", None)
     if elector is not None:
         await elector.release()
         await elector.kube.close()
