@@ -40,32 +40,31 @@ _CUSTOM = "/apis/pim.kubepim.dev/v1alpha1"
 _RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
 
-def _metric(bench: Bench, name: str) -> float:
-    """One unlabelled sample of the operator's /metrics."""
+def _operator_metrics(bench: Bench) -> str:
+    """The operator's /metrics, as text."""
     url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+        return str(response.read().decode())
+
+
+def _metric(bench: Bench, name: str) -> float:
+    """One unlabelled sample of the operator's /metrics."""
+    for line in _operator_metrics(bench).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return 0.0
 
 
 def _labelled(bench: Bench, name: str) -> dict[str, float]:
     """A counter's samples by their (first) label value, from the operator's /metrics."""
-    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
-                for line in response.read().decode().splitlines()
-                if line.startswith(name + "{")}
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in _operator_metrics(bench).splitlines() if line.startswith(name + "{")}
 
 
 def _buckets(bench: Bench, name: str) -> dict[str, float]:
     """A histogram's cumulative bucket counts by ``le``, from the operator's /metrics."""
-    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return {line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-                for line in response.read().decode().splitlines()
-                if line.startswith(name + "_bucket{")}
+    found = _histograms(_operator_metrics(bench), name, {}, "").get("", {})
+    return {slot[3:]: count for slot, count in found.items() if slot.startswith("le=")}
 
 
 # Across the expiry window, where a revoke's time goes on the server's side: the API server's
@@ -134,9 +133,7 @@ def _window_probe(bench: Bench, pids: dict[str, int]) -> dict[str, Any]:
     process's CPU seconds.
     """
     server = bench.kubectl("get", "--raw", "/metrics").stdout
-    url = f"http://127.0.0.1:{bench.operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        operator = response.read().decode()
+    operator = _operator_metrics(bench)
     probe: dict[str, Any] = {"at": time.monotonic()}
     for name, match, by in _SERVER_HISTOGRAMS:
         probe[name] = _histograms(server, name, match, by)
